@@ -1,0 +1,113 @@
+# Declarations of the dispatch core (see _core.pyx for the data flow).
+from libc.stdint cimport int64_t
+from cpython.object cimport PyObject
+
+
+cdef extern from "jf_sync.h" nogil:
+    ctypedef struct jf_mutex_t:
+        pass
+
+    ctypedef struct jf_cond_t:
+        pass
+
+    int JF_TIMEDOUT
+    int jf_mutex_init(jf_mutex_t *m)
+    int jf_mutex_destroy(jf_mutex_t *m)
+    int jf_mutex_lock(jf_mutex_t *m)
+    int jf_mutex_unlock(jf_mutex_t *m)
+    double jf_clock_now()
+    int jf_cond_init(jf_cond_t *c)
+    int jf_cond_destroy(jf_cond_t *c)
+    int jf_cond_signal(jf_cond_t *c)
+    int jf_cond_broadcast(jf_cond_t *c)
+    int jf_cond_wait(jf_cond_t *c, jf_mutex_t *m)
+    int jf_cond_wait_until(jf_cond_t *c, jf_mutex_t *m, double deadline)
+
+
+cdef extern from "jf_order.h" nogil:
+    ctypedef struct jf_order_t:
+        unsigned char *done
+        int64_t *completed
+        int64_t capacity
+        int64_t n_batches
+        int64_t n_done
+        int64_t prefix
+
+    void jf_order_init(jf_order_t *o)
+    void jf_order_free(jf_order_t *o)
+    int jf_order_add(jf_order_t *o, int64_t *out_id)
+    int jf_order_mark_done(jf_order_t *o, int64_t id)
+
+
+cdef class Batch:
+    cdef readonly Call call
+    cdef readonly int64_t id
+    cdef readonly Py_ssize_t start
+    cdef readonly list tasks
+    cdef public object results
+    # Monotonic time the task now running started, 0.0 when none runs.
+    # Written by the worker, read by the caller's timeout check (a benign race
+    # on an aligned double: it is only compared against a deadline).
+    cdef double task_started
+
+    cdef int run(self) except -1
+
+
+cdef class Call:
+    # `lock` guards every field marked [lock]; it is taken with the GIL held
+    # by workers and released before any GIL acquisition, so it never
+    # deadlocks against the GIL.
+    cdef jf_mutex_t lock
+    cdef jf_cond_t progress          # signalled on each batch end and on abort
+    cdef jf_order_t order            # [lock] which batches are done
+    cdef list batches                # [lock] Batch by id (None once released)
+    cdef object error                # [lock] first exception raised by a task
+    cdef Py_ssize_t error_index      # [lock] its task index
+    cdef int aborted                 # [lock] no new task may start
+    cdef double busy_time            # [lock] worker seconds spent in tasks
+    cdef int64_t busy_tasks          # [lock] tasks those seconds cover
+    cdef int64_t seen_done           # caller only: completions already handled
+    cdef int64_t released            # caller only: batches handed to the user
+
+    cdef readonly object pool
+    cdef object iterator
+    cdef readonly Py_ssize_t n_tasks     # tasks pulled from the iterator
+    cdef readonly bint exhausted
+    cdef Py_ssize_t pre_dispatch
+    cdef Py_ssize_t fixed_batch_size     # 0 means auto
+    cdef Py_ssize_t next_size
+    cdef double target_duration
+    cdef double timeout                  # 0.0 means none
+    cdef readonly int track_start        # workers record task start times
+    cdef object on_result                # callback(index, value) or None
+    cdef bint thread_pool                # pool is a ThreadPool: fast submit
+
+    cdef Py_ssize_t _auto_size(self)
+    cdef list _newly_done(self)
+    cdef bint _all_done(self)
+    cdef int _notify(self, list batch_ids) except -1
+    cdef Batch _make_batch(self)
+    cdef int _feed(self) except -1
+    cdef int _wait(self) except -1
+    cdef int _check_error(self) except -1
+    cdef int _finish_batch(self, Batch batch, object results, double duration,
+                           object error, Py_ssize_t error_index) except -1
+
+
+cdef class ThreadPool:
+    # `lock` guards the queue fields, `closing` and `n_alive`.
+    cdef jf_mutex_t lock
+    cdef jf_cond_t work              # a batch was queued, or closing
+    cdef jf_cond_t exited            # a worker thread left its loop
+    cdef PyObject **queue            # [lock] ring of owned Batch references
+    cdef Py_ssize_t head             # [lock]
+    cdef Py_ssize_t count            # [lock]
+    cdef Py_ssize_t capacity         # [lock]
+    cdef int closing                 # [lock]
+    cdef int n_alive                 # [lock]
+    cdef readonly int n_threads
+    cdef readonly list threads
+    cdef object initializer          # run first in each thread
+
+    cdef int submit(self, Batch batch) except -1
+    cdef int alive(self)

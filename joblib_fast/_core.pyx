@@ -1,0 +1,754 @@
+# cython: language_level=3
+"""The dispatch core of joblib_fast.
+
+One ``Parallel.__call__`` is one :class:`Call`.  Its data flow::
+
+    user iterable --(caller thread only: Call._feed, at most pre_dispatch
+                     batches in flight)--> Batch(id, start, tasks)
+        --> pool.submit(batch)          ThreadPool: a C ring of Batch refs
+                                        process pool: pickled over a pipe
+        --> worker: Batch.run           per task: f(*args, **kwargs), store
+        --> Call._finish_batch          under Call.lock: results kept, order
+                                        tracker (src_c/jf_order.h) marked,
+                                        `progress` signalled
+    caller thread: Call._wait sleeps on `progress` in ``with nogil`` (in
+    slices, so Ctrl-C and the timeout are seen), then releases results:
+    all at the end (list), the longest finished prefix (generator), or in
+    completion order (generator_unordered).
+
+The batch size is chosen per batch from the measured cost of a task so that
+a batch lasts about ``target_duration`` seconds (the batch sizer), and grows
+at most twofold per batch so that one fast first task cannot make one huge
+batch.
+
+Locks: Call.lock and ThreadPool.lock are C mutexes.  They are taken either
+with the GIL held (and then released before the GIL is released) or without
+the GIL (and then never held while acquiring the GIL), so they cannot
+deadlock against the GIL, and they keep the shared state right without
+relying on the GIL.
+"""
+
+import threading
+
+cimport cython
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.object cimport PyObject, PyObject_Call
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc, realloc
+
+# The caller sleeps in C at most this long before it looks for Ctrl-C and
+# for timed-out tasks again.
+cdef double SIGNAL_POLL_SECONDS = 0.05
+
+# Upper bound of an auto batch, whatever the measured task cost.
+cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
+
+cdef object _NO_ITEM = object()
+
+_thread_state = threading.local()
+
+
+def in_worker_thread():
+    """True when called from a task run by a joblib_fast worker thread."""
+    return getattr(_thread_state, "in_worker", False)
+
+
+def clock():
+    """The monotonic clock the core measures with, in seconds."""
+    return jf_clock_now()
+
+
+class TaskError(TypeError):
+    """An item of the iterable given to ``Parallel`` is not a task."""
+
+
+cdef object _bad_task(object item, Py_ssize_t index):
+    return TaskError(
+        "Parallel expects an iterable of delayed(func)(*args, **kwargs) "
+        f"calls, i.e. (func, args, kwargs) tuples; item {index} is "
+        f"{type(item).__name__}: {item!r:.80}")
+
+
+cdef inline object _check_task(object item, Py_ssize_t index):
+    """Return the task as a (callable, tuple, dict) triple or raise."""
+    cdef tuple t
+    if type(item) is not tuple or len(<tuple>item) != 3:
+        raise _bad_task(item, index)
+    t = <tuple>item
+    if not callable(t[0]):
+        raise TaskError(
+            f"task {index}: {t[0]!r:.80} is not callable; wrap the function "
+            "with delayed(func)(*args, **kwargs)")
+    if type(t[1]) is tuple and type(t[2]) is dict:
+        return t
+    if t[2] is None:
+        kwargs = {}
+    elif isinstance(t[2], dict):
+        kwargs = t[2]
+    else:
+        raise _bad_task(item, index)
+    try:
+        args = tuple(t[1])
+    except TypeError:
+        raise _bad_task(item, index) from None
+    return (t[0], args, kwargs)
+
+
+@cython.freelist(16)
+cdef class DelayedCall:
+    """``delayed(func)``: calling it captures ``(func, args, kwargs)``."""
+
+    cdef readonly object func
+
+    def __init__(self, func):
+        if not callable(func):
+            raise TypeError(
+                f"delayed() expects a callable, got {type(func).__name__}: "
+                f"{func!r:.80}")
+        self.func = func
+
+    def __call__(self, *args, **kwargs):
+        return (self.func, args, kwargs)
+
+    @property
+    def __wrapped__(self):
+        return self.func
+
+    def __getattr__(self, name):
+        # Like functools.wraps in joblib: __name__, __doc__, ... of func.
+        if name.startswith("__") and name not in (
+                "__name__", "__qualname__", "__doc__", "__module__"):
+            raise AttributeError(name)
+        return getattr(self.func, name)
+
+    def __reduce__(self):
+        return (DelayedCall, (self.func,))
+
+    def __repr__(self):
+        return f"delayed({self.func!r})"
+
+
+def delayed(func):
+    """Capture the arguments of a call to ``func`` for ``Parallel``.
+
+    ``delayed(f)(*args, **kwargs)`` returns the task ``(f, args, kwargs)``.
+    Usable as a decorator too.
+    """
+    return DelayedCall(func)
+
+
+@cython.final
+cdef class Batch:
+    """Consecutive tasks ``start .. start+len(tasks)-1`` of one call."""
+
+    def __init__(self, Call call, int64_t batch_id, Py_ssize_t start,
+                 list tasks):
+        self.call = call
+        self.id = batch_id
+        self.start = start
+        self.tasks = tasks
+        self.results = None
+        self.task_started = 0.0
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int run(self) except -1:
+        """Run the tasks in the current thread; report to the call."""
+        cdef Call call = self.call
+        cdef list tasks = self.tasks
+        cdef Py_ssize_t i, n = len(tasks)
+        cdef list results
+        cdef tuple t
+        cdef object error = None
+        cdef Py_ssize_t error_index = -1
+        cdef int track = call.track_start
+        cdef double t0
+        if call.aborted:
+            return call._finish_batch(self, None, 0.0, None, -1)
+        results = [None] * n
+        t0 = jf_clock_now()
+        for i in range(n):
+            if call.aborted:
+                results = None
+                break
+            t = <tuple>tasks[i]
+            if track:
+                self.task_started = jf_clock_now()
+            try:
+                results[i] = PyObject_Call(t[0], t[1], t[2])
+            except BaseException as exc:
+                error = exc
+                error_index = self.start + i
+                results = None
+                break
+        self.task_started = 0.0
+        return call._finish_batch(self, results, jf_clock_now() - t0,
+                                  error, error_index)
+
+    def run_here(self):
+        """Run this batch in the calling thread (used by process workers'
+        tests and by backends that execute batches themselves)."""
+        self.run()
+
+    def task_list(self):
+        return self.tasks
+
+
+cdef class Call:
+    """The state of one ``Parallel.__call__``; driven by the caller thread.
+
+    ``pool`` runs batches: a :class:`ThreadPool`, or any object with
+    ``submit(batch)`` and ``wait(call, seconds)`` (the process backend),
+    whose ``wait`` delivers finished batches with :meth:`complete`.
+    """
+
+    def __cinit__(self):
+        jf_mutex_init(&self.lock)
+        jf_cond_init(&self.progress)
+        jf_order_init(&self.order)
+
+    def __dealloc__(self):
+        jf_order_free(&self.order)
+        jf_cond_destroy(&self.progress)
+        jf_mutex_destroy(&self.lock)
+
+    def __init__(self, pool, iterable, *, Py_ssize_t pre_dispatch,
+                 Py_ssize_t batch_size=0, double target_duration=0.002,
+                 timeout=None, on_result=None):
+        if pre_dispatch < 1:
+            raise ValueError("pre_dispatch must be at least 1")
+        if batch_size < 0:
+            raise ValueError("batch_size must be positive or 0 for auto")
+        self.pool = pool
+        self.thread_pool = isinstance(pool, ThreadPool)
+        self.iterator = iter(iterable)
+        self.batches = []
+        self.pre_dispatch = pre_dispatch
+        self.fixed_batch_size = batch_size
+        self.next_size = batch_size if batch_size else 1
+        self.target_duration = target_duration
+        self.timeout = float(timeout) if timeout is not None else 0.0
+        self.track_start = 1 if self.timeout > 0.0 else 0
+        self.on_result = on_result
+        self.error_index = -1
+
+    # ----------------------------------------------------------- workers
+
+    cdef int _finish_batch(self, Batch batch, object results, double duration,
+                           object error, Py_ssize_t error_index) except -1:
+        """Record a finished (or skipped) batch.  Any thread, GIL held."""
+        cdef int rc
+        batch.results = results
+        batch.tasks = None
+        jf_mutex_lock(&self.lock)
+        if error is not None and self.error is None:
+            self.error = error
+            self.error_index = error_index
+            self.aborted = 1
+        if results is not None:
+            self.busy_time += duration
+            self.busy_tasks += len(results)
+        rc = jf_order_mark_done(&self.order, batch.id)
+        jf_cond_broadcast(&self.progress)
+        jf_mutex_unlock(&self.lock)
+        if rc:
+            raise SystemError(f"batch {batch.id} finished twice")
+        return 0
+
+    def complete(self, Batch batch, results, double duration=0.0,
+                 error=None, Py_ssize_t error_index=-1):
+        """Deliver a batch run elsewhere (a process): results or error."""
+        self._finish_batch(batch, results, duration, error, error_index)
+
+    def abort(self, error=None):
+        """Stop starting tasks of this call; optionally record `error`."""
+        jf_mutex_lock(&self.lock)
+        self.aborted = 1
+        if error is not None and self.error is None:
+            self.error = error
+        jf_cond_broadcast(&self.progress)
+        jf_mutex_unlock(&self.lock)
+
+    # ------------------------------------------------------------ caller
+
+    @property
+    def aborted(self):
+        return bool(self.aborted)
+
+    @property
+    def n_batches(self):
+        return self.order.n_batches
+
+    @property
+    def n_done(self):
+        return self.order.n_done
+
+    @property
+    def n_in_flight(self):
+        jf_mutex_lock(&self.lock)
+        n = self.order.n_batches - self.order.n_done
+        jf_mutex_unlock(&self.lock)
+        return n
+
+    @property
+    def batch_size(self):
+        """The size the next auto batch would have (for tests, verbose)."""
+        return self.next_size
+
+    def pending_batches(self):
+        """Batches submitted and not finished, oldest first."""
+        out = []
+        jf_mutex_lock(&self.lock)
+        try:
+            for b in range(self.order.prefix, self.order.n_batches):
+                if not self.order.done[b]:
+                    out.append(self.batches[b])
+        finally:
+            jf_mutex_unlock(&self.lock)
+        return out
+
+    cdef Py_ssize_t _auto_size(self):
+        cdef double per_task
+        cdef Py_ssize_t ideal, size = self.next_size
+        jf_mutex_lock(&self.lock)
+        if self.busy_tasks > 0:
+            per_task = self.busy_time / self.busy_tasks
+        else:
+            per_task = -1.0
+        jf_mutex_unlock(&self.lock)
+        if per_task < 0.0:
+            return size
+        if per_task * MAX_AUTO_BATCH <= self.target_duration:
+            ideal = MAX_AUTO_BATCH
+        else:
+            ideal = <Py_ssize_t>(self.target_duration / per_task)
+        if ideal < 1:
+            ideal = 1
+        if ideal > 2 * size:
+            ideal = 2 * size
+        return ideal
+
+    cdef Batch _make_batch(self):
+        """Pull the next batch from the user's iterator (caller thread)."""
+        cdef Py_ssize_t size, k
+        cdef int64_t batch_id
+        cdef list tasks
+        cdef object item
+        cdef Batch batch
+        cdef int rc
+        if self.fixed_batch_size:
+            size = self.fixed_batch_size
+        else:
+            size = self._auto_size()
+            self.next_size = size
+        tasks = []
+        for k in range(size):
+            item = next(self.iterator, _NO_ITEM)
+            if item is _NO_ITEM:
+                self.exhausted = True
+                self.iterator = None
+                break
+            tasks.append(_check_task(item, self.n_tasks + k))
+        if not tasks:
+            return None
+        jf_mutex_lock(&self.lock)
+        rc = jf_order_add(&self.order, &batch_id)
+        jf_mutex_unlock(&self.lock)
+        if rc:
+            raise MemoryError()
+        batch = Batch(self, batch_id, self.n_tasks, tasks)
+        self.n_tasks += len(tasks)
+        self.batches.append(batch)
+        return batch
+
+    cdef int _feed(self) except -1:
+        """Submit batches until pre_dispatch are in flight or input ends."""
+        cdef Batch batch
+        cdef int64_t in_flight
+        while not self.exhausted and not self.aborted:
+            jf_mutex_lock(&self.lock)
+            in_flight = self.order.n_batches - self.order.n_done
+            jf_mutex_unlock(&self.lock)
+            if in_flight >= self.pre_dispatch:
+                break
+            try:
+                batch = self._make_batch()
+            except BaseException:
+                # The iterator raised, or an item is not a task: nothing
+                # more may start; the caller re-raises.
+                self.exhausted = True
+                self.iterator = None
+                raise
+            if batch is None:
+                break
+            if self.thread_pool:
+                (<ThreadPool>self.pool).submit(batch)
+            else:
+                self.pool.submit(batch)
+        return 0
+
+    cdef int _check_error(self) except -1:
+        cdef object error
+        jf_mutex_lock(&self.lock)
+        error = self.error
+        jf_mutex_unlock(&self.lock)
+        if error is not None:
+            raise error
+        return 0
+
+    def _check_timeout(self):
+        now = jf_clock_now()
+        for batch in self.pending_batches():
+            started = (<Batch>batch).task_started
+            if started > 0.0 and now - started > self.timeout:
+                raise TimeoutError(
+                    f"a task of Parallel ran longer than timeout="
+                    f"{self.timeout:g} s (tasks {batch.start}.."
+                    f"{batch.start + len(batch.tasks or ()) - 1} "
+                    "in that batch)")
+        timed_out = getattr(self.pool, "timed_out", None)
+        if timed_out is not None:
+            timed_out(self, now)
+
+    cdef int _wait(self) except -1:
+        """Sleep until a batch finishes beyond the handled ones, or abort."""
+        cdef int64_t seen = self.seen_done
+        cdef double slice_end
+        cdef bint got = False
+        while True:
+            if self.thread_pool:
+                slice_end = jf_clock_now() + SIGNAL_POLL_SECONDS
+                with nogil:
+                    jf_mutex_lock(&self.lock)
+                    while self.order.n_done == seen and not self.aborted:
+                        if jf_cond_wait_until(&self.progress, &self.lock,
+                                              slice_end) == JF_TIMEDOUT:
+                            break
+                    got = self.order.n_done != seen or self.aborted
+                    jf_mutex_unlock(&self.lock)
+            else:
+                self.pool.wait(self, SIGNAL_POLL_SECONDS)
+                jf_mutex_lock(&self.lock)
+                got = self.order.n_done != seen or self.aborted
+                jf_mutex_unlock(&self.lock)
+            if got:
+                return 0
+            PyErr_CheckSignals()
+            if self.thread_pool and (<ThreadPool>self.pool).alive() == 0:
+                raise RuntimeError(
+                    "every worker thread of the pool has exited")
+            if self.timeout > 0.0:
+                self._check_timeout()
+
+    cdef list _newly_done(self):
+        """Batch ids finished since the last call, in completion order."""
+        cdef int64_t i, end
+        cdef list out = []
+        jf_mutex_lock(&self.lock)
+        end = self.order.n_done
+        for i in range(self.seen_done, end):
+            out.append(self.order.completed[i])
+        jf_mutex_unlock(&self.lock)
+        self.seen_done = end
+        return out
+
+    cdef bint _all_done(self):
+        cdef bint done
+        jf_mutex_lock(&self.lock)
+        done = self.order.n_done == self.order.n_batches
+        jf_mutex_unlock(&self.lock)
+        return done and self.exhausted
+
+    cdef int _notify(self, list batch_ids) except -1:
+        cdef Batch batch
+        cdef Py_ssize_t k
+        if self.on_result is None:
+            return 0
+        for b in batch_ids:
+            batch = <Batch>self.batches[b]
+            if batch is not None and batch.results is not None:
+                for k, value in enumerate(batch.results):
+                    self.on_result(batch.start + k, value)
+        return 0
+
+    def start(self):
+        """Dispatch the first batches (before the user asks for results)."""
+        self._feed()
+
+    def _step(self):
+        """Feed, wait for progress, check errors.
+
+        Returns ``(ids, finished)``: the batches finished since the last
+        step in completion order, and whether every task is done."""
+        self._check_error()
+        if self.aborted:
+            raise RuntimeError("this Parallel call was aborted")
+        self._feed()
+        finished = self._all_done()
+        if not finished:
+            self._wait()
+            self._check_error()
+        done = self._newly_done()
+        self._notify(done)
+        return done, finished
+
+    def run_list(self):
+        """Run every task; return the results in input order."""
+        cdef list out
+        cdef Batch batch
+        try:
+            while not self._step()[1]:
+                pass
+        except BaseException:
+            self.abort()
+            raise
+        out = []
+        for batch in self.batches:
+            out.extend(batch.results)
+            batch.results = None
+        self.batches = []
+        return out
+
+    def iter_ordered(self):
+        """Yield results in input order as the finished prefix grows."""
+        cdef Batch batch
+        cdef int64_t prefix
+        cdef bint finished = False
+        try:
+            while True:
+                jf_mutex_lock(&self.lock)
+                prefix = self.order.prefix
+                jf_mutex_unlock(&self.lock)
+                while self.released < prefix:
+                    self._check_error()
+                    batch = <Batch>self.batches[self.released]
+                    self.batches[self.released] = None
+                    self.released += 1
+                    results = batch.results
+                    batch.results = None
+                    for value in results:
+                        yield value
+                    # Keep workers fed while the user consumes.
+                    self._feed()
+                if finished:
+                    break
+                finished = self._step()[1]
+        except BaseException:
+            self.abort()
+            raise
+
+    def iter_unordered(self):
+        """Yield results in the order tasks finish."""
+        cdef Batch batch
+        cdef bint finished = False
+        try:
+            while not finished:
+                done, finished = self._step()
+                for b in done:
+                    batch = <Batch>self.batches[b]
+                    self.batches[b] = None
+                    results = batch.results
+                    batch.results = None
+                    self._check_error()
+                    if results is None:
+                        continue
+                    for value in results:
+                        yield value
+                    self._feed()
+        except BaseException:
+            self.abort()
+            raise
+
+
+# --------------------------------------------------------------- threads
+
+
+@cython.final
+cdef class ThreadPool:
+    """Persistent worker threads running :class:`Batch` objects.
+
+    Threads wait for work in ``with nogil`` on a C condition variable and
+    hold the GIL only to run the tasks and record the results.
+    """
+
+    def __cinit__(self):
+        jf_mutex_init(&self.lock)
+        jf_cond_init(&self.work)
+        jf_cond_init(&self.exited)
+        self.queue = NULL
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.queue != NULL:
+            for i in range(self.count):
+                Py_DECREF(<object>self.queue[(self.head + i) % self.capacity])
+            free(self.queue)
+        jf_cond_destroy(&self.exited)
+        jf_cond_destroy(&self.work)
+        jf_mutex_destroy(&self.lock)
+
+    def __init__(self, int n_threads, str name="joblib_fast-thread",
+                 initializer=None):
+        if n_threads < 1:
+            raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+        self.capacity = 64
+        self.queue = <PyObject **>malloc(self.capacity * sizeof(PyObject *))
+        if self.queue == NULL:
+            raise MemoryError()
+        self.n_threads = n_threads
+        self.initializer = initializer
+        self.threads = []
+        jf_mutex_lock(&self.lock)
+        self.n_alive = n_threads
+        jf_mutex_unlock(&self.lock)
+        for i in range(n_threads):
+            t = threading.Thread(target=self._worker_main,
+                                 name=f"{name}-{i}", daemon=True)
+            self.threads.append(t)
+        started = 0
+        try:
+            for t in self.threads:
+                t.start()
+                started += 1
+        finally:
+            if started < n_threads:
+                jf_mutex_lock(&self.lock)
+                self.n_alive = started
+                jf_mutex_unlock(&self.lock)
+                self.shutdown(wait=True)
+
+    @property
+    def closed(self):
+        return bool(self.closing)
+
+    @property
+    def n_alive(self):
+        jf_mutex_lock(&self.lock)
+        n = self.n_alive
+        jf_mutex_unlock(&self.lock)
+        return n
+
+    cdef int alive(self):
+        cdef int n
+        jf_mutex_lock(&self.lock)
+        n = self.n_alive
+        jf_mutex_unlock(&self.lock)
+        return n
+
+    cdef int submit(self, Batch batch) except -1:
+        cdef PyObject **grown
+        cdef Py_ssize_t i, cap
+        jf_mutex_lock(&self.lock)
+        if self.closing:
+            jf_mutex_unlock(&self.lock)
+            raise RuntimeError("the thread pool is shut down")
+        if self.count == self.capacity:
+            cap = self.capacity * 2
+            grown = <PyObject **>malloc(cap * sizeof(PyObject *))
+            if grown == NULL:
+                jf_mutex_unlock(&self.lock)
+                raise MemoryError()
+            for i in range(self.count):
+                grown[i] = self.queue[(self.head + i) % self.capacity]
+            free(self.queue)
+            self.queue = grown
+            self.head = 0
+            self.capacity = cap
+        Py_INCREF(batch)
+        self.queue[(self.head + self.count) % self.capacity] = <PyObject *>batch
+        self.count += 1
+        jf_cond_signal(&self.work)
+        jf_mutex_unlock(&self.lock)
+        return 0
+
+    def submit_batch(self, Batch batch):
+        self.submit(batch)
+
+    def _worker_main(self):
+        cdef PyObject *item
+        cdef Batch batch
+        _thread_state.in_worker = True
+        try:
+            if self.initializer is not None:
+                try:
+                    self.initializer()
+                except BaseException:
+                    # The thread still serves; the failure is reported.
+                    import traceback
+                    traceback.print_exc()
+            while True:
+                with nogil:
+                    jf_mutex_lock(&self.lock)
+                    while self.count == 0 and not self.closing:
+                        jf_cond_wait(&self.work, &self.lock)
+                    if self.count == 0:
+                        item = NULL
+                    else:
+                        item = self.queue[self.head]
+                        self.head = (self.head + 1) % self.capacity
+                        self.count -= 1
+                    jf_mutex_unlock(&self.lock)
+                if item == NULL:
+                    break
+                batch = <Batch>item
+                Py_DECREF(batch)  # the queue's reference; `batch` holds one
+                try:
+                    batch.run()
+                except BaseException as exc:
+                    # Only an internal failure gets here; never let the
+                    # caller wait for a batch that will not finish.
+                    batch.call.abort(exc)
+                batch = None
+        finally:
+            jf_mutex_lock(&self.lock)
+            self.n_alive -= 1
+            jf_cond_broadcast(&self.exited)
+            jf_mutex_unlock(&self.lock)
+
+    def shutdown(self, wait=True, timeout=None):
+        """Stop the threads after the queued batches; join them if `wait`.
+
+        Returns True when every thread has exited."""
+        jf_mutex_lock(&self.lock)
+        self.closing = 1
+        jf_cond_broadcast(&self.work)
+        jf_mutex_unlock(&self.lock)
+        if not wait:
+            return self.n_alive == 0
+        me = threading.current_thread()
+        for t in self.threads:
+            if t is not me and t.ident is not None:
+                t.join(timeout)
+        return all(not t.is_alive() for t in self.threads)
+
+
+# ------------------------------------------------------------ sequential
+
+
+def run_sequential(iterable, on_result=None):
+    """``n_jobs=1``: run every task in the caller; return the results."""
+    cdef list out = []
+    cdef Py_ssize_t i = 0
+    cdef tuple t
+    for item in iterable:
+        t = <tuple>_check_task(item, i)
+        value = PyObject_Call(t[0], t[1], t[2])
+        if on_result is not None:
+            on_result(i, value)
+        out.append(value)
+        i += 1
+    return out
+
+
+def iter_sequential(iterable, on_result=None):
+    """``n_jobs=1`` with a generator output: run each task on demand."""
+    cdef Py_ssize_t i = 0
+    cdef tuple t
+    for item in iterable:
+        t = <tuple>_check_task(item, i)
+        value = PyObject_Call(t[0], t[1], t[2])
+        if on_result is not None:
+            on_result(i, value)
+        i += 1
+        yield value

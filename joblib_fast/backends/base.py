@@ -1,0 +1,133 @@
+"""ParallelBackendBase: the backend contract joblib documents.
+
+A backend written for ``joblib.parallel.ParallelBackendBase`` is written
+against these attribute and method names; ours keep them.  joblib_fast's own
+backends additionally set ``_jf_native = True`` and implement
+:meth:`_jf_make_pool`, which returns the pool the compiled core feeds
+(a :class:`joblib_fast._core.ThreadPool`, or an object with
+``submit(batch)`` and ``wait(call, seconds)``).
+"""
+from __future__ import annotations
+
+import os
+from abc import ABCMeta, abstractmethod
+from typing import Any, Optional
+
+# Environment variables that size the thread pools of BLAS/OpenMP libraries
+# inside workers (the same set joblib caps).
+MAX_NUM_THREADS_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+class ParallelBackendBase(metaclass=ABCMeta):
+    """Base class of every backend (joblib's documented contract)."""
+
+    default_n_jobs = 1
+    supports_inner_max_num_threads = False
+    supports_retrieve_callback = False
+    supports_sharedmem = False
+    uses_threads = False
+    nesting_level: Optional[int] = None
+    # Seconds an auto-sized batch should last on this backend.
+    target_batch_duration = 0.002
+    _jf_native = False
+
+    @property
+    def supports_return_generator(self) -> bool:
+        return self.supports_retrieve_callback
+
+    @property
+    def supports_timeout(self) -> bool:
+        return self.supports_retrieve_callback
+
+    def __init__(self, nesting_level: Optional[int] = None,
+                 inner_max_num_threads: Optional[int] = None,
+                 **backend_kwargs: Any) -> None:
+        self.nesting_level = nesting_level
+        self.inner_max_num_threads = inner_max_num_threads
+        self.backend_kwargs = backend_kwargs
+        self.parallel = None
+
+    @abstractmethod
+    def effective_n_jobs(self, n_jobs: int) -> int:
+        """How many workers really run at once for ``n_jobs``."""
+
+    def apply_async(self, func, callback=None):
+        raise NotImplementedError("Implement `submit` instead.")
+
+    def submit(self, func, callback=None):
+        """Schedule ``func()``; return a future-like object."""
+        return self.apply_async(func, callback)
+
+    def retrieve_result_callback(self, out):
+        """Turn what ``submit``'s callback receives into the result."""
+        return out
+
+    def retrieve_result(self, out, timeout=None):
+        """Wait for and return the result of what ``submit`` returned."""
+        if self.supports_timeout:
+            return out.get(timeout=timeout)
+        return out.get()
+
+    def configure(self, n_jobs: int = 1, parallel=None, prefer=None,
+                  require=None, **backend_kwargs: Any) -> int:
+        """Prepare to run with ``n_jobs``; return the effective count."""
+        self.parallel = parallel
+        return self.effective_n_jobs(n_jobs)
+
+    def start_call(self) -> None:
+        """Called before the tasks of one Parallel call are dispatched."""
+
+    def stop_call(self) -> None:
+        """Called after the last result of one Parallel call."""
+
+    def terminate(self) -> None:
+        """Release the workers (end of a call, or of a ``with`` block)."""
+
+    def compute_batch_size(self) -> int:
+        """Batch size for ``batch_size='auto'`` (1 unless overridden)."""
+        return 1
+
+    def batch_completed(self, batch_size: int, duration: float) -> None:
+        """Told the size and duration of each finished batch."""
+
+    def get_exceptions(self):
+        return []
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Stop all work now; if ``ensure_ready``, be usable again after."""
+        self.terminate()
+
+    def get_nested_backend(self):
+        """Backend (and n_jobs) for a Parallel created inside a task."""
+        level = (self.nesting_level or 0) + 1
+        if level > 1:
+            from .sequential import SequentialBackend
+            return SequentialBackend(nesting_level=level), None
+        from .threading import ThreadingBackend
+        return ThreadingBackend(nesting_level=level), None
+
+    def retrieval_context(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def _prepare_worker_env(self, n_jobs: int) -> dict:
+        """Environment that caps BLAS/OpenMP threads in each worker."""
+        inner = self.inner_max_num_threads
+        if inner is None:
+            inner = max(os.cpu_count() // max(n_jobs, 1), 1)
+        env = {}
+        for var in MAX_NUM_THREADS_VARS:
+            env[var] = os.environ.get(var, str(inner)) \
+                if self.inner_max_num_threads is None else str(inner)
+        return env
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,350 @@
+"""Parallel and delayed: argument checking and the user-facing loop.
+
+The work itself happens in the compiled core (``_core.pyx``); this module
+decides the backend, the number of workers and the batching parameters,
+owns the pool across calls inside ``with Parallel(...)``, and cleans up.
+"""
+from __future__ import annotations
+
+import ast
+import sys
+from numbers import Integral, Real
+from typing import Any, Iterable, Optional
+
+from . import config as _config
+from ._core import Call, delayed, iter_sequential, run_sequential
+from .backends.base import ParallelBackendBase
+from .config import UNSET
+
+__all__ = ["Parallel", "delayed"]
+
+VALID_RETURN_AS = ("list", "generator", "generator_unordered")
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def memstr_to_bytes(text: Any) -> Optional[int]:
+    """``"1M"`` -> 1048576; ints pass through; None stays None."""
+    if text is None:
+        return None
+    if isinstance(text, Integral) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"max_nbytes must be >= 0, got {text}")
+        return int(text)
+    if isinstance(text, str):
+        value = text.strip().lower()
+        unit = 1
+        if value and value[-1] in _SIZE_UNITS:
+            unit = _SIZE_UNITS[value[-1]]
+            value = value[:-1]
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if number >= 0:
+            return int(number * unit)
+    raise ValueError(
+        "max_nbytes must be None, a number of bytes or a string like "
+        f"'1M', '200k', '2G'; got {text!r}")
+
+
+def _eval_pre_dispatch(value: Any, n_jobs: int) -> int:
+    """``'all'``, a positive int, or an expression of ``n_jobs``."""
+    if isinstance(value, str):
+        if value.strip() == "all":
+            return sys.maxsize
+        try:
+            number = _eval_expr(ast.parse(value.strip(), mode="eval").body,
+                                n_jobs)
+        except (SyntaxError, ValueError, ZeroDivisionError) as exc:
+            raise ValueError(
+                "pre_dispatch must be 'all', a positive integer or an "
+                f"expression such as '2*n_jobs'; got {value!r} ({exc})"
+            ) from None
+    elif isinstance(value, Real) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ValueError(
+            "pre_dispatch must be 'all', a positive integer or an "
+            f"expression such as '2*n_jobs'; got {value!r}")
+    if number < 1:
+        raise ValueError(f"pre_dispatch must be at least 1, got {value!r}")
+    return int(number)
+
+
+def _eval_expr(node: ast.AST, n_jobs: int) -> float:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return node.value
+    if isinstance(node, ast.Name) and node.id == "n_jobs":
+        return n_jobs
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        operand = _eval_expr(node.operand, n_jobs)
+        return operand if isinstance(node.op, ast.UAdd) else -operand
+    if isinstance(node, ast.BinOp):
+        left = _eval_expr(node.left, n_jobs)
+        right = _eval_expr(node.right, n_jobs)
+        if isinstance(node.op, ast.Add):
+            return left + right
+        if isinstance(node.op, ast.Sub):
+            return left - right
+        if isinstance(node.op, ast.Mult):
+            return left * right
+        if isinstance(node.op, ast.Div):
+            return left / right
+        if isinstance(node.op, ast.FloorDiv):
+            return left // right
+    raise ValueError("only numbers, n_jobs and + - * / are allowed")
+
+
+class Parallel:
+    """Run ``delayed`` calls in parallel; same signature as joblib's.
+
+    Parameters
+    ----------
+    n_jobs : int or None
+        Workers to use; ``-1`` all CPUs, ``-2`` all but one, ...; ``None``
+        means 1 unless ``parallel_config`` sets it.  ``0`` is an error.
+    backend : str, ParallelBackendBase or multiprocessing context, optional
+        ``"loky"`` (default, processes), ``"multiprocessing"``,
+        ``"threading"``, ``"sequential"`` or a registered name.
+    return_as : {"list", "generator", "generator_unordered"}
+        All results at the end in input order, a generator yielding them in
+        input order as they become ready, or in completion order.
+    verbose : int
+        Progress messages (see the README).
+    timeout : float, optional
+        Seconds a single task may run; past that ``TimeoutError`` is raised.
+    pre_dispatch : {"all", int, str}
+        Batches dispatched ahead of completion (an expression of ``n_jobs``).
+    batch_size : int or "auto"
+        Tasks per batch; ``"auto"`` sizes batches from measured task costs.
+    temp_folder, max_nbytes, mmap_mode
+        Memory mapping of large arrays for process backends.
+    prefer : {"threads", "processes"}, optional
+        Soft hint used when no backend is chosen explicitly.
+    require : {"sharedmem"}, optional
+        Hard constraint: a backend whose workers share memory (threads).
+    **backend_kwargs
+        Passed to the backend's ``configure``.
+
+    Examples
+    --------
+    >>> from math import sqrt
+    >>> from joblib_fast import Parallel, delayed
+    >>> Parallel(n_jobs=2, backend="threading")(
+    ...     delayed(sqrt)(i ** 2) for i in range(4))
+    [0.0, 1.0, 2.0, 3.0]
+    """
+
+    def __init__(self, n_jobs: Any = UNSET, backend: Any = None,
+                 return_as: str = "list", verbose: Any = UNSET,
+                 timeout: Optional[float] = None,
+                 pre_dispatch: Any = "2 * n_jobs",
+                 batch_size: Any = "auto", temp_folder: Any = UNSET,
+                 max_nbytes: Any = UNSET, mmap_mode: Any = UNSET,
+                 prefer: Any = UNSET, require: Any = UNSET,
+                 **backend_kwargs: Any) -> None:
+        if return_as not in VALID_RETURN_AS:
+            raise ValueError(
+                f"return_as must be one of {VALID_RETURN_AS}, got {return_as!r}")
+        prefer = None if prefer is UNSET else prefer
+        require = None if require is UNSET else require
+        _config._check_choice("prefer", prefer, _config.VALID_PREFER)
+        _config._check_choice("require", require, _config.VALID_REQUIRE)
+        if n_jobs is not UNSET:
+            _config._check_n_jobs(n_jobs)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, Real) \
+                    or not timeout > 0:
+                raise ValueError(
+                    f"timeout must be a positive number of seconds or None, "
+                    f"got {timeout!r}")
+        if batch_size != "auto" and (
+                isinstance(batch_size, bool)
+                or not isinstance(batch_size, Integral) or batch_size < 1):
+            raise ValueError(
+                "batch_size must be 'auto' or a positive integer, got: "
+                f"{batch_size!r}")
+        # Checked now so that a bad value fails at construction.
+        _eval_pre_dispatch(pre_dispatch, 2)
+
+        config = dict(_config._current_config())
+        level = _config._nesting_level()
+        for key, value in (("verbose", verbose), ("temp_folder", temp_folder),
+                           ("max_nbytes", max_nbytes),
+                           ("mmap_mode", mmap_mode)):
+            if value is not UNSET:
+                config[key] = value
+        _config._check_choice("mmap_mode", config["mmap_mode"],
+                              _config.VALID_MMAP_MODES)
+        verbose = config["verbose"]
+        if verbose is None:
+            verbose = 0
+        if isinstance(verbose, bool) or not isinstance(verbose, Integral):
+            raise TypeError(f"verbose must be an integer, got {verbose!r}")
+
+        if backend is None or backend is UNSET:
+            backend = _config._resolve_backend(prefer, require)[0]
+        elif isinstance(backend, ParallelBackendBase):
+            if backend.nesting_level is None:
+                backend.nesting_level = level
+        elif isinstance(backend, str):
+            backend = _config._make_backend(backend, nesting_level=level)
+        elif hasattr(backend, "Pool") and hasattr(backend, "Lock"):
+            backend_kwargs["context"] = backend
+            backend = _config._make_backend("multiprocessing",
+                                            nesting_level=level)
+        else:
+            raise ValueError(
+                f"Invalid backend: {backend!r}, expected a backend name, a "
+                "ParallelBackendBase instance or a multiprocessing context")
+        if require == "sharedmem" and not getattr(
+                backend, "supports_sharedmem", False):
+            raise ValueError(
+                f"Backend {backend!r} does not support shared memory "
+                "(require='sharedmem')")
+        if n_jobs is UNSET or n_jobs is None:
+            n_jobs = config["n_jobs"]
+            if n_jobs is UNSET or n_jobs is None:
+                n_jobs = backend.default_n_jobs
+        if return_as != "list" and not getattr(
+                backend, "_jf_sequential", False) and not \
+                backend.supports_return_generator:
+            raise ValueError(
+                f"Backend {backend!r} does not support return_as={return_as!r}")
+
+        self.n_jobs = n_jobs
+        self.return_as = return_as
+        self.verbose = verbose
+        self.timeout = timeout
+        self.pre_dispatch = pre_dispatch
+        self.batch_size = batch_size
+        self.prefer = prefer
+        self.require = require
+        self._backend = backend
+        self._backend_kwargs = dict(backend_kwargs)
+        self._backend_kwargs.update(
+            temp_folder=config["temp_folder"],
+            max_nbytes=memstr_to_bytes(config["max_nbytes"]),
+            mmap_mode=config["mmap_mode"],
+        )
+        self._managed = False   # inside `with Parallel(...)`
+        self._pool = None       # the pool kept across calls when managed
+        self._pool_n_jobs = 0
+        self._running = False
+
+    # ------------------------------------------------------------ pools
+
+    def __enter__(self) -> "Parallel":
+        self._managed = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._managed = False
+        self._discard_pool(wait=True)
+        self._backend.terminate()
+
+    def _discard_pool(self, wait: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait)
+
+    def _configure(self) -> int:
+        return self._backend.configure(
+            n_jobs=self.n_jobs, parallel=self, prefer=self.prefer,
+            require=self.require, **self._backend_kwargs)
+
+    def _get_pool(self, n_jobs: int):
+        if self._pool is not None and self._pool_n_jobs == n_jobs and \
+                not getattr(self._pool, "closed", False):
+            return self._pool
+        self._discard_pool(wait=True)
+        pool = self._backend._jf_make_pool(n_jobs)
+        if self._managed:
+            self._pool, self._pool_n_jobs = pool, n_jobs
+        return pool
+
+    def _end_call(self, pool, error: Optional[BaseException]) -> None:
+        """Release what the call used (caller thread, after the call)."""
+        # A task stuck past its timeout may never finish: don't wait for it
+        # and don't reuse its pool.
+        stuck = isinstance(error, TimeoutError)
+        if pool is not self._pool:
+            pool.shutdown(wait=not stuck)
+        elif stuck or getattr(pool, "broken", False):
+            self._discard_pool(wait=False)
+        self._backend.stop_call()
+        if not self._managed:
+            self._backend.terminate()
+
+    # ------------------------------------------------------------- call
+
+    def __call__(self, iterable: Iterable) -> Any:
+        """Run the tasks of ``iterable`` (``delayed(f)(*args)`` items)."""
+        if self._running:
+            raise RuntimeError(
+                "this Parallel instance is already running a call; nested "
+                "or concurrent calls need their own Parallel instance")
+        n_jobs = self._configure()
+        if getattr(self._backend, "_jf_sequential", False) or n_jobs == 1:
+            if self.return_as == "list":
+                return run_sequential(iterable)
+            return iter_sequential(iterable)
+        if not self._backend._jf_native:
+            raise NotImplementedError(
+                f"backend {self._backend!r} is not supported yet")
+        self._running = True
+        try:
+            pool = self._get_pool(n_jobs)
+        except BaseException:
+            self._running = False
+            raise
+        self._backend.start_call()
+        call = Call(
+            pool, iterable,
+            pre_dispatch=_eval_pre_dispatch(self.pre_dispatch, n_jobs),
+            batch_size=0 if self.batch_size == "auto" else self.batch_size,
+            target_duration=self._backend.target_batch_duration,
+            timeout=self.timeout,
+        )
+        if self.return_as == "list":
+            error = None
+            try:
+                return call.run_list()
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._running = False
+                self._end_call(pool, error)
+        try:
+            call.start()
+            source = call.iter_ordered() if self.return_as == "generator" \
+                else call.iter_unordered()
+        except BaseException as exc:
+            call.abort()
+            self._running = False
+            self._end_call(pool, exc)
+            raise
+        gen = self._generate(call, pool, source)
+        next(gen)  # enter the try block so that close() always cleans up
+        return gen
+
+    def _generate(self, call: Call, pool, source):
+        error = None
+        try:
+            yield None
+            yield from source
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.abort()
+            self._running = False
+            self._end_call(pool, error)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_jobs={self.n_jobs})"
+
+
+# joblib exposes delayed from this module too.
+delayed = delayed
