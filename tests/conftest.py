@@ -10,7 +10,9 @@ of ``LEAK_GRACE_SECONDS`` has passed, one of these is still around:
 * a child process of this process that did not exist before the test
   (``psutil``, recursive);
 * a new entry whose name contains ``joblib`` in ``tempfile.gettempdir()``
-  or in ``/dev/shm``.
+  or in ``/dev/shm`` (entries named with the pid of another live process,
+  one that is not a descendant of this one, belong to someone else and are
+  ignored: ``/dev/shm`` is shared with whatever else runs on the machine).
 
 The grace period lets a thread abandoned on purpose (a task stuck past its
 ``timeout``) end by itself: tests that do that keep the stuck task shorter
@@ -22,11 +24,12 @@ avoided, and say why next to the marker.  No test uses it at the moment.
 
 Temp files: the session runs with a private temporary directory (``TMPDIR``
 and ``tempfile.tempdir`` point into it), so that a concurrent run on the same
-machine cannot be mistaken for a leak; ``/dev/shm`` is shared by nature.
+machine cannot be mistaken for a leak.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -94,8 +97,25 @@ def _joblib_files():
         except OSError:
             continue
         found.update(os.path.join(folder, n) for n in names
-                     if "joblib" in n.lower())
+                     if "joblib" in n.lower() and not _foreign(n))
     return found
+
+
+def _foreign(name):
+    """True when ``name`` carries the pid of a live process that is neither
+    this one nor one of its descendants (another test run or a benchmark
+    on the same machine: joblib names its folders ``..._<pid>_...``)."""
+    pids = [int(tok) for tok in re.split(r"[_.\-]", name) if tok.isdigit()]
+    if not pids or os.getpid() in pids:
+        return False
+    for pid in pids:
+        try:
+            ancestors = {p.pid for p in psutil.Process(pid).parents()}
+        except psutil.Error:
+            continue  # not a live process: may be our dead child's
+        if os.getpid() not in ancestors:
+            return True
+    return False
 
 
 def _describe_threads(threads):
