@@ -176,3 +176,17 @@ def test_callable_objects_and_builtins():
         [delayed(Mul(3))(2), delayed(abs)(-4), delayed(divmod)(7, 2),
          delayed(sorted)([3, 1, 2], reverse=True)])
     assert out == [6, 4, (3, 1), [3, 2, 1]]
+
+
+@pytest.mark.parametrize("n_jobs, pre_dispatch", [
+    (4, "n_jobs/2"),
+    (4, "n_jobs - 2"),
+    (8, "n_jobs // 4"),
+    (3, "n_jobs - 1"),
+])
+def test_pre_dispatch_expression_uses_the_real_n_jobs(n_jobs, pre_dispatch):
+    # Each expression is >= 1 for the n_jobs given, so it is valid.
+    out = Parallel(n_jobs=n_jobs, backend="threading",
+                   pre_dispatch=pre_dispatch)(
+        delayed(square)(i) for i in range(30))
+    assert out == [i * i for i in range(30)]
