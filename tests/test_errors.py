@@ -452,3 +452,16 @@ def test_real_sigint_in_subprocess():
     n_started, n_left = int(words[2]), int(words[3])
     assert n_started < 1000, lines[0]
     assert n_left == 0, lines[0]
+
+
+def test_timeout_counts_each_task_not_its_batch():
+    # A batch of 10 tasks of 50 ms lasts 0.5 s; no task is near timeout=0.4.
+    out = Parallel(n_jobs=2, backend="threading", timeout=0.4, batch_size=10)(
+        delayed(sleep_and_return)(i, 0.05) for i in range(20))
+    assert out == list(range(20))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_task_with_non_iterable_args(backend):
+    with pytest.raises(TaskError, match="delayed"):
+        Parallel(n_jobs=2, backend=backend)([(square, 5, {})])

@@ -190,3 +190,39 @@ def test_pre_dispatch_expression_uses_the_real_n_jobs(n_jobs, pre_dispatch):
                    pre_dispatch=pre_dispatch)(
         delayed(square)(i) for i in range(30))
     assert out == [i * i for i in range(30)]
+
+
+@pytest.mark.parametrize("return_as", RETURN_AS)
+def test_many_batches_queued_at_once(return_as):
+    # pre_dispatch="all" with batch_size=1 queues thousands of batches while
+    # workers consume them: the pool's queue grows and wraps around.
+    n = 5000
+    out = Parallel(n_jobs=2, backend="threading", batch_size=1,
+                   pre_dispatch="all", return_as=return_as)(
+        delayed(square)(i) for i in range(n))
+    check_same(collect(out, return_as), [i * i for i in range(n)], return_as)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_jobs", (-2, -100, 8))
+def test_other_n_jobs_values(backend, n_jobs):
+    # -2: all CPUs but one; -100: clipped to one worker; 8 > tasks.
+    out = Parallel(n_jobs=n_jobs, backend=backend)(
+        delayed(square)(i) for i in range(5))
+    assert out == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_args_given_as_list_and_kwargs_none_are_accepted(backend):
+    # Hand-made tasks in the shapes joblib itself accepts.
+    tasks = [(add, [1, 2], {}), (add, (3,), None), (add, (), {"a": 4})]
+    assert Parallel(n_jobs=2, backend=backend)(tasks) == [3, 3, 4]
+
+
+def test_instance_usable_after_with_block():
+    p = Parallel(n_jobs=2, backend="threading")
+    with p:
+        assert p(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    assert p(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    with p:
+        assert p(delayed(square)(i) for i in range(3)) == [0, 1, 4]

@@ -263,3 +263,57 @@ def test_nested_parallel_with_explicit_backend(inner_backend):
     assert [values for values, _ in out] == \
         [[j * k for j in range(5)] for k in range(4)]
     assert worker_threads() == []
+
+
+@pytest.mark.parametrize("return_as", RETURN_AS)
+def test_concurrent_calls_from_user_threads_do_not_mix(return_as):
+    # Four user threads each run their own Parallel at the same time; each
+    # gets exactly its own results.
+    results = {}
+    errors = []
+
+    def user(k):
+        try:
+            out = Parallel(n_jobs=2, backend="threading", return_as=return_as)(
+                delayed(lambda i: (k, i))(i) for i in range(300))
+            results[k] = sorted(out)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    users = [threading.Thread(target=user, args=(k,)) for k in range(4)]
+    for t in users:
+        t.start()
+    for t in users:
+        t.join(60)
+    assert not errors, errors
+    assert results == {k: [(k, i) for i in range(300)] for k in range(4)}
+    assert worker_threads() == []
+
+
+def test_concurrent_calls_share_one_context_managed_instance_safely():
+    # Two user threads calling the same managed instance: one runs, the
+    # other gets a clear RuntimeError or waits; never mixed results.
+    start = threading.Barrier(2, timeout=BARRIER_SECONDS)
+    outcomes = []
+
+    with Parallel(n_jobs=2, backend="threading") as p:
+        def user(k):
+            start.wait()
+            try:
+                out = p(delayed(lambda i: (k, time.sleep(0.001) or i))(i)
+                        for i in range(100))
+                outcomes.append(("ok", k, out))
+            except RuntimeError as exc:
+                outcomes.append(("refused", k, str(exc)))
+
+        users = [threading.Thread(target=user, args=(k,)) for k in range(2)]
+        for t in users:
+            t.start()
+        for t in users:
+            t.join(60)
+    assert len(outcomes) == 2
+    for status, k, out in outcomes:
+        if status == "ok":
+            assert out == [(k, i) for i in range(100)]
+    assert any(status == "ok" for status, _, _ in outcomes)
+    assert worker_threads() == []
