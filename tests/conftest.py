@@ -54,6 +54,7 @@ assert tempfile.gettempdir() == _SESSION_TMP
 # Test modules import their shared helpers from tests/_jf_testutils.py
 # (--import-mode=importlib does not put tests/ on sys.path by itself).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _jf_testutils  # noqa: E402
 
 
 def pytest_configure(config):
@@ -141,6 +142,7 @@ def no_leaks(request):
     if unknown:
         pytest.fail(f"allow_leaks: unknown kinds {sorted(unknown)}")
     threads_before = _threads()
+    _jf_testutils.BASELINE_THREADS = frozenset(threads_before)
     children_before = _children()
     files_before = _joblib_files()
 

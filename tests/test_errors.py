@@ -465,3 +465,60 @@ def test_timeout_counts_each_task_not_its_batch():
 def test_task_with_non_iterable_args(backend):
     with pytest.raises(TaskError, match="delayed"):
         Parallel(n_jobs=2, backend=backend)([(square, 5, {})])
+
+
+@pytest.mark.parametrize("return_as", RETURN_AS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_iterable_argument(backend, return_as):
+    p = Parallel(n_jobs=2, backend=backend, return_as=return_as)
+    with pytest.raises(TypeError):
+        run(return_as, p(5))
+    # Nothing is left running and the instance still works.
+    assert worker_threads() == []
+    assert run(return_as, p(delayed(square)(i) for i in range(3))) == \
+        [0, 1, 4]
+
+
+def test_generator_consumed_after_with_block_ends_cleanly():
+    # The with-block released the pool while a generator output was still
+    # open: finishing it must give every result or raise a clear error,
+    # never hang, and leave no thread.
+    with Parallel(n_jobs=2, backend="threading", return_as="generator") as p:
+        gen = p(delayed(sleep_and_return)(i, 0.002) for i in range(100))
+        assert next(gen) == 0
+    try:
+        rest = list(gen)
+    except RuntimeError:
+        pass
+    else:
+        assert rest == list(range(1, 100))
+    assert worker_threads() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exception_in_nested_call_reaches_the_caller(backend):
+    def outer(k):
+        return Parallel(n_jobs=2, backend="threading")(
+            delayed(fail_on)(j, 2) for j in range(4))
+
+    with pytest.raises(ValueError, match="task 2 failed"):
+        Parallel(n_jobs=2, backend=backend)(delayed(outer)(k) for k in range(3))
+    assert worker_threads() == []
+
+
+def test_task_error_names_the_bad_item():
+    with pytest.raises(TaskError, match=r"item 2\b"):
+        Parallel(n_jobs=2, backend="threading")(
+            [delayed(square)(0), delayed(square)(1), "oops"])
+
+
+@pytest.mark.parametrize("backend", [42, object(), 3.5])
+def test_backend_of_wrong_type(backend):
+    with pytest.raises(ValueError, match="backend"):
+        Parallel(n_jobs=2, backend=backend)
+
+
+def test_unknown_backend_in_parallel_config():
+    with pytest.raises(ValueError, match="no-such-backend"):
+        with joblib_fast.parallel_config(backend="no-such-backend"):
+            pass

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import joblib_fast
 
@@ -39,7 +40,8 @@ LEAKY_TESTS = textwrap.dedent('''
              "w").close()
 
     def test_leaks_shm_file():
-        open(f"/dev/shm/joblib_leaky_{os.getpid()}_x", "w").close()
+        token = os.environ["JF_LEAKY_TOKEN"]
+        open(f"/dev/shm/joblib_leaky_{token}_{os.getpid()}", "w").close()
 
     def test_unrelated_temp_file_is_fine():
         open(os.path.join(tempfile.gettempdir(), "unrelated"), "w").close()
@@ -55,13 +57,15 @@ def test_leak_fixture_catches_each_kind(tmp_path):
         shutil.copy(os.path.join(HERE, name), tmp_path / name)
     (tmp_path / "test_leaky.py").write_text(LEAKY_TESTS)
     package_root = os.path.dirname(os.path.dirname(joblib_fast.__file__))
-    env = dict(os.environ, JF_TEST_LEAK_GRACE="0.4", PYTHONPATH=package_root)
+    token = uuid.uuid4().hex
+    env = dict(os.environ, JF_TEST_LEAK_GRACE="0.4", PYTHONPATH=package_root,
+               JF_LEAKY_TOKEN=token)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
          "--import-mode=importlib", "-p", "no:randomly", str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     shm_leak = [n for n in os.listdir("/dev/shm")
-                if n.startswith("joblib_leaky_")]
+                if n.startswith(f"joblib_leaky_{token}_")]
     for name in shm_leak:
         os.unlink(os.path.join("/dev/shm", name))
     report = proc.stdout + proc.stderr

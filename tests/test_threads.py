@@ -9,7 +9,7 @@ import pytest
 from _jf_testutils import (RETURN_AS, WORKER_THREAD_PREFIX, square,
                            worker_threads)
 
-from joblib_fast import Parallel, _kernels, delayed
+from joblib_fast import Parallel, _kernels, delayed, parallel_config
 from joblib_fast._core import in_worker_thread
 
 BARRIER_SECONDS = 10.0
@@ -316,4 +316,25 @@ def test_concurrent_calls_share_one_context_managed_instance_safely():
         if status == "ok":
             assert out == [(k, i) for i in range(100)]
     assert any(status == "ok" for status, _, _ in outcomes)
+    assert worker_threads() == []
+
+
+def test_n_jobs_from_parallel_config_gives_real_concurrency():
+    barrier = threading.Barrier(2, timeout=BARRIER_SECONDS)
+
+    def task(i):
+        time.sleep(0.05)
+        barrier.wait()
+        return i
+
+    with parallel_config(n_jobs=2):
+        out = Parallel(backend="threading")(delayed(task)(i) for i in range(4))
+    assert out == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("n_jobs", (None, 1))
+def test_one_job_runs_in_the_calling_thread(n_jobs):
+    threads = Parallel(n_jobs=n_jobs, backend="threading")(
+        delayed(whoami)(i) for i in range(5))
+    assert all(t is threading.current_thread() for t in threads)
     assert worker_threads() == []
