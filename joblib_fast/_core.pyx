@@ -277,6 +277,10 @@ cdef class Call:
         return bool(self.aborted)
 
     @property
+    def timeout_seconds(self):
+        return self.timeout
+
+    @property
     def n_batches(self):
         return self.order.n_batches
 
