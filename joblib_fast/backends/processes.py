@@ -28,6 +28,7 @@ from multiprocessing.connection import wait as _mp_wait
 from typing import Any, Deque, Dict, List, Optional
 
 from .. import _worker
+from .._core import split_uniform
 from .base import ParallelBackendBase
 
 # Seconds an auto batch lasts on processes: a batch costs a pickle round
@@ -143,10 +144,10 @@ def resolve_context(context: Any = None):
 
 def _task_blob(tasks: list):
     """Pickle a batch; returns (kind, bytes)."""
-    func = tasks[0][0]
-    if all(t[0] is func and not t[2] for t in tasks):
-        kind, payload = _worker.UNIFORM, (func, [t[1] for t in tasks])
-        funcs = (func,)
+    uniform = split_uniform(tasks)
+    if uniform is not None:
+        kind, payload = _worker.UNIFORM, uniform
+        funcs = (uniform[0],)
     else:
         kind, payload = _worker.GENERAL, tasks
         funcs = {id(t[0]): t[0] for t in tasks}.values()
