@@ -100,7 +100,7 @@ class ModelPool:
         assert batch.id == len(self.submitted)
         if self.batch_size:
             if self.submitted:
-                prev_start, prev_size = self.submitted[-1]
+                _, prev_size = self.submitted[-1]
                 assert prev_size == self.batch_size, \
                     "only the last fixed-size batch may be short"
             assert size <= self.batch_size
@@ -122,7 +122,7 @@ class ModelPool:
         for k, (func, args, kwargs) in enumerate(batch.task_list()):
             try:
                 results.append(func(*args, **kwargs))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (delivered to the core)
                 results, error, error_index = None, exc, batch.start + k
                 self.errored = True
                 break
