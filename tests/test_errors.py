@@ -251,12 +251,14 @@ def test_timeout_not_triggered_by_fast_tasks():
     assert out == [i * i for i in range(5000)]
 
 
-def test_timeout_in_with_block_then_next_call_works():
-    with Parallel(n_jobs=2, backend="threading", timeout=0.3) as p:
+@pytest.mark.parametrize("return_as", RETURN_AS)
+def test_timeout_in_with_block_then_next_call_works(return_as):
+    with Parallel(n_jobs=2, backend="threading", timeout=0.3,
+                  return_as=return_as) as p:
         with pytest.raises(TimeoutError):
-            p(delayed(time.sleep)(s) for s in (0.0, 1.5, 0.0))
-        out = p(delayed(square)(i) for i in range(20))
-        assert out == [i * i for i in range(20)]
+            run(return_as, p(delayed(time.sleep)(s) for s in (0.0, 1.0, 0.0)))
+        out = run(return_as, p(delayed(square)(i) for i in range(20)))
+        assert sorted(out) == [i * i for i in range(20)]
     assert wait_no_worker_threads() == []
 
 
@@ -369,11 +371,13 @@ def test_iterable_raising_midway_propagates(backend, n_jobs, return_as,
     assert worker_threads() == []
 
 
-def test_iterable_raising_in_with_block_then_reuse():
-    with Parallel(n_jobs=2, backend="threading") as p:
+@pytest.mark.parametrize("return_as", RETURN_AS)
+def test_iterable_raising_in_with_block_then_reuse(return_as):
+    with Parallel(n_jobs=2, backend="threading", return_as=return_as) as p:
         with pytest.raises(InputBroke):
-            p(broken_input(10))
-        assert p(delayed(square)(i) for i in range(10)) == \
+            run(return_as, p(broken_input(10)))
+        assert sorted(run(return_as, p(delayed(square)(i)
+                                       for i in range(10)))) == \
             [i * i for i in range(10)]
     assert worker_threads() == []
 
@@ -410,17 +414,19 @@ def test_keyboard_interrupt_stops_the_call(backend, return_as):
     assert worker_threads() == []
 
 
-def test_keyboard_interrupt_in_with_block_then_reuse():
+@pytest.mark.parametrize("return_as", RETURN_AS)
+def test_keyboard_interrupt_in_with_block_then_reuse(return_as):
     def task(i):
         if i == 2:
             _thread.interrupt_main()
         time.sleep(0.005)
         return i
 
-    with Parallel(n_jobs=2, backend="threading") as p:
+    with Parallel(n_jobs=2, backend="threading", return_as=return_as) as p:
         with pytest.raises(KeyboardInterrupt):
-            p(delayed(task)(i) for i in range(1000))
-        assert p(delayed(square)(i) for i in range(10)) == \
+            run(return_as, p(delayed(task)(i) for i in range(1000)))
+        assert sorted(run(return_as, p(delayed(square)(i)
+                                       for i in range(10)))) == \
             [i * i for i in range(10)]
     assert worker_threads() == []
 
