@@ -141,3 +141,28 @@ def nested_parallel(n):
 
 def env_vars(names):
     return {name: os.environ.get(name) for name in names}
+
+
+def _fail_in_another_process(creator):
+    if os.getpid() != creator:
+        raise RuntimeError("this object only unpickles in the process "
+                           "that created it")
+    return OnlyInParent()
+
+
+class OnlyInParent:
+    """Pickles anywhere, unpickles only in the process that made it."""
+
+    def __init__(self):
+        self.creator = os.getpid()
+
+    def __reduce__(self):
+        return _fail_in_another_process, (self.creator,)
+
+
+def make_unpicklable_result(x):
+    """A result that pickles in the worker and fails to unpickle in the
+    parent."""
+    if x == 4:
+        return OnlyInParent()
+    return x

@@ -401,6 +401,31 @@ def test_unpicklable_result_raises_pickling_error():
         [i * i for i in range(10)]
 
 
+def test_result_that_cannot_be_unpickled_in_the_parent():
+    with pytest.raises(pickle.UnpicklingError) as info:
+        Parallel(n_jobs=2)(
+            delayed(proc_tasks.make_unpicklable_result)(i) for i in range(8))
+    assert "only unpickles in the process" in str(info.value)
+    assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(10)) == \
+        [i * i for i in range(10)]
+
+
+def test_argument_that_cannot_be_unpickled_in_the_worker():
+    args = [proc_tasks.OnlyInParent() if i == 4 else i for i in range(10)]
+    with pytest.raises(pickle.PicklingError) as info:
+        Parallel(n_jobs=2)(delayed(proc_tasks.identity)(a) for a in args)
+    assert "only unpickles in the process" in str(info.value)
+    assert re.search(r"\b4\b", str(info.value)), str(info.value)
+    assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(10)) == \
+        [i * i for i in range(10)]
+
+
+def test_large_arguments_and_results_do_not_deadlock():
+    blob = b"x" * (8 << 20)
+    out = Parallel(n_jobs=2)(delayed(proc_tasks.identity)(blob) for _ in range(8))
+    assert [len(b) for b in out] == [len(blob)] * 8
+
+
 # -------------------------------------------------------------- errors
 
 
@@ -461,29 +486,122 @@ def test_nothing_dispatched_after_the_first_error(return_as, tmp_path):
     assert log.read_text().splitlines() == started
 
 
+def test_error_in_the_input_iterator():
+    def tasks():
+        for i in range(10):
+            if i == 5:
+                raise ZeroDivisionError("bad input")
+            yield delayed(proc_tasks.sleep_then_return)(i, 0.02)
+
+    with pytest.raises(ZeroDivisionError, match="bad input"):
+        Parallel(n_jobs=2)(tasks())
+    assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(10)) == \
+        [i * i for i in range(10)]
+
+
+@pytest.mark.parametrize("how", ["close", "break", "del"])
+def test_abandoned_generator_cleans_up(how):
+    start = time.monotonic()
+    gen = Parallel(n_jobs=2, return_as="generator")(
+        delayed(proc_tasks.sleep_then_return)(i, 0.2) for i in range(50))
+    if how == "break":
+        for first in gen:
+            break
+    else:
+        first = next(gen)
+        if how == "close":
+            gen.close()
+        else:
+            del gen
+    assert first == 0
+    # Not left running the other 49 tasks (10 s of work over 2 workers).
+    assert time.monotonic() - start < 3.0
+    assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(10)) == \
+        [i * i for i in range(10)]
+
+
+def test_concurrent_calls_from_threads():
+    results = {}
+
+    def run(k):
+        results[k] = Parallel(n_jobs=2)(
+            delayed(proc_tasks.sleep_then_return)(i + k, 0.005) for i in range(40))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(NO_HANG * 2)
+    assert results == {k: [i + k for i in range(40)] for k in range(3)}
+
+
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing", None])
+def test_process_backend_names(backend):
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(proc_tasks.pid_of)(i) for i in range(10))
+    assert [x for x, _ in out] == list(range(10))
+    assert os.getpid() not in _pids_of(out)
+
+
 # --------------------------------------------------------- worker death
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("func, pattern", [
-    (proc_tasks.exit_worker, r"exit code 3"),
-    (proc_tasks.sigkill_worker, r"SIGKILL"),
-    (proc_tasks.segfault_worker, r"SIGSEGV"),
-], ids=["os._exit", "sigkill", "segfault"])
-@pytest.mark.parametrize("return_as", ["list", "generator"])
-def test_worker_death(func, pattern, return_as, warm_pool):
+DEATHS = [
+    pytest.param(proc_tasks.exit_worker, r"exit code 3", id="os._exit"),
+    pytest.param(proc_tasks.sigkill_worker, r"SIGKILL", id="sigkill"),
+    pytest.param(proc_tasks.segfault_worker, r"SIGSEGV", id="segfault"),
+]
+
+
+def _check_worker_death(parallel, func, pattern, old_pids):
     start = time.monotonic()
     with pytest.raises(TerminatedWorkerError, match=pattern):
-        list(Parallel(n_jobs=2, return_as=return_as)(
-            delayed(func)(i) for i in range(20)))
+        list(parallel(delayed(func)(i) for i in range(20)))
     assert time.monotonic() - start < NO_HANG
     # The broken pool is gone: none of its workers is alive.
-    assert _wait_until(lambda: not any(_alive(pid) for pid in warm_pool))
+    assert _wait_until(lambda: not any(_alive(pid) for pid in old_pids))
+    assert not set(reusable_pool_pids()) & old_pids
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("func, pattern", DEATHS)
+@pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
+def test_worker_death(func, pattern, return_as, warm_pool):
+    _check_worker_death(Parallel(n_jobs=2, return_as=return_as), func, pattern,
+                        warm_pool)
     # The next call works, on fresh workers.
     out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(20))
     assert [x for x, _ in out] == list(range(20))
     assert not _pids_of(out) & warm_pool
     assert _pids_of(out) <= set(reusable_pool_pids())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("func, pattern", DEATHS)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_worker_death_each_start_method(func, pattern, method):
+    parallel = Parallel(n_jobs=2, backend=mp.get_context(method))
+    old = _pids_of(parallel(delayed(proc_tasks.pid_of)(i) for i in range(4)))
+    old |= set(reusable_pool_pids())
+    _check_worker_death(parallel, func, pattern, old)
+    out = parallel(delayed(proc_tasks.pid_of)(i) for i in range(20))
+    assert [x for x, _ in out] == list(range(20))
+    assert not _pids_of(out) & old
+
+
+def test_exit_code_zero_is_still_a_death():
+    with pytest.raises(TerminatedWorkerError, match="exit code 0"):
+        Parallel(n_jobs=2)(delayed(proc_tasks.exit_worker)(i, 0) for i in range(6))
+
+
+def test_idle_worker_killed_between_calls(warm_pool):
+    victim = sorted(warm_pool)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert _wait_until(lambda: not _alive(victim))
+    out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(20))
+    assert [x for x, _ in out] == list(range(20))
+    assert victim not in _pids_of(out)
+    assert victim not in reusable_pool_pids()
 
 
 def test_worker_death_in_context_manager(warm_pool):
@@ -497,15 +615,21 @@ def test_worker_death_in_context_manager(warm_pool):
 
 
 @pytest.mark.timeout(60)
-def test_timeout_terminates_the_worker(tmp_path, warm_pool):
+@pytest.mark.parametrize("method", START_METHODS)
+@pytest.mark.parametrize("return_as", ["list", "generator"])
+def test_timeout_terminates_the_worker(tmp_path, method, return_as):
+    context = mp.get_context(method)
+    Parallel(n_jobs=2, backend=context)(delayed(square)(i) for i in range(4))
+    pool = set(reusable_pool_pids())
     start = time.monotonic()
     with pytest.raises(TimeoutError):
-        Parallel(n_jobs=2, timeout=0.5)(
+        list(Parallel(n_jobs=2, timeout=0.5, return_as=return_as,
+                      backend=context)(
             delayed(proc_tasks.write_pid_then_sleep)(str(tmp_path), i, 30)
-            for i in range(2))
+            for i in range(2)))
     assert time.monotonic() - start < NO_HANG
     pids = {int(p.stem) for p in tmp_path.glob("*.pid")}
-    assert pids and pids <= warm_pool
+    assert pids and pids <= pool
     assert _wait_until(lambda: not any(_alive(pid) for pid in pids)), \
         [pid for pid in pids if _alive(pid)]
     out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(10))
@@ -521,24 +645,48 @@ def test_timeout_not_reached_keeps_results():
 
 CTRL_C_SCRIPT = """\
 import sys
+import time
 import proc_tasks
 from joblib_fast import Parallel, delayed
 
-Parallel(n_jobs=2)(
-    delayed(proc_tasks.write_pid_then_sleep)(sys.argv[1], i, 30)
-    for i in range(8))
+pid_dir, mode = sys.argv[1], sys.argv[2]
+if mode == "list":
+    Parallel(n_jobs=2)(
+        delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 30)
+        for i in range(8))
+elif mode == "generator":
+    for _ in Parallel(n_jobs=2, return_as="generator")(
+            delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 30)
+            for i in range(8)):
+        pass
+elif mode == "with-block":
+    with Parallel(n_jobs=2) as parallel:
+        parallel(delayed(proc_tasks.square)(i) for i in range(8))
+        parallel(delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 30)
+                 for i in range(8))
+elif mode == "many-small-tasks":
+    Parallel(n_jobs=2)(
+        delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 0.001)
+        for i in range(10 ** 6))
+elif mode == "slow-consumer":
+    for _ in Parallel(n_jobs=2, return_as="generator")(
+            delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 0.01)
+            for i in range(1000)):
+        time.sleep(30)
 print("FINISHED", flush=True)
 """
 
 
 @pytest.mark.timeout(90)
-def test_ctrl_c_stops_the_call_and_its_workers(tmp_path):
+@pytest.mark.parametrize("mode", ["list", "generator", "with-block",
+                                  "many-small-tasks", "slow-consumer"])
+def test_ctrl_c_stops_the_call_and_its_workers(tmp_path, mode):
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(pid_dir)], stdout=subprocess.PIPE,
+        [sys.executable, str(script), str(pid_dir), mode], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=_subprocess_env())
     try:
         assert _wait_until(lambda: len(list(pid_dir.glob("*.pid"))) >= 2, 30), \
