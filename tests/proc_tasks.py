@@ -129,9 +129,10 @@ def segfault_worker(x):
 
 def nested_parallel(n):
     """Run a nested Parallel inside a worker; report what it used."""
+    import psutil
+
     from joblib_fast import Parallel, delayed
     from joblib_fast.config import get_active_backend
-    import psutil
 
     results = Parallel(n_jobs=2)(delayed(square)(i) for i in range(n))
     backend = type(get_active_backend()[0]).__name__
@@ -166,3 +167,27 @@ def make_unpicklable_result(x):
     if x == 4:
         return OnlyInParent()
     return x
+
+
+def openblas_threads():
+    """Threads the OpenBLAS bundled with numpy will use here, or None when
+    it cannot be found (numpy missing, or not a wheel with its own
+    OpenBLAS)."""
+    import ctypes
+    import glob
+
+    try:
+        import numpy
+    except ImportError:
+        return None
+    libs = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)),
+                        "numpy.libs")
+    for path in glob.glob(os.path.join(libs, "lib*openblas*.so*")):
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_num_threads64_",
+                     "scipy_openblas_get_num_threads",
+                     "openblas_get_num_threads64_",
+                     "openblas_get_num_threads"):
+            if hasattr(lib, name):
+                return getattr(lib, name)()
+    return None

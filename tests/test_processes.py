@@ -30,13 +30,13 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-import proc_tasks  # noqa: E402
-from proc_tasks import square  # noqa: E402
+import proc_tasks
+from proc_tasks import square
 
-import joblib_fast  # noqa: E402
-from joblib_fast import Parallel, delayed, parallel_config  # noqa: E402
-from joblib_fast.backends.base import MAX_NUM_THREADS_VARS  # noqa: E402
-from joblib_fast.backends.processes import (  # noqa: E402
+import joblib_fast
+from joblib_fast import Parallel, delayed, parallel_config
+from joblib_fast.backends.base import MAX_NUM_THREADS_VARS
+from joblib_fast.backends.processes import (
     RemoteTraceback,
     TaskFailedError,
     TerminatedWorkerError,
@@ -278,7 +278,7 @@ def test_default_start_method_is_forkserver(monkeypatch):
 
 
 @pytest.mark.parametrize("method", START_METHODS)
-def test_start_method_from_environment(method):
+def test_start_method_from_environment(method, tmp_path):
     code = textwrap.dedent("""
         import json, os
         import proc_tasks
@@ -291,7 +291,8 @@ def test_start_method_from_environment(method):
     """)
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True,
-        timeout=60, env=_subprocess_env(JOBLIB_START_METHOD=method))
+        check=False, timeout=60, cwd=str(tmp_path),
+        env=_subprocess_env(JOBLIB_START_METHOD=method))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     assert data["squares"] == [i * i for i in range(20)]
@@ -361,7 +362,7 @@ def test_script_without_main_guard(method, tmp_path):
     script.write_text(NO_GUARD_SCRIPT)
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True,
-        timeout=60, cwd=str(tmp_path),
+        check=False, timeout=60, cwd=str(tmp_path),
         env=_subprocess_env(JOBLIB_START_METHOD=method))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -435,8 +436,9 @@ def test_task_exception_reraised_with_remote_traceback(return_as):
     with pytest.raises(proc_tasks.CustomError, match="task 3 failed on purpose") as info:
         out = Parallel(n_jobs=2, return_as=return_as)(
             delayed(proc_tasks.raise_custom)(i) for i in range(10))
+        # One by one, to keep what came before the error.
         for value in out:
-            received.append(value)
+            received.append(value)  # noqa: PERF402
     if return_as == "generator":
         # Like joblib, the error may be raised before ready results are
         # yielded; what is yielded comes in order.
@@ -595,13 +597,25 @@ def test_exit_code_zero_is_still_a_death():
 
 
 def test_idle_worker_killed_between_calls(warm_pool):
-    victim = sorted(warm_pool)[0]
+    victim = min(warm_pool)
     os.kill(victim, signal.SIGKILL)
     assert _wait_until(lambda: not _alive(victim))
+    # The fork server reaps it and then reports its exit to us: give that
+    # a moment (a call racing with it is another matter).
+    _wait_until(lambda: not psutil.pid_exists(victim), 2.0)
+    time.sleep(0.2)
     out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(20))
     assert [x for x, _ in out] == list(range(20))
     assert victim not in _pids_of(out)
     assert victim not in reusable_pool_pids()
+
+
+def test_task_error_in_context_manager_then_next_call_works():
+    with Parallel(n_jobs=2) as parallel:
+        with pytest.raises(proc_tasks.CustomError):
+            parallel(delayed(proc_tasks.raise_custom)(i) for i in range(10))
+        assert parallel(delayed(square)(i) for i in range(10)) == \
+            [i * i for i in range(10)]
 
 
 def test_worker_death_in_context_manager(warm_pool):
@@ -687,7 +701,8 @@ def test_ctrl_c_stops_the_call_and_its_workers(tmp_path, mode):
     script.write_text(CTRL_C_SCRIPT)
     proc = subprocess.Popen(
         [sys.executable, str(script), str(pid_dir), mode], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, env=_subprocess_env())
+        stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+        env=_subprocess_env())
     try:
         assert _wait_until(lambda: len(list(pid_dir.glob("*.pid"))) >= 2, 30), \
             "the workers never started"
@@ -791,3 +806,17 @@ def test_inner_max_num_threads(no_thread_vars, with_backend):
     with parallel_config(inner_max_num_threads=3, **kwargs):
         env = _worker_env()
     assert env == {var: "3" for var in MAX_NUM_THREADS_VARS}
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_blas_cap_is_effective(no_thread_vars, method):
+    """The cap must reach the BLAS thread pool itself, also when the parent
+    had loaded BLAS before the workers started (fork copies it already
+    sized from the parent's settings)."""
+    if proc_tasks.openblas_threads() is None:
+        pytest.skip("no numpy-bundled OpenBLAS to inspect")
+    cap = max(joblib_fast.cpu_count() // 2, 1)
+    shutdown_reusable_pools()  # workers start after numpy is loaded here
+    counts = Parallel(n_jobs=2, backend=mp.get_context(method))(
+        delayed(proc_tasks.openblas_threads)() for _ in range(4))
+    assert counts == [cap] * 4
