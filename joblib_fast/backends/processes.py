@@ -142,7 +142,7 @@ def resolve_context(context: Any = None):
     return context
 
 
-def _task_blob(tasks: list):
+def _task_blob(tasks: list, start: int = 0):
     """Pickle a batch; returns (kind, bytes)."""
     uniform = split_uniform(tasks)
     if uniform is not None:
@@ -166,10 +166,11 @@ def _task_blob(tasks: list):
         try:
             return kind, cloudpickle.dumps(payload, protocol=_worker.PROTOCOL)
         except Exception as exc:
-            raise _unpicklable_task(tasks, exc) from exc
+            raise _unpicklable_task(tasks, start, exc) from exc
 
 
-def _unpicklable_task(tasks: list, exc: BaseException) -> pickle.PicklingError:
+def _unpicklable_task(tasks: list, start: int,
+                      exc: BaseException) -> pickle.PicklingError:
     import cloudpickle
     for i, task in enumerate(tasks):
         try:
@@ -177,7 +178,7 @@ def _unpicklable_task(tasks: list, exc: BaseException) -> pickle.PicklingError:
         except Exception as inner:
             name = getattr(task[0], "__qualname__", repr(task[0]))
             return pickle.PicklingError(
-                f"task {i} of the batch ({name}) cannot be pickled to send it "
+                f"task {start + i} ({name}) cannot be pickled to send it "
                 f"to a worker process: {type(inner).__name__}: {inner}")
     return pickle.PicklingError(f"a batch cannot be pickled: {exc}")
 
@@ -263,7 +264,7 @@ class ProcessPool:
         if batch.call.aborted:
             batch.call.complete(batch, None)
             return
-        kind, blob = _task_blob(batch.tasks)
+        kind, blob = _task_blob(batch.tasks, batch.start)
         key = self._next_key
         self._next_key += 1
         if not worker.batches:
