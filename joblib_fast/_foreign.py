@@ -110,7 +110,8 @@ class ForeignPool:
         # The rest is touched by the caller thread only.
         self._serial = 0
         self._pending: dict[int, _Job] = {}
-        self._head: int | None = None
+        # When the oldest unfinished batch became the oldest: the timeout
+        # counts from then (what the caller has been waiting for).
         self._head_since = 0.0
 
     # ---------------------------------------------------- per call
@@ -119,7 +120,7 @@ class ForeignPool:
         """Forget the previous call; late callbacks of it are ignored."""
         self._serial += 1
         self._pending = {}
-        self._head = None
+        self._head_since = time.monotonic()
         self.timeout = timeout
 
     @property
@@ -175,12 +176,9 @@ class ForeignPool:
         waited for longer than ``timeout`` (the core calls this)."""
         if self.timeout is None or not self._pending:
             return
-        head = next(iter(self._pending))
-        now = time.monotonic()
-        if head != self._head:
-            self._head, self._head_since = head, now
-        elif now - self._head_since > self.timeout:
-            job = self._pending[head]
+        job = next(iter(self._pending.values()))
+        waited = time.monotonic() - max(job.submitted, self._head_since)
+        if waited > self.timeout:
             raise TimeoutError(
                 f"a batch of Parallel (tasks {job.batch.start}.."
                 f"{job.batch.start + job.size - 1}) did not finish within "
@@ -198,13 +196,19 @@ class ForeignPool:
         serial, batch_id, result, error = item
         if serial != self._serial:
             return False
-        job = self._pending.pop(batch_id, None)
+        job = self._take(batch_id)
         if job is None:
             return False  # already retrieved by _poll
         if result is _NOT_RETRIEVED:
             result, error = self._retrieve(job)
         self._deliver(call, job, result, error)
         return True
+
+    def _take(self, batch_id: int) -> _Job | None:
+        """Remove a batch from the pending ones (None if already gone)."""
+        if self._pending and batch_id == next(iter(self._pending)):
+            self._head_since = time.monotonic()
+        return self._pending.pop(batch_id, None)
 
     def _retrieve(self, job: _Job):
         try:
@@ -222,11 +226,11 @@ class ForeignPool:
                 job.future, "done", None)
             if ready is None:
                 if batch_id == next(iter(self._pending)):
-                    del self._pending[batch_id]
+                    self._take(batch_id)
                     self._deliver(call, job, *self._retrieve(job))
                 return
             if ready():
-                del self._pending[batch_id]
+                self._take(batch_id)
                 self._deliver(call, job, *self._retrieve(job))
 
     def _deliver(self, call: Call, job: _Job, result: Any,
