@@ -7,11 +7,6 @@ import pytest
 
 from joblib_fast import config as _config
 
-try:
-    import joblib_fast.backends.processes  # noqa: F401
-except ImportError:  # a tree without the process backend: default to threads
-    _config.DEFAULT_BACKEND = "threading"
-
 # Threads a test may legitimately leave: pytest-timeout's watchdog, ...
 _IGNORED_PREFIXES = ("pytest_timeout",)
 

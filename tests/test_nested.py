@@ -159,16 +159,22 @@ def read_env(name):
     return os.environ.get(name)
 
 
-def test_inner_max_num_threads_caps_process_workers():
-    pytest.importorskip("joblib_fast.backends.processes")
+@pytest.fixture
+def processes():
+    """The process backend; its reusable pool is stopped afterwards."""
+    module = pytest.importorskip("joblib_fast.backends.processes")
+    yield module
+    module.shutdown_reusable_pools()
+
+
+def test_inner_max_num_threads_caps_process_workers(processes):
     with parallel_config(backend="loky", inner_max_num_threads=2):
         out = Parallel(n_jobs=2)(
             delayed(read_env)("OMP_NUM_THREADS") for _ in range(4))
     assert out == ["2"] * 4
 
 
-def test_process_workers_nest_threads():
-    pytest.importorskip("joblib_fast.backends.processes")
+def test_process_workers_nest_threads(processes):
     out = Parallel(n_jobs=2, backend="loky")(
         delayed(where)() for _ in range(2))
     assert out == [("ThreadingBackend", 1)] * 2
