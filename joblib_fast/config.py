@@ -33,6 +33,10 @@ _LAZY_BACKENDS = {
     "multiprocessing": ("joblib_fast.backends.processes", "ProcessBackend"),
     "dask": ("joblib_fast.backends.dask", "DaskBackend"),
 }
+# name -> a function that registers that backend, called the first time the
+# name is asked for: how third-party packages make their backend known
+# without being imported first (joblib.parallel.EXTERNAL_BACKENDS).
+EXTERNAL_BACKENDS: dict[str, Callable[[], Any]] = {}
 DEFAULT_BACKEND = "loky"
 DEFAULT_THREAD_BACKEND = "threading"
 DEFAULT_PROCESS_BACKEND = "loky"
@@ -95,6 +99,10 @@ def _backend_factory(name: str) -> Callable[..., ParallelBackendBase]:
         raise TypeError(f"a backend name must be a string, got {name!r}")
     if name in BACKENDS:
         return BACKENDS[name]
+    if name in EXTERNAL_BACKENDS:
+        EXTERNAL_BACKENDS[name]()
+        if name in BACKENDS:
+            return BACKENDS[name]
     if name in _LAZY_BACKENDS:
         import importlib
         module, attr = _LAZY_BACKENDS[name]
@@ -106,7 +114,7 @@ def _backend_factory(name: str) -> Callable[..., ParallelBackendBase]:
         return factory
     raise ValueError(
         f"Invalid backend: {name!r}, expected one of "
-        f"{sorted(set(BACKENDS) | set(_LAZY_BACKENDS))}")
+        f"{sorted(set(BACKENDS) | set(_LAZY_BACKENDS) | set(EXTERNAL_BACKENDS))}")
 
 
 def _accepts_keyword(factory: Callable[..., Any], name: str) -> bool:

@@ -15,7 +15,16 @@ from . import _progress
 from . import config as _config
 from ._core import Call, delayed, iter_sequential, run_sequential
 from .backends.base import ParallelBackendBase
-from .config import UNSET
+from .config import (  # noqa: F401 - joblib.parallel exposes these too
+    EXTERNAL_BACKENDS,
+    UNSET,
+    cpu_count,
+    effective_n_jobs,
+    get_active_backend,
+    parallel_backend,
+    parallel_config,
+    register_parallel_backend,
+)
 
 __all__ = ["Parallel", "delayed"]
 

@@ -1,5 +1,6 @@
 """Shared fixtures: every test leaves no worker thread and no configuration
 behind."""
+import sys
 import threading
 import time
 
@@ -31,6 +32,10 @@ def no_leaks():
     _config.BACKENDS.update(backends)
     _config.DEFAULT_BACKEND = default
     _config._set_config(config)
+    processes = sys.modules.get("joblib_fast.backends.processes")
+    if processes is not None:
+        # The reusable process pool outlives calls by design.
+        processes.shutdown_reusable_pools()
     deadline = time.monotonic() + 5.0
     extra = _extra_threads(before)
     while extra and time.monotonic() < deadline:

@@ -438,3 +438,20 @@ def test_default_worker_env_divides_the_cpus(monkeypatch):
     env = CappedThreads()._prepare_worker_env(n_jobs=4)
     assert env["OMP_NUM_THREADS"] == "2"
     assert env["MKL_NUM_THREADS"] == "5"  # the user's setting is kept
+
+
+def test_external_backends_register_on_first_use(monkeypatch):
+    # The user guide's third-party mechanism: joblib.parallel.EXTERNAL_BACKENDS
+    from joblib_fast import parallel
+
+    calls = []
+
+    def register():
+        calls.append(1)
+        register_parallel_backend("lazy_custom", ExecutorBackend)
+
+    monkeypatch.setitem(parallel.EXTERNAL_BACKENDS, "lazy_custom", register)
+    with parallel_config(backend="lazy_custom", n_jobs=2):
+        assert Parallel()(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    assert Parallel(backend="lazy_custom")._backend.__class__ is ExecutorBackend
+    assert calls == [1]

@@ -121,6 +121,7 @@ def test_worker_threads_do_not_see_the_callers_configuration():
 @pytest.mark.parametrize("outer, max_threads", [
     ("threading", 2),  # nested calls in thread workers run in place
     ("custom", 4),     # threads at the first nested level, then in place
+    ("loky", 2),       # in each worker process: threads, then in place
 ])
 def test_three_levels(outer, max_threads):
     backend = ExecutorBackend() if outer == "custom" else outer
@@ -161,10 +162,7 @@ def read_env(name):
 
 @pytest.fixture
 def processes():
-    """The process backend; its reusable pool is stopped afterwards."""
-    module = pytest.importorskip("joblib_fast.backends.processes")
-    yield module
-    module.shutdown_reusable_pools()
+    return pytest.importorskip("joblib_fast.backends.processes")
 
 
 def test_inner_max_num_threads_caps_process_workers(processes):
@@ -209,12 +207,15 @@ def offset(x, k):
     return x + 1000 * k
 
 
+@pytest.mark.parametrize("backend", ["threading", "loky"])
 @pytest.mark.parametrize("return_as", ["list", "generator"])
-def test_two_user_threads_run_parallel_at_once(return_as):
+def test_two_user_threads_run_parallel_at_once(backend, return_as):
+    # joblib issue 1743: concurrent calls from two threads must not share
+    # (and shut down) each other's workers.
     def target(k):
         outs = []
         for _ in range(10):
-            out = Parallel(n_jobs=2, backend="threading", return_as=return_as,
+            out = Parallel(n_jobs=2, backend=backend, return_as=return_as,
                            batch_size=1)(
                 delayed(offset)(i, k) for i in range(50))
             outs.append(list(out))

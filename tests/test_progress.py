@@ -53,6 +53,7 @@ KINDS = {
     "sequential": ("sequential", 1),
     "n_jobs=1": ("threading", 1),
     "custom": (ExecutorBackend, 2),
+    "processes": ("loky", 2),
 }
 
 
