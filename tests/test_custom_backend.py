@@ -455,3 +455,48 @@ def test_external_backends_register_on_first_use(monkeypatch):
         assert Parallel()(delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
     assert Parallel(backend="lazy_custom")._backend.__class__ is ExecutorBackend
     assert calls == [1]
+
+
+class GuideBackend(ParallelBackendBase):
+    """Shaped as the user guide's minimal backend: an executor made in
+    configure, effective_n_jobs returning n_jobs as is, and mandatory
+    constructor parameters."""
+
+    supports_retrieve_callback = True
+
+    def __init__(self, endpoint, api_key, nesting_level=0):
+        super().__init__(nesting_level=nesting_level)
+        self.endpoint = endpoint
+        self.api_key = api_key
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        self.n_jobs = n_jobs
+        n_jobs = self.effective_n_jobs(n_jobs)
+        self._executor = ThreadPoolExecutor(n_jobs)
+        return n_jobs
+
+    def terminate(self):
+        self._executor.shutdown()
+        self._executor = None
+
+    def effective_n_jobs(self, n_jobs):
+        return n_jobs
+
+    def submit(self, func, callback):
+        future = self._executor.submit(func)
+        future.add_done_callback(callback)
+        return future
+
+    def retrieve_result_callback(self, future):
+        return future.result()
+
+
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_user_guide_backend(n_jobs):
+    register_parallel_backend("guide", GuideBackend)
+    with parallel_config("guide", endpoint="http://compute", api_key="42"):
+        out = Parallel(n_jobs)(delayed(square)(i) for i in range(10))
+        backend, _ = get_active_backend()
+    assert out == [i * i for i in range(10)]
+    assert (backend.endpoint, backend.api_key) == ("http://compute", "42")
+    assert backend.n_jobs == (n_jobs or 1)  # None: the backend's default

@@ -172,6 +172,14 @@ def test_inner_max_num_threads_caps_process_workers(processes):
     assert out == ["2"] * 4
 
 
+def test_process_workers_default_cap(processes, monkeypatch):
+    from joblib_fast import cpu_count
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    out = Parallel(n_jobs=2, backend="loky")(
+        delayed(read_env)("OMP_NUM_THREADS") for _ in range(2))
+    assert out == [str(max(cpu_count() // 2, 1))] * 2
+
+
 def test_process_workers_nest_threads(processes):
     out = Parallel(n_jobs=2, backend="loky")(
         delayed(where)() for _ in range(2))
