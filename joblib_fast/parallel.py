@@ -186,8 +186,9 @@ class Parallel:
             raise ValueError(
                 "batch_size must be 'auto' or a positive integer, got: "
                 f"{batch_size!r}")
-        # Checked now so that a bad value fails at construction.
-        _eval_pre_dispatch(pre_dispatch, 2)
+        # The form is checked now so that a bad value fails at construction;
+        # its value (which depends on the effective n_jobs) at each call.
+        _eval_pre_dispatch(pre_dispatch, 1 << 20)
 
         config = dict(_config._current_config())
         level = _config._nesting_level()
@@ -328,15 +329,22 @@ class Parallel:
             raise
         if reporter is not None:
             reporter.start(self._backend, n_jobs)
-        self._backend.start_call()
-        call = Call(
-            pool, iterable,
-            pre_dispatch=_eval_pre_dispatch(self.pre_dispatch, n_jobs),
-            batch_size=self._batch_size_for_call(),
-            target_duration=self._backend.target_batch_duration,
-            timeout=self.timeout,
-            on_result=None if reporter is None else reporter.on_result,
-        )
+        try:
+            self._backend.start_call()
+            call = Call(
+                pool, iterable,
+                pre_dispatch=_eval_pre_dispatch(self.pre_dispatch, n_jobs),
+                batch_size=self._batch_size_for_call(),
+                target_duration=self._backend.target_batch_duration,
+                timeout=self.timeout,
+                on_result=None if reporter is None else reporter.on_result,
+            )
+        except BaseException as exc:
+            self._running = False
+            self._end_call(pool, exc)
+            if reporter is not None:
+                reporter.finish(exc)
+            raise
         if reporter is not None:
             reporter.watch(call)
         if self.return_as == "list":

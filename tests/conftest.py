@@ -54,7 +54,7 @@ assert tempfile.gettempdir() == _SESSION_TMP
 # Test modules import their shared helpers from tests/_jf_testutils.py
 # (--import-mode=importlib does not put tests/ on sys.path by itself).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _jf_testutils  # noqa: E402
+import _jf_testutils
 
 
 def pytest_configure(config):
@@ -103,10 +103,16 @@ def _joblib_files():
     return found
 
 
+# Names already found foreign (they stay foreign: checking is not free).
+_FOREIGN_NAMES = set()
+
+
 def _foreign(name):
     """True when ``name`` carries the pid of a live process that is neither
     this one nor one of its descendants (another test run or a benchmark
     on the same machine: joblib names its folders ``..._<pid>_...``)."""
+    if name in _FOREIGN_NAMES:
+        return True
     pids = [int(tok) for tok in re.split(r"[_.\-]", name) if tok.isdigit()]
     if not pids or os.getpid() in pids:
         return False
@@ -116,6 +122,7 @@ def _foreign(name):
         except psutil.Error:
             continue  # not a live process: may be our dead child's
         if os.getpid() not in ancestors:
+            _FOREIGN_NAMES.add(name)
             return True
     return False
 
@@ -198,3 +205,28 @@ def isolated_config(no_leaks):
     if processes is not None:
         processes.shutdown_reusable_pools()
     assert not leaked_config, "the test left a parallel_config active"
+
+
+@pytest.fixture(scope="session")
+def process_helpers():
+    """Start the process backend's process-lifetime helpers (the
+    multiprocessing forkserver and resource tracker) once, before the leak
+    baseline of the tests that use it: they are not leaks.  Request it with
+    ``pytest.mark.usefixtures("process_helpers")``."""
+    try:
+        from joblib_fast.backends import processes
+    except ImportError:
+        yield None
+        return
+    from joblib_fast import Parallel, delayed
+    # multiprocessing keeps a folder (the forkserver's socket) until the
+    # interpreter exits, after pytest_unconfigure removed the session's
+    # private TMPDIR: make it outside, where its own exit hook removes it.
+    saved = tempfile.tempdir
+    tempfile.tempdir = os.path.dirname(_SESSION_TMP)
+    try:
+        Parallel(n_jobs=2, backend="loky")(delayed(abs)(-i) for i in range(2))
+    finally:
+        tempfile.tempdir = saved
+    processes.shutdown_reusable_pools()
+    yield processes

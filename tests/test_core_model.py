@@ -100,7 +100,7 @@ class ModelPool:
         assert batch.id == len(self.submitted)
         if self.batch_size:
             if self.submitted:
-                prev_start, prev_size = self.submitted[-1]
+                _, prev_size = self.submitted[-1]
                 assert prev_size == self.batch_size, \
                     "only the last fixed-size batch may be short"
             assert size <= self.batch_size
@@ -122,7 +122,7 @@ class ModelPool:
         for k, (func, args, kwargs) in enumerate(batch.task_list()):
             try:
                 results.append(func(*args, **kwargs))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (delivered to the core)
                 results, error, error_index = None, exc, batch.start + k
                 self.errored = True
                 break
@@ -274,3 +274,59 @@ def test_parallel_matches_model(tasks, batch_size, pre_dispatch, mode,
     else:
         assert out == expected
     assert worker_threads() == []
+
+
+# ------------------------------------------------------ core arguments
+
+
+def test_thread_pool_needs_a_thread():
+    with pytest.raises(ValueError, match="n_threads"):
+        ThreadPool(0)
+
+
+def test_thread_pool_threads_and_shutdown():
+    pool = ThreadPool(3, name="jf-core-test")
+    try:
+        assert pool.n_threads == 3
+        assert [t.name for t in pool.threads] == \
+            [f"jf-core-test-{i}" for i in range(3)]
+        assert all(t.daemon and t.is_alive() for t in pool.threads)
+        assert not pool.closed
+    finally:
+        assert pool.shutdown(wait=True)
+    assert pool.closed
+    assert not any(t.is_alive() for t in pool.threads)
+    assert pool.shutdown(wait=True)  # a second shutdown is harmless
+
+
+def test_thread_pool_initializer_runs_in_each_thread():
+    import threading
+    seen = set()
+    lock = threading.Lock()
+
+    def init():
+        with lock:
+            seen.add(threading.current_thread().name)
+
+    pool = ThreadPool(2, name="jf-init", initializer=init)
+    assert pool.shutdown(wait=True)
+    assert seen == {"jf-init-0", "jf-init-1"}
+
+
+def test_call_after_pool_shutdown_raises():
+    pool = ThreadPool(1)
+    assert pool.shutdown(wait=True)
+    call = Call(pool, [delayed(f)(1)], pre_dispatch=1)
+    with pytest.raises(RuntimeError):
+        call.run_list()
+
+
+@pytest.mark.parametrize("kwargs", [{"pre_dispatch": 0},
+                                    {"pre_dispatch": 1, "batch_size": -1}])
+def test_call_rejects_bad_arguments(kwargs):
+    pool = ThreadPool(1)
+    try:
+        with pytest.raises(ValueError):
+            Call(pool, [], **kwargs)
+    finally:
+        assert pool.shutdown(wait=True)

@@ -96,7 +96,7 @@ def test_signature_follows_wrapped():
 def test_missing_attributes_raise_attribute_error():
     d = delayed(documented)
     with pytest.raises(AttributeError):
-        d.no_such_attribute
+        _ = d.no_such_attribute
     assert not hasattr(d, "__no_such_dunder__")
 
 

@@ -113,7 +113,7 @@ def test_input_pulled_from_calling_thread_when_not_main(return_as):
             out = Parallel(n_jobs=2, backend="threading",
                            return_as=return_as)(iter(source))
             box["out"] = sorted(out)
-        except BaseException as exc:  # reported by the assertions below
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
             box["error"] = exc
 
     t = threading.Thread(target=caller, name="user-caller")

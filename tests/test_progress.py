@@ -10,6 +10,9 @@ import pytest
 
 from joblib_fast import Parallel, ParallelBackendBase, _progress, delayed
 
+# The process backend is among the kinds tested here.
+pytestmark = pytest.mark.usefixtures("process_helpers")
+
 
 def square(x):
     return x * x

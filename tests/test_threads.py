@@ -6,8 +6,7 @@ import threading
 import time
 
 import pytest
-from _jf_testutils import (RETURN_AS, WORKER_THREAD_PREFIX, square,
-                           worker_threads)
+from _jf_testutils import RETURN_AS, WORKER_THREAD_PREFIX, square, worker_threads
 
 from joblib_fast import Parallel, _kernels, delayed, parallel_config
 from joblib_fast._core import in_worker_thread
@@ -160,10 +159,9 @@ def test_no_thread_left_after_empty_with_block():
 
 
 def test_no_thread_left_after_with_block_exits_on_exception():
-    with pytest.raises(KeyError):
-        with Parallel(n_jobs=2, backend="threading") as p:
-            p(delayed(square)(i) for i in range(10))
-            raise KeyError("user code failed")
+    with pytest.raises(KeyError), Parallel(n_jobs=2, backend="threading") as p:
+        p(delayed(square)(i) for i in range(10))
+        raise KeyError("user code failed")
     assert worker_threads() == []
 
 
@@ -183,7 +181,7 @@ def test_no_thread_left_after_task_exception(return_as):
 
 @pytest.mark.parametrize("return_as", RETURN_AS)
 def test_no_thread_left_after_task_exception_in_with_block(return_as):
-    with Parallel(n_jobs=2, backend="threading", return_as=return_as) as p:
+    with Parallel(n_jobs=2, backend="threading", return_as=return_as) as p:  # noqa: SIM117
         with pytest.raises(ValueError, match="task 3 failed"):
             list(p(delayed(fail_on)(i, 3) for i in range(50)))
     assert worker_threads() == []
@@ -277,7 +275,7 @@ def test_concurrent_calls_from_user_threads_do_not_mix(return_as):
             out = Parallel(n_jobs=2, backend="threading", return_as=return_as)(
                 delayed(lambda i: (k, i))(i) for i in range(300))
             results[k] = sorted(out)
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
             errors.append(exc)
 
     users = [threading.Thread(target=user, args=(k,)) for k in range(4)]
