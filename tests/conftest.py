@@ -78,15 +78,41 @@ def pytest_unconfigure(config):
 # ------------------------------------------------------------ snapshots
 
 
+# The idle reusable process pool owns this timer thread (it stops the pool
+# after its idle timeout); it is not a leak of the test that released it.
+_POOL_THREADS = ("joblib_fast-pool-reaper",)
+
+
 def _threads():
-    return {t for t in threading.enumerate() if t.is_alive()}
+    return {t for t in threading.enumerate()
+            if t.is_alive() and t.name not in _POOL_THREADS}
+
+
+def _infrastructure_pids():
+    """Processes meant to outlive a test: the workers of the process-wide
+    reusable pool, multiprocessing's fork server and resource tracker."""
+    pids = set()
+    processes = sys.modules.get("joblib_fast.backends.processes")
+    if processes is not None:
+        pids.update(processes.reusable_pool_pids())
+    try:
+        from multiprocessing import forkserver, resource_tracker
+        for pid in (forkserver._forkserver._forkserver_pid,
+                    resource_tracker._resource_tracker._pid):
+            if pid:
+                pids.add(pid)
+    except (ImportError, AttributeError):
+        pass
+    return pids
 
 
 def _children():
     try:
+        keep = _infrastructure_pids()
         return {(p.pid, p.create_time())
                 for p in psutil.Process().children(recursive=True)
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                and p.pid not in keep}
     except psutil.Error:
         return set()
 
