@@ -1,18 +1,29 @@
-"""Configuration: backend registry, parallel_config, cpu counting."""
+"""Configuration: backend registry, parallel_config, backend choice.
+
+Which thread reads what: the active configuration is thread-local, so a
+``parallel_config`` in one user thread never changes another thread's
+``Parallel`` calls.  Worker threads and the tasks of user-registered
+backends run under the configuration of their backend's nested backend
+(:func:`_enter_worker`, :func:`_nested_config`).
+"""
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
-import os
 import threading
-from numbers import Integral
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Iterator
+from numbers import Integral, Real
+from typing import Any, Callable
 
+from ._cpu import cpu_count
 from .backends.base import ParallelBackendBase
 from .backends.sequential import SequentialBackend
 from .backends.threading import ThreadingBackend
 
-# name -> factory(nesting_level=..., inner_max_num_threads=..., **params)
-BACKENDS: Dict[str, Callable[..., ParallelBackendBase]] = {
+# name -> factory(**backend_params); a factory that accepts it also gets
+# nesting_level=...
+BACKENDS: dict[str, Callable[..., ParallelBackendBase]] = {
     "threading": ThreadingBackend,
     "sequential": SequentialBackend,
 }
@@ -22,8 +33,13 @@ _LAZY_BACKENDS = {
     "multiprocessing": ("joblib_fast.backends.processes", "ProcessBackend"),
     "dask": ("joblib_fast.backends.dask", "DaskBackend"),
 }
+# name -> a function that registers that backend, called the first time the
+# name is asked for: how third-party packages make their backend known
+# without being imported first (joblib.parallel.EXTERNAL_BACKENDS).
+EXTERNAL_BACKENDS: dict[str, Callable[[], Any]] = {}
 DEFAULT_BACKEND = "loky"
 DEFAULT_THREAD_BACKEND = "threading"
+DEFAULT_PROCESS_BACKEND = "loky"
 
 VALID_PREFER = (None, "threads", "processes")
 VALID_REQUIRE = (None, "sharedmem")
@@ -49,7 +65,11 @@ class _Unset:
 
 UNSET: Any = _Unset()
 
-DEFAULT_CONFIG: Dict[str, Any] = {
+# What a thread that never entered a parallel_config sees.  A value given
+# explicitly, None included, replaces the enclosing one (max_nbytes=None
+# and mmap_mode=None mean "no memmapping", n_jobs=None "the backend's
+# default"), as in joblib; UNSET keeps the enclosing value.
+DEFAULT_CONFIG: dict[str, Any] = {
     "backend": UNSET,
     "n_jobs": UNSET,
     "verbose": 0,
@@ -58,24 +78,31 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "mmap_mode": "r",
     "prefer": None,
     "require": None,
-    "inner_max_num_threads": None,
-    "backend_params": {},
 }
 
 _local = threading.local()
 
 
-def _current_config() -> Dict[str, Any]:
+def _current_config() -> dict[str, Any]:
     return getattr(_local, "config", DEFAULT_CONFIG)
 
 
-def _set_config(config: Dict[str, Any]) -> None:
+def _set_config(config: dict[str, Any]) -> None:
     _local.config = config
 
 
+# ------------------------------------------------------------- backends
+
+
 def _backend_factory(name: str) -> Callable[..., ParallelBackendBase]:
+    if not isinstance(name, str):
+        raise TypeError(f"a backend name must be a string, got {name!r}")
     if name in BACKENDS:
         return BACKENDS[name]
+    if name in EXTERNAL_BACKENDS:
+        EXTERNAL_BACKENDS[name]()
+        if name in BACKENDS:
+            return BACKENDS[name]
     if name in _LAZY_BACKENDS:
         import importlib
         module, attr = _LAZY_BACKENDS[name]
@@ -87,18 +114,56 @@ def _backend_factory(name: str) -> Callable[..., ParallelBackendBase]:
         return factory
     raise ValueError(
         f"Invalid backend: {name!r}, expected one of "
-        f"{sorted(set(BACKENDS) | set(_LAZY_BACKENDS))}")
+        f"{sorted(set(BACKENDS) | set(_LAZY_BACKENDS) | set(EXTERNAL_BACKENDS))}")
 
 
-def _make_backend(name: str, nesting_level: Optional[int] = None,
+def _accepts_keyword(factory: Callable[..., Any], name: str) -> bool:
+    """True when ``factory(name=...)`` would be accepted."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                          p.KEYWORD_ONLY))
+        for p in params)
+
+
+def _make_backend(name: str, nesting_level: int | None = None,
+                  inner_max_num_threads: int | None = None,
                   **params: Any) -> ParallelBackendBase:
+    """Instantiate the backend registered as ``name``.
+
+    joblib documents factories as called with the backend parameters only
+    (a user's class may take mandatory ones, and no ``nesting_level``), so
+    ``nesting_level`` is passed only to a factory that accepts it, and set
+    as an attribute otherwise.
+    """
     factory = _backend_factory(name)
-    backend = factory(nesting_level=nesting_level, **params)
+    if nesting_level is not None and _accepts_keyword(factory,
+                                                       "nesting_level"):
+        params["nesting_level"] = nesting_level
+    backend = factory(**params)
     if not isinstance(backend, ParallelBackendBase):
         raise TypeError(
             f"the factory of backend {name!r} returned "
-            f"{type(backend).__name__}, not a ParallelBackendBase")
+            f"{type(backend).__name__}, not a ParallelBackendBase instance")
+    if backend.nesting_level is None:
+        backend.nesting_level = nesting_level
+    if inner_max_num_threads is not None:
+        _set_inner_max_num_threads(backend, inner_max_num_threads)
     return backend
+
+
+def _set_inner_max_num_threads(backend: ParallelBackendBase,
+                               value: int) -> None:
+    if not getattr(backend, "supports_inner_max_num_threads", False):
+        raise ValueError(
+            f"{type(backend).__name__} does not accept setting the "
+            "inner_max_num_threads argument (its "
+            "supports_inner_max_num_threads is False)")
+    backend.inner_max_num_threads = value
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -107,37 +172,71 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
             f"{name} must be one of {choices}, got {value!r}")
 
 
-def _check_n_jobs(n_jobs: Any, allow_none: bool = True) -> None:
+def _check_n_jobs(n_jobs: Any, allow_none: bool = True) -> int | None:
+    """Return ``n_jobs`` as an int, or None.
+
+    As documented for joblib, a float is converted to an integer (``2.7``
+    gives 2) and so is a numeric string; 0 has no meaning.
+    """
     if n_jobs is None and allow_none:
-        return
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral):
+        return None
+    if isinstance(n_jobs, bool):
+        raise TypeError(f"n_jobs must be an integer or None, got {n_jobs!r}")
+    if isinstance(n_jobs, Integral):
+        value = int(n_jobs)
+    elif isinstance(n_jobs, Real):
+        if not math.isfinite(n_jobs):
+            raise ValueError(f"n_jobs must be finite, got {n_jobs!r}")
+        value = int(n_jobs)
+    elif isinstance(n_jobs, str):
+        try:
+            value = int(n_jobs.strip())
+        except ValueError:
+            raise ValueError(
+                f"n_jobs could not be converted to int: {n_jobs!r}") from None
+    else:
         raise TypeError(
-            f"n_jobs must be an integer (or None), got {n_jobs!r} "
+            f"n_jobs must be an integer or None, got {n_jobs!r} "
             f"of type {type(n_jobs).__name__}")
-    if n_jobs == 0:
+    if value == 0:
         raise ValueError("n_jobs == 0 in Parallel has no meaning")
+    return value
+
+
+# ------------------------------------------------------ parallel_config
 
 
 class parallel_config:
     """Set the defaults of every ``Parallel`` created in this thread.
 
-    Usable as a context manager (settings restored on exit, also after an
-    exception) or as a plain call (settings stay until ``unregister()``).
-    Parameters left unset keep the value of the enclosing configuration.
+    Usable as a context manager (the previous settings come back on exit,
+    also after an exception) or as a plain call (the settings stay until
+    :meth:`unregister`).  Settings are thread-local and nest: parameters
+    not given keep the value of the enclosing configuration.
 
     Parameters
     ----------
     backend : str or ParallelBackendBase, optional
         ``"loky"``/``"multiprocessing"`` (processes), ``"threading"``,
-        ``"sequential"``, ``"dask"`` or a registered name or instance.
+        ``"sequential"``, ``"dask"``, a name registered with
+        :func:`register_parallel_backend`, or a backend instance.
     n_jobs : int, optional
-        Default number of workers (``-1``: all CPUs).
-    verbose, temp_folder, max_nbytes, mmap_mode, prefer, require
-        Defaults of the same ``Parallel`` parameters.
+        Default number of workers (``-1``: all CPUs).  ``None`` means the
+        backend's default (1).
+    verbose : int, optional
+        Default ``verbose`` of ``Parallel``.
+    temp_folder, max_nbytes, mmap_mode
+        Defaults of the memmapping parameters of ``Parallel`` (``None``
+        disables memmapping for the last two).
+    prefer : {"threads", "processes"}, optional
+        Soft hint: the backend used when no backend is set explicitly.
+    require : {"sharedmem"}, optional
+        Hard constraint: a thread-based backend, whatever ``backend`` says.
     inner_max_num_threads : int, optional
-        Cap of BLAS/OpenMP threads inside process workers.
+        Cap of BLAS/OpenMP threads in each worker; only with a ``backend``
+        whose ``supports_inner_max_num_threads`` is true (processes).
     **backend_params
-        Passed to the backend's constructor when ``backend`` is a name.
+        Passed to the backend's constructor; ``backend`` must be a name.
 
     Examples
     --------
@@ -151,10 +250,10 @@ class parallel_config:
                  verbose: Any = UNSET, temp_folder: Any = UNSET,
                  max_nbytes: Any = UNSET, mmap_mode: Any = UNSET,
                  prefer: Any = UNSET, require: Any = UNSET,
-                 inner_max_num_threads: Any = UNSET,
+                 inner_max_num_threads: Any = None,
                  **backend_params: Any) -> None:
         if n_jobs is not UNSET:
-            _check_n_jobs(n_jobs)
+            n_jobs = _check_n_jobs(n_jobs)
         if prefer is not UNSET:
             _check_choice("prefer", prefer, VALID_PREFER)
         if require is not UNSET:
@@ -164,62 +263,68 @@ class parallel_config:
         if verbose is not UNSET and verbose is not None and (
                 isinstance(verbose, bool) or not isinstance(verbose, Integral)):
             raise TypeError(f"verbose must be an integer, got {verbose!r}")
-        if inner_max_num_threads not in (UNSET, None) and (
-                not isinstance(inner_max_num_threads, Integral)
+        if inner_max_num_threads is not None and (
+                isinstance(inner_max_num_threads, bool)
+                or not isinstance(inner_max_num_threads, Integral)
                 or inner_max_num_threads < 1):
             raise ValueError(
                 "inner_max_num_threads must be a positive integer, got "
                 f"{inner_max_num_threads!r}")
         self.old_config = _current_config()
+        if backend is not UNSET and backend is not None:
+            backend = self._make(backend, inner_max_num_threads,
+                                 backend_params)
+        elif inner_max_num_threads is not None or backend_params:
+            given = sorted(backend_params)
+            if inner_max_num_threads is not None:
+                given.insert(0, "inner_max_num_threads")
+            raise ValueError(
+                f"{', '.join(given)}: backend parameters are only accepted "
+                "together with a backend")
+        else:
+            backend = UNSET
         new = dict(self.old_config)
         given = {
-            "n_jobs": n_jobs, "verbose": verbose, "temp_folder": temp_folder,
-            "max_nbytes": max_nbytes, "mmap_mode": mmap_mode,
-            "prefer": prefer, "require": require,
-            "inner_max_num_threads": inner_max_num_threads,
+            "backend": backend, "n_jobs": n_jobs, "verbose": verbose,
+            "temp_folder": temp_folder, "max_nbytes": max_nbytes,
+            "mmap_mode": mmap_mode, "prefer": prefer, "require": require,
         }
-        for key, value in given.items():
-            if value is not UNSET and value is not None:
-                new[key] = value
-            elif value is None and key in ("prefer", "require"):
-                pass  # None keeps the outer hint, as in joblib
-        if backend is not UNSET and backend is not None:
-            if isinstance(backend, str):
-                inner = new["inner_max_num_threads"]
-                extra = {}
-                if inner is not None:
-                    extra["inner_max_num_threads"] = inner
-                backend = _make_backend(backend, **extra, **backend_params)
-            elif isinstance(backend, ParallelBackendBase):
-                if backend_params:
-                    raise ValueError(
-                        "backend parameters are only accepted with a backend "
-                        "name, not with a backend instance")
-                if inner_max_num_threads not in (UNSET, None):
-                    if not backend.supports_inner_max_num_threads:
-                        raise ValueError(
-                            f"backend {backend!r} does not support "
-                            "inner_max_num_threads")
-                    backend.inner_max_num_threads = inner_max_num_threads
-            elif hasattr(backend, "Pool") and hasattr(backend, "Lock"):
-                backend = _make_backend("multiprocessing", context=backend,
-                                        **backend_params)
-            else:
-                raise ValueError(
-                    f"Invalid backend: {backend!r}, expected a backend name "
-                    "or a ParallelBackendBase instance")
-            new["backend"] = backend
-        elif backend_params:
-            raise ValueError(
-                "backend parameters "
-                f"{sorted(backend_params)} need a backend name")
+        new.update((k, v) for k, v in given.items() if v is not UNSET)
         _set_config(new)
         self.config = new
 
-    def __enter__(self) -> "parallel_config":
-        return self
+    def _make(self, backend: Any, inner_max_num_threads: int | None,
+              backend_params: dict[str, Any]) -> ParallelBackendBase:
+        outer = self.old_config["backend"]
+        level = 0 if outer is UNSET else outer.nesting_level
+        if isinstance(backend, str):
+            return _make_backend(backend, nesting_level=level,
+                                 inner_max_num_threads=inner_max_num_threads,
+                                 **backend_params)
+        if isinstance(backend, ParallelBackendBase):
+            if backend_params:
+                raise ValueError(
+                    f"backend parameters {sorted(backend_params)} are only "
+                    "accepted with a backend name, not with a backend "
+                    "instance")
+            if inner_max_num_threads is not None:
+                _set_inner_max_num_threads(backend, inner_max_num_threads)
+            if backend.nesting_level is None:
+                backend.nesting_level = level
+            return backend
+        if hasattr(backend, "Pool") and hasattr(backend, "Lock"):
+            return _make_backend("multiprocessing", nesting_level=level,
+                                 inner_max_num_threads=inner_max_num_threads,
+                                 context=backend, **backend_params)
+        raise ValueError(
+            f"Invalid backend: {backend!r}, expected a backend name, a "
+            "ParallelBackendBase instance or a multiprocessing context")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __enter__(self) -> dict[str, Any]:
+        # joblib returns the active configuration.
+        return self.config
+
+    def __exit__(self, *exc: object) -> None:
         self.unregister()
 
     def unregister(self) -> None:
@@ -228,8 +333,10 @@ class parallel_config:
 
 
 class parallel_backend(parallel_config):
-    """Older form of :class:`parallel_config`: ``backend`` first, and
+    """Older form of :class:`parallel_config`: ``backend`` is required and
     ``n_jobs`` defaults to -1 (all CPUs).
+
+    Entering it returns ``(backend, n_jobs)``.
 
     Examples
     --------
@@ -239,15 +346,16 @@ class parallel_backend(parallel_config):
     [0, 1, 2]
     """
 
-    def __init__(self, backend: Any, n_jobs: int = -1,
-                 inner_max_num_threads: Optional[int] = None,
+    def __init__(self, backend: Any, n_jobs: Any = -1,
+                 inner_max_num_threads: int | None = None,
                  **backend_params: Any) -> None:
+        if backend is None or backend is UNSET:
+            raise ValueError("parallel_backend needs a backend")
         super().__init__(backend=backend, n_jobs=n_jobs,
                          inner_max_num_threads=inner_max_num_threads,
                          **backend_params)
 
     def __enter__(self):
-        # joblib's parallel_backend yields (backend, n_jobs).
         return self.config["backend"], self.config["n_jobs"]
 
 
@@ -255,10 +363,17 @@ def register_parallel_backend(name: str, factory: Callable[..., Any],
                               make_default: bool = False) -> None:
     """Make ``factory`` available as ``backend=name``.
 
-    ``factory`` is called with the backend parameters given to
-    ``parallel_config``/``parallel_backend`` (and ``nesting_level``), and must
-    return a :class:`ParallelBackendBase`.  ``make_default=True`` makes it
-    the backend of ``Parallel`` calls that name none.
+    ``factory`` (typically a :class:`ParallelBackendBase` subclass) is
+    called with the backend parameters given to ``parallel_config`` /
+    ``parallel_backend`` and must return a :class:`ParallelBackendBase`.
+    ``make_default=True`` makes it the backend of every ``Parallel`` that
+    names none.  Registering an existing name replaces it.
+
+    Examples
+    --------
+    >>> from joblib_fast import register_parallel_backend
+    >>> from joblib_fast.backends import ThreadingBackend
+    >>> register_parallel_backend("my_threads", ThreadingBackend)
     """
     global DEFAULT_BACKEND
     if not isinstance(name, str) or not name:
@@ -266,146 +381,156 @@ def register_parallel_backend(name: str, factory: Callable[..., Any],
             f"backend name must be a non-empty string, got {name!r}")
     if not callable(factory):
         raise TypeError(
-            f"backend factory for {name!r} must be callable, got {factory!r}")
+            f"backend factory for {name!r} must be callable (a "
+            f"ParallelBackendBase subclass or a function), got {factory!r}")
     BACKENDS[name] = factory
     if make_default:
         DEFAULT_BACKEND = name
 
 
-def get_active_backend(prefer: Optional[str] = None,
-                       require: Optional[str] = None,
-                       verbose: int = 0):
-    """Return ``(backend instance, n_jobs)`` a new Parallel would use."""
+# ------------------------------------------------------- backend choice
+
+
+def get_active_backend(prefer: str | None = None,
+                       require: str | None = None,
+                       verbose: int = 0) -> tuple[ParallelBackendBase,
+                                                  int | None]:
+    """Return ``(backend, n_jobs)`` a new ``Parallel()`` would use here
+    (``n_jobs`` is None when no configuration sets it)."""
     backend, config = _resolve_backend(prefer, require)
     n_jobs = config["n_jobs"]
     return backend, (None if n_jobs is UNSET else n_jobs)
 
 
-def _resolve_backend(prefer: Optional[str] = None,
-                     require: Optional[str] = None):
-    """Backend from the active configuration and the soft/hard hints."""
+def _resolve_backend(prefer: str | None = None,
+                     require: str | None = None):
+    """Backend from the active configuration and the soft/hard hints.
+
+    ``prefer`` and ``require`` given to ``Parallel`` win over the
+    configured ones.  A configured backend is used as is, unless
+    ``require="sharedmem"`` and its workers do not share memory; without
+    one, ``prefer`` picks the default thread or process backend.
+    """
     config = _current_config()
     if prefer is None:
         prefer = config["prefer"]
     if require is None:
         require = config["require"]
+    _check_choice("prefer", prefer, VALID_PREFER)
+    _check_choice("require", require, VALID_REQUIRE)
+    if prefer == "processes" and require == "sharedmem":
+        raise ValueError(
+            "prefer='processes' and require='sharedmem' are inconsistent: "
+            "processes do not share memory")
     backend = config["backend"]
-    nested_level = getattr(_local, "nesting_level", None)
     if backend is not UNSET:
         if require == "sharedmem" and not getattr(
                 backend, "supports_sharedmem", False):
-            return ThreadingBackend(nesting_level=backend.nesting_level), config
+            return _make_backend(DEFAULT_THREAD_BACKEND,
+                                 nesting_level=backend.nesting_level), config
         return backend, config
-    if require == "sharedmem" or prefer == "threads":
-        return ThreadingBackend(nesting_level=nested_level), config
-    return _make_backend(DEFAULT_BACKEND, nesting_level=nested_level), config
+    # The lazily imported defaults (processes, dask) neither use threads nor
+    # share memory: no need to import them to know it.
+    backend = None if DEFAULT_BACKEND not in BACKENDS else _make_backend(
+        DEFAULT_BACKEND, nesting_level=0)
+    threads = getattr(backend, "uses_threads", False)
+    if (require == "sharedmem" and not getattr(
+            backend, "supports_sharedmem", False)) or (
+            prefer == "threads" and not threads):
+        return _make_backend(DEFAULT_THREAD_BACKEND, nesting_level=0), config
+    if prefer == "processes" and threads:
+        return _make_backend(DEFAULT_PROCESS_BACKEND, nesting_level=0), config
+    if backend is None:
+        backend = _make_backend(DEFAULT_BACKEND, nesting_level=0)
+    return backend, config
 
 
-def _nesting_level() -> Optional[int]:
-    """Nesting level of this thread (None in the user's own threads)."""
-    config = _current_config()
-    backend = config["backend"]
-    if backend is not UNSET:
+def _nesting_level() -> int:
+    """Nesting level of this thread: 0 in the user's own threads."""
+    backend = _current_config()["backend"]
+    if backend is not UNSET and backend.nesting_level is not None:
         return backend.nesting_level
-    return getattr(_local, "nesting_level", None)
+    return 0
 
 
-def _enter_worker(backend: ParallelBackendBase, n_jobs: Optional[int]) -> None:
-    """Called at the start of each worker thread: nested calls there use
-    the backend's nested backend."""
-    nested, nested_n_jobs = backend.get_nested_backend()
+def _nested_backend_config(backend: ParallelBackendBase) -> dict[str, Any]:
+    """The configuration tasks of ``backend`` run under: its nested
+    backend (``get_nested_backend`` may return a backend or, as in joblib,
+    a ``(backend, n_jobs)`` pair) and nothing else from the caller."""
+    nested = backend.get_nested_backend()
+    n_jobs = None
+    if isinstance(nested, tuple):
+        nested, n_jobs = nested
     config = dict(DEFAULT_CONFIG)
-    config["backend"] = nested
-    if nested_n_jobs is not None:
-        config["n_jobs"] = nested_n_jobs
-    _set_config(config)
-    _local.nesting_level = nested.nesting_level
+    if nested is not None:
+        config["backend"] = nested
+    if n_jobs is not None:
+        config["n_jobs"] = n_jobs
+    return config
+
+
+def _enter_worker(backend: ParallelBackendBase, n_jobs: int | None) -> None:
+    """Called at the start of each worker thread or process: nested calls
+    there use the backend's nested backend."""
+    _set_config(_nested_backend_config(backend))
+
+
+@contextlib.contextmanager
+def _nested_config(config: dict[str, Any]) -> Iterator[None]:
+    """Run a batch under ``config`` (from :func:`_nested_backend_config`)
+    in whatever thread a user-registered backend runs it, then restore."""
+    old = getattr(_local, "config", None)
+    _local.config = config
+    try:
+        yield
+    finally:
+        if old is None:
+            del _local.config
+        else:
+            _local.config = old
 
 
 # ------------------------------------------------------------- CPU counts
 
 
-def _cgroup_cpu_limit() -> Optional[float]:
-    """CPU quota of the cgroup (v2, then v1), or None when unlimited."""
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
-            quota_us = int(f.read())
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
-            period_us = int(f.read())
-        if quota_us > 0 and period_us > 0:
-            return quota_us / period_us
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _physical_cores(cpus: set) -> Optional[int]:
-    """Distinct cores among ``cpus``, from the kernel's topology files."""
-    cores = set()
-    for cpu in cpus:
-        base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
-        try:
-            with open(base + "core_id") as f:
-                core = f.read().strip()
-            with open(base + "physical_package_id") as f:
-                package = f.read().strip()
-        except OSError:
-            return None
-        cores.add((package, core))
-    return len(cores) or None
-
-
-def cpu_count(only_physical_cores: bool = False) -> int:
-    """Number of CPUs this process may use.
-
-    Takes the smallest of the machine's CPUs, the CPU affinity of the
-    process, the cgroup CPU quota (rounded up) and ``LOKY_MAX_CPU_COUNT``.
-    With ``only_physical_cores=True``, hyper-threads of one core count once.
-    """
-    try:
-        cpus = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        cpus = set(range(os.cpu_count() or 1))
-    count = len(cpus) or (os.cpu_count() or 1)
-    quota = _cgroup_cpu_limit()
-    if quota is not None:
-        count = min(count, max(1, math.ceil(quota)))
-    env = os.environ.get("LOKY_MAX_CPU_COUNT")
-    if env:
-        try:
-            count = min(count, max(1, int(env)))
-        except ValueError:
-            pass
-    if only_physical_cores:
-        physical = _physical_cores(cpus)
-        if physical is not None:
-            count = min(count, physical)
-    return max(1, count)
-
-
-def _effective_n_jobs(n_jobs: Optional[int]) -> int:
+def _effective_n_jobs(n_jobs: int | None) -> int:
     if n_jobs is None:
         return 1
-    _check_n_jobs(n_jobs)
+    n_jobs = _check_n_jobs(n_jobs)
     if n_jobs < 0:
-        return max(cpu_count() + 1 + int(n_jobs), 1)
-    return int(n_jobs)
+        return max(cpu_count() + 1 + n_jobs, 1)
+    return n_jobs
 
 
-def effective_n_jobs(n_jobs: Optional[int] = -1) -> int:
+def effective_n_jobs(n_jobs: int | None = -1) -> int:
     """Number of workers ``Parallel(n_jobs)`` would use with the active
-    backend (``-1`` means all CPUs, ``-2`` all but one, ...)."""
+    backend (``-1`` means all CPUs, ``-2`` all but one, ``None`` the
+    configured or default count).
+
+    Examples
+    --------
+    >>> from joblib_fast import effective_n_jobs, parallel_config
+    >>> effective_n_jobs(1)
+    1
+    >>> with parallel_config(backend="threading", n_jobs=3):
+    ...     effective_n_jobs(None)
+    3
+    """
     if n_jobs == 1:
         return 1
+    if n_jobs is not None:
+        n_jobs = _check_n_jobs(n_jobs)
     backend, config_n_jobs = get_active_backend()
     if n_jobs is None:
         n_jobs = config_n_jobs
     return backend.effective_n_jobs(n_jobs if n_jobs is not None else 1)
+
+
+__all__ = [
+    "cpu_count",
+    "effective_n_jobs",
+    "get_active_backend",
+    "parallel_backend",
+    "parallel_config",
+    "register_parallel_backend",
+]

@@ -9,12 +9,22 @@ from __future__ import annotations
 import ast
 import sys
 from numbers import Integral, Real
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
+from . import _progress
 from . import config as _config
 from ._core import Call, delayed, iter_sequential, run_sequential
 from .backends.base import ParallelBackendBase
-from .config import UNSET
+from .config import (  # noqa: F401 - joblib.parallel exposes these too
+    EXTERNAL_BACKENDS,
+    UNSET,
+    cpu_count,
+    effective_n_jobs,
+    get_active_backend,
+    parallel_backend,
+    parallel_config,
+    register_parallel_backend,
+)
 
 __all__ = ["Parallel", "delayed"]
 
@@ -123,6 +133,12 @@ class Parallel:
         Soft hint used when no backend is chosen explicitly.
     require : {"sharedmem"}, optional
         Hard constraint: a backend whose workers share memory (threads).
+    progress_bar : bool, default=False
+        Show a live progress bar (count, rate, ETA): tqdm when installed,
+        a one-line bar on stderr otherwise.  Not in joblib.
+    callback : callable, optional
+        ``callback(index, result)`` called in the calling thread for every
+        finished task, in completion order.  Not in joblib.
     **backend_kwargs
         Passed to the backend's ``configure``.
 
@@ -142,6 +158,8 @@ class Parallel:
                  batch_size: Any = "auto", temp_folder: Any = UNSET,
                  max_nbytes: Any = UNSET, mmap_mode: Any = UNSET,
                  prefer: Any = UNSET, require: Any = UNSET,
+                 progress_bar: bool = False,
+                 callback: Callable[[int, Any], Any] | None = None,
                  **backend_kwargs: Any) -> None:
         if return_as not in VALID_RETURN_AS:
             raise ValueError(
@@ -151,7 +169,11 @@ class Parallel:
         _config._check_choice("prefer", prefer, _config.VALID_PREFER)
         _config._check_choice("require", require, _config.VALID_REQUIRE)
         if n_jobs is not UNSET:
-            _config._check_n_jobs(n_jobs)
+            n_jobs = _config._check_n_jobs(n_jobs)
+        if callback is not None and not callable(callback):
+            raise TypeError(
+                f"callback must be a callable(index, result) or None, got "
+                f"{callback!r}")
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, Real) \
                     or not timeout > 0:
@@ -221,6 +243,8 @@ class Parallel:
         self.batch_size = batch_size
         self.prefer = prefer
         self.require = require
+        self.progress_bar = bool(progress_bar)
+        self.callback = callback
         self._backend = backend
         self._backend_kwargs = dict(backend_kwargs)
         self._backend_kwargs.update(
@@ -287,20 +311,24 @@ class Parallel:
             raise RuntimeError(
                 "this Parallel instance is already running a call; nested "
                 "or concurrent calls need their own Parallel instance")
+        reporter = _progress.make_reporter(
+            repr(self), self.verbose, self.progress_bar, self.callback,
+            iterable)
+        if not self._backend._jf_native and not getattr(
+                self._backend, "_jf_sequential", False):
+            from ._foreign import run_foreign
+            return run_foreign(self, iterable, reporter)
         n_jobs = self._configure()
         if getattr(self._backend, "_jf_sequential", False) or n_jobs == 1:
-            if self.return_as == "list":
-                return run_sequential(iterable)
-            return iter_sequential(iterable)
-        if not self._backend._jf_native:
-            raise NotImplementedError(
-                f"backend {self._backend!r} is not supported yet")
+            return self._run_sequential(iterable, reporter)
         self._running = True
         try:
             pool = self._get_pool(n_jobs)
         except BaseException:
             self._running = False
             raise
+        if reporter is not None:
+            reporter.start(self._backend, n_jobs)
         try:
             self._backend.start_call()
             call = Call(
@@ -309,11 +337,16 @@ class Parallel:
                 batch_size=self._batch_size_for_call(),
                 target_duration=self._backend.target_batch_duration,
                 timeout=self.timeout,
+                on_result=None if reporter is None else reporter.on_result,
             )
         except BaseException as exc:
             self._running = False
             self._end_call(pool, exc)
+            if reporter is not None:
+                reporter.finish(exc)
             raise
+        if reporter is not None:
+            reporter.watch(call)
         if self.return_as == "list":
             error = None
             try:
@@ -324,6 +357,8 @@ class Parallel:
             finally:
                 self._running = False
                 self._end_call(pool, error)
+                if reporter is not None:
+                    reporter.finish(error)
         try:
             call.start()
             source = call.iter_ordered() if self.return_as == "generator" \
@@ -332,8 +367,10 @@ class Parallel:
             call.abort()
             self._running = False
             self._end_call(pool, exc)
+            if reporter is not None:
+                reporter.finish(exc)
             raise
-        gen = self._generate(call, pool, source)
+        gen = self._generate(call, pool, source, reporter)
         next(gen)  # enter the try block so that close() always cleans up
         return gen
 
@@ -343,7 +380,7 @@ class Parallel:
             return 1
         return 0 if self.batch_size == "auto" else self.batch_size
 
-    def _generate(self, call: Call, pool, source):
+    def _generate(self, call: Call, pool, source, reporter=None):
         error = None
         try:
             yield None
@@ -355,9 +392,54 @@ class Parallel:
             call.abort()
             self._running = False
             self._end_call(pool, error)
+            if reporter is not None:
+                reporter.finish(error)
+
+    def _run_sequential(self, iterable: Iterable, reporter=None,
+                        cleanup: Callable[[], Any] | None = None) -> Any:
+        """n_jobs=1: the tasks run in the caller, one after the other."""
+        on_result = None if reporter is None else reporter.on_result
+        if self.return_as == "list":
+            error = None
+            try:
+                return run_sequential(iterable, on_result)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if cleanup is not None:
+                    cleanup()
+                if reporter is not None:
+                    reporter.finish(error)
+        source = iter_sequential(iterable, on_result)
+        if reporter is None and cleanup is None:
+            return source
+        gen = _finish_after(source, reporter, cleanup)
+        next(gen)  # enter the try block so that close() always cleans up
+        return gen
+
+    def _print(self, msg: str) -> None:
+        """joblib's message hook, used by some backends: ``[Parallel(...)]:
+        msg`` on stderr (stdout from verbose 50) when verbose is set."""
+        _progress.print_message(repr(self), self.verbose, msg)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
+
+
+def _finish_after(source, reporter, cleanup):
+    error = None
+    try:
+        yield None
+        yield from source
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if cleanup is not None:
+            cleanup()
+        if reporter is not None:
+            reporter.finish(error)
 
 
 # joblib exposes delayed from this module too.

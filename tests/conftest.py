@@ -206,3 +206,53 @@ def no_leaks(request):
         pytest.fail(
             f"the test leaked (still there {LEAK_GRACE_SECONDS:g} s after "
             f"it ended): {found}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(no_leaks):
+    """Undo what a test did to the backend registry and the active
+    configuration, and fail the test if it left a ``parallel_config``
+    active; stop the reusable process pool (it outlives calls by design)
+    before ``no_leaks`` looks for leftovers."""
+    from joblib_fast import config as _config
+    backends = dict(_config.BACKENDS)
+    external = dict(_config.EXTERNAL_BACKENDS)
+    default = _config.DEFAULT_BACKEND
+    config = _config._current_config()
+    yield
+    leaked_config = _config._current_config() is not config
+    _config.BACKENDS.clear()
+    _config.BACKENDS.update(backends)
+    _config.EXTERNAL_BACKENDS.clear()
+    _config.EXTERNAL_BACKENDS.update(external)
+    _config.DEFAULT_BACKEND = default
+    _config._set_config(config)
+    processes = sys.modules.get("joblib_fast.backends.processes")
+    if processes is not None:
+        processes.shutdown_reusable_pools()
+    assert not leaked_config, "the test left a parallel_config active"
+
+
+@pytest.fixture(scope="session")
+def process_helpers():
+    """Start the process backend's process-lifetime helpers (the
+    multiprocessing forkserver and resource tracker) once, before the leak
+    baseline of the tests that use it: they are not leaks.  Request it with
+    ``pytest.mark.usefixtures("process_helpers")``."""
+    try:
+        from joblib_fast.backends import processes
+    except ImportError:
+        yield None
+        return
+    from joblib_fast import Parallel, delayed
+    # multiprocessing keeps a folder (the forkserver's socket) until the
+    # interpreter exits, after pytest_unconfigure removed the session's
+    # private TMPDIR: make it outside, where its own exit hook removes it.
+    saved = tempfile.tempdir
+    tempfile.tempdir = os.path.dirname(_SESSION_TMP)
+    try:
+        Parallel(n_jobs=2, backend="loky")(delayed(abs)(-i) for i in range(2))
+    finally:
+        tempfile.tempdir = saved
+    processes.shutdown_reusable_pools()
+    yield processes

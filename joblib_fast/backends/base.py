@@ -10,6 +10,7 @@ backends additionally set ``_jf_native = True`` and implement
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABCMeta, abstractmethod
 from typing import Any, Optional
 
@@ -38,6 +39,9 @@ class ParallelBackendBase(metaclass=ABCMeta):
     # Seconds an auto-sized batch should last on this backend.
     target_batch_duration = 0.002
     _jf_native = False
+    # joblib exposes these on the class; third-party backends use them.
+    MAX_NUM_THREADS_VARS = MAX_NUM_THREADS_VARS
+    TBB_ENABLE_IPC_VAR = "ENABLE_IPC"
 
     @property
     def supports_return_generator(self) -> bool:
@@ -50,6 +54,7 @@ class ParallelBackendBase(metaclass=ABCMeta):
     def __init__(self, nesting_level: Optional[int] = None,
                  inner_max_num_threads: Optional[int] = None,
                  **backend_kwargs: Any) -> None:
+        super().__init__()  # cooperative, for mixins listed before us
         self.nesting_level = nesting_level
         self.inner_max_num_threads = inner_max_num_threads
         self.backend_kwargs = backend_kwargs
@@ -119,15 +124,29 @@ class ParallelBackendBase(metaclass=ABCMeta):
         return contextlib.nullcontext()
 
     def _prepare_worker_env(self, n_jobs: int) -> dict:
-        """Environment that caps BLAS/OpenMP threads in each worker."""
-        inner = self.inner_max_num_threads
-        if inner is None:
-            inner = max(os.cpu_count() // max(n_jobs, 1), 1)
+        """Environment that caps BLAS/OpenMP threads in each worker.
+
+        ``inner_max_num_threads`` when set; otherwise
+        ``max(cpu_count() // n_jobs, 1)`` unless the variable is already set
+        in this process's environment.
+        """
+        from .._cpu import cpu_count
+        explicit = self.inner_max_num_threads
+        default = max(cpu_count() // max(n_jobs, 1), 1)
         env = {}
-        for var in MAX_NUM_THREADS_VARS:
-            env[var] = os.environ.get(var, str(inner)) \
-                if self.inner_max_num_threads is None else str(inner)
+        for var in self.MAX_NUM_THREADS_VARS:
+            if explicit is None:
+                env[var] = os.environ.get(var, str(default))
+            else:
+                env[var] = str(explicit)
+        if self.TBB_ENABLE_IPC_VAR not in os.environ:
+            # TBB schedulers of several workers coordinate through IPC.
+            env[self.TBB_ENABLE_IPC_VAR] = "1"
         return env
+
+    @staticmethod
+    def in_main_thread() -> bool:
+        return threading.current_thread() is threading.main_thread()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
