@@ -101,7 +101,7 @@ class Context:
     def calibrated(cls, quick: bool, n_jobs: int) -> Context:
         from joblib_fast._kernels import calibrate
         ctx = cls(quick=quick, n_jobs=n_jobs, repeats=3 if quick else 7,
-                  budget=1.5 if quick else 8.0)
+                  budget=1.0 if quick else 8.0)
         for name, seconds in NOGIL_SIZES.items():
             ctx.burn_k[name] = calibrate(seconds)
         ctx.spin_per_ms = calibrate_spin(1e-3)
@@ -304,7 +304,8 @@ class Workload:
     memory: bool = False                     # sample the process tree memory
     # peers too slow for the full N: peer -> (full run N, --quick N)
     reduced: dict[str, tuple[int, int]] = field(default_factory=dict)
-    probe: Callable[[Sample, int], str] | None = None
+    # a note on one call: (results, time.time() before/after, n_jobs) -> str
+    probe: Callable[[list, tuple[float, float], int], str] | None = None
     digest: Callable[[list], Any] = list     # what must equal the loop's
 
 
@@ -332,8 +333,7 @@ def _prepare_uneven(ctx: Context, n: int) -> Prepared:
     sizes = [int(ctx.spin_per_ms * 0.1 * 100 ** (i / (n - 1)))
              for i in range(n)]
     random.Random(0).shuffle(sizes)
-    total_ms = sum(sizes) / ctx.spin_per_ms
-    return Prepared(timed_spin, sizes, f"0.1-10 ms, {total_ms:.0f} ms of work")
+    return Prepared(timed_spin, sizes, "0.1-10 ms, shuffled")
 
 
 def _array_floats(ctx: Context, full_mb: int, quick_mb: float) -> int:
@@ -358,12 +358,12 @@ def _tiny_tasks(ctx: Context, n: int) -> Prepared:
     return Prepared(noop, list(range(n)))
 
 
-def _idle_at_end(sample: Sample, n_jobs: int) -> str:
+def _idle_at_end(results: list, wall: tuple[float, float], n_jobs: int) -> str:
     """Each worker's idle time between its last task's end and the call's
     end, as a share of the call's wall time."""
-    start, end = sample.wall
+    start, end = wall
     last_end: dict[int, float] = {}
-    for pid, _, task_end in sample.result:
+    for pid, _, task_end in results:
         last_end[pid] = max(last_end.get(pid, 0.0), task_end)
     idle = sorted((end - t) / (end - start) * 100 for t in last_end.values())
     shares = "/".join(f"{x:.1f}" for x in idle)
@@ -413,25 +413,30 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
 
 @dataclass
 class Sample:
+    """One timed call; the results are reduced at once to what the row needs
+    so that they don't stay alive (and in the memory figures) later."""
+
     seconds: float
-    result: Any = None
-    wall: tuple[float, float] = (0.0, 0.0)     # time.time() around the call
-    peak: int | None = None                 # bytes, process tree
+    digest: Any = None                     # work.digest(results)
+    note: str = ""                         # work.probe(...)
+    peak: int | None = None                # bytes, process tree
     baseline: int | None = None
     metric: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    import_s: float | None = None          # coldstart only
 
 
-def timed(call: Callable[[], Any], memory: bool) -> Sample:
+def timed(call: Callable[[], list], work: Workload, n_jobs: int) -> Sample:
     gc.collect()
-    monitor = TreeMemory() if memory else None
+    monitor = TreeMemory() if work.memory else None
     with monitor or contextlib.nullcontext():
         wall0 = time.time()
         t0 = time.perf_counter()
-        result = call()
+        results = call()
         seconds = time.perf_counter() - t0
         wall1 = time.time()
-    sample = Sample(seconds, result, (wall0, wall1))
+    sample = Sample(seconds, work.digest(results))
+    if work.probe is not None:
+        sample.note = work.probe(results, (wall0, wall1), n_jobs)
     if monitor is not None:
         sample.peak, sample.baseline = monitor.peak, monitor.baseline
         sample.metric = monitor.metric
@@ -449,30 +454,34 @@ def repeat(trial: Callable[[], Sample], ctx: Context) -> list[Sample]:
     return samples
 
 
-def measure_warm(peer: Peer, prep: Prepared, memory: bool,
+def measure_warm(peer: Peer, prep: Prepared, work: Workload,
                  ctx: Context) -> list[Sample]:
     with peer.open(ctx.n_jobs) as run:
-        run(prep.func, prep.items[:4 * ctx.n_jobs])      # warm-up
+        run(prep.func, prep.items[:2 * ctx.n_jobs])      # warm-up
         return repeat(lambda: timed(lambda: run(prep.func, prep.items),
-                                    memory), ctx)
+                                    work, ctx.n_jobs), ctx)
 
 
-def _cold_trial(peer: Peer, prep: Prepared, memory: bool,
+def _cold_trial(peer: Peer, prep: Prepared, work: Workload,
                 n_jobs: int) -> Sample:
     reset_pools()
     with contextlib.ExitStack() as stack:
         def call() -> list:
             run = stack.enter_context(peer.open(n_jobs))
             return run(prep.func, prep.items)
-        return timed(call, memory)     # the pool shuts down after, untimed
+        return timed(call, work, n_jobs)   # the pool shuts down after, untimed
 
 
-def measure_cold(peer: Peer, prep: Prepared, memory: bool,
+def measure_cold(peer: Peer, prep: Prepared, work: Workload,
                  ctx: Context) -> list[Sample]:
-    return repeat(lambda: _cold_trial(peer, prep, memory, ctx.n_jobs), ctx)
+    return repeat(lambda: _cold_trial(peer, prep, work, ctx.n_jobs), ctx)
 
 
-def measure_subprocess(peer: Peer, prep: Prepared, memory: bool,
+class ChildFailed(Exception):
+    """The coldstart child process reported an error or died."""
+
+
+def measure_subprocess(peer: Peer, prep: Prepared, work: Workload,
                        ctx: Context) -> list[Sample]:
     def trial() -> Sample:
         cmd = [sys.executable, os.path.abspath(__file__), "--n-jobs",
@@ -482,27 +491,28 @@ def measure_subprocess(peer: Peer, prep: Prepared, memory: bool,
         lines = out.stdout.strip().splitlines()
         if out.returncode != 0 or not lines:
             tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"child exited {out.returncode}: {tail}")
+            raise ChildFailed(f"child exited {out.returncode}: {tail}")
         report = json.loads(lines[-1])
         if "error" in report:
-            raise RuntimeError(report["error"])
-        return Sample(report["seconds"], report["result"],
-                      extra={"import_s": report["import_s"]})
+            raise ChildFailed(report["error"])
+        return Sample(report["seconds"], report["digest"],
+                      import_s=report["import_s"])
     return repeat(trial, ctx)
 
 
 def coldstart_child(peer_name: str, n_jobs: int) -> None:
     """In a fresh interpreter: import the peer's modules, then time the
-    first call (pool creation included) of two tiny tasks."""
-    peer = PEERS[peer_name]
+    first call (pool creation included) of the coldstart tasks."""
+    peer, work = PEERS[peer_name], WORKLOADS["coldstart"]
     try:
         t0 = time.perf_counter()
         for module in peer.modules:
             importlib.import_module(module)
         import_s = time.perf_counter() - t0
-        sample = _cold_trial(peer, _tiny_tasks(None, 2), False, n_jobs)
+        prep = work.prepare(None, work.n[0])
+        sample = _cold_trial(peer, prep, work, n_jobs)
         report = {"seconds": sample.seconds, "import_s": import_s,
-                  "result": sample.result}
+                  "digest": sample.digest}
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         report = {"error": _describe(exc)}
     print(json.dumps(report), flush=True)
@@ -535,52 +545,47 @@ class Row:
 
 
 def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    text = str(exc) if isinstance(exc, ChildFailed) \
+        else f"{type(exc).__name__}: {exc}"
+    text = text.splitlines()[0] if text else type(exc).__name__
     return text if len(text) <= 110 else text[:107] + "..."
 
 
 def run_workload(work: Workload, ctx: Context) -> list[Row]:
-    """The loop, then each peer; the loop is re-timed for each reduced N so
-    that every ratio compares the same tasks."""
+    """Each peer on the workload's tasks, beside the plain loop on the same
+    tasks (re-timed for each reduced N).  The loop is timed before and after
+    the peers, so that a slow drift of the machine's load hits both sides."""
     measure = MEASURE[work.mode]
     main_n = work.n[1] if ctx.quick else work.n[0]
-    loops: dict[int, tuple[Prepared, list[Sample], Any]] = {}
-
-    def loop_at(n: int) -> tuple[Prepared, list[Sample], Any]:
-        if n not in loops:
-            prep = work.prepare(ctx, n)
-            samples = measure_warm(PEERS["loop"], prep, work.memory, ctx)
-            loops[n] = prep, samples, work.digest(samples[-1].result)
-        return loops[n]
-
-    rows = []
+    preps: dict[int, Prepared] = {}
+    loops: dict[int, list[Sample]] = {}
+    outcomes: list[tuple[str, int, list[Sample] | str]] = []
     for name in work.peers:
         n = main_n
         if name in work.reduced:
             n = min(n, work.reduced[name][1 if ctx.quick else 0])
-        prep, loop_samples, expected = loop_at(n)
-        row = Row(work.name, prep.label, name, n, n != main_n,
-                  loop_s=statistics.median(s.seconds for s in loop_samples))
+        if n not in preps:
+            preps[n] = work.prepare(ctx, n)
+            loops[n] = measure_warm(PEERS["loop"], preps[n], work, ctx)
         reset_pools()
-        try:
-            if name == "loop":
-                samples = loop_samples
-            else:
-                samples = measure(PEERS[name], prep, work.memory, ctx)
-            if work.digest(samples[-1].result) != expected:
-                raise AssertionError("results differ from the loop's")
-        except Exception as exc:  # noqa: BLE001 - a failing peer is a row
-            row.error = _describe(exc)
-            rows.append(row)
-            print(f"  {work.name:<13} {name:<24} n/a  ({row.error})",
-                  file=sys.stderr, flush=True)
-            continue
-        _fill(row, samples, work, ctx)
-        rows.append(row)
-        print(f"  {work.name:<13} {name:<24} {_fmt_time(row.seconds)}",
-              file=sys.stderr, flush=True)
+        outcome: list[Sample] | str = loops[n]
+        if name != "loop":
+            try:
+                outcome = measure(PEERS[name], preps[n], work, ctx)
+                if outcome[-1].digest != loops[n][0].digest:
+                    raise AssertionError("results differ from the loop's")
+            except Exception as exc:  # noqa: BLE001 - a failing peer is a row
+                outcome = _describe(exc)
+        outcomes.append((name, n, outcome))
+        shown = outcome if isinstance(outcome, str) else \
+            _fmt_time(statistics.median(s.seconds for s in outcome))
+        print(f"  {work.name:<13} {name:<24} {shown}", file=sys.stderr,
+              flush=True)
     reset_pools()
-    return rows
+    for n, prep in preps.items():
+        loops[n].extend(measure_warm(PEERS["loop"], prep, work, ctx))
+    return [_make_row(work, name, n, n != main_n, preps[n].label, loops[n],
+                      outcome) for name, n, outcome in outcomes]
 
 
 def _median(samples: list[Sample]) -> Sample:
@@ -588,27 +593,33 @@ def _median(samples: list[Sample]) -> Sample:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def _fill(row: Row, samples: list[Sample], work: Workload,
-          ctx: Context) -> None:
-    row.seconds = statistics.median(s.seconds for s in samples)
-    row.repeats = len(samples)
-    if row.loop_s and row.seconds and work.mode != "subprocess":
+def _make_row(work: Workload, peer: str, n: int, reduced: bool, label: str,
+              loop: list[Sample], outcome: list[Sample] | str) -> Row:
+    row = Row(work.name, label, peer, n, reduced,
+              loop_s=statistics.median(s.seconds for s in loop))
+    if isinstance(outcome, str):
+        row.error = outcome
+        return row
+    row.seconds = statistics.median(s.seconds for s in outcome)
+    row.repeats = len(outcome)
+    if work.mode != "subprocess":
         row.speedup = row.loop_s / row.seconds
     if work.per_task:
-        row.us_per_task = (row.seconds - row.loop_s) / row.n * 1e6
+        row.us_per_task = (row.seconds - row.loop_s) / n * 1e6
     notes = []
     if work.memory:
-        row.peak_mb = max(s.peak for s in samples) / MB
-        row.delta_mb = max(s.peak - s.baseline for s in samples) / MB
-        row.memory_metric = samples[0].metric
+        row.peak_mb = max(s.peak for s in outcome) / MB
+        row.delta_mb = max(s.peak - s.baseline for s in outcome) / MB
+        row.memory_metric = outcome[0].metric
         notes.append(f"peak {row.peak_mb:.0f} MB {row.memory_metric} "
                      f"(+{row.delta_mb:.0f})")
     if work.probe is not None:
-        notes.append(work.probe(_median(samples), ctx.n_jobs))
-    if "import_s" in samples[0].extra:
-        import_s = statistics.median(s.extra["import_s"] for s in samples)
+        notes.append(_median(outcome).note)
+    if outcome[0].import_s is not None:
+        import_s = statistics.median(s.import_s for s in outcome)
         notes.append(f"+ import {import_s * 1e3:.0f} ms")
     row.note = "; ".join(notes)
+    return row
 
 
 # ----------------------------------------------------------------- output
@@ -728,6 +739,8 @@ def print_legend(rows: list[Row], ctx: Context) -> None:
     if any(row.memory_metric for row in rows):
         print("  peak = whole process tree (parent + children) sampled "
               "every 10 ms; (+x) = over the start of the timed call")
+        print("  bigarray_in passes the same array object in every repeat "
+              "(joblib reuses its memmap dump of it after the warm-up)")
     if ctx.quick:
         print("  --quick: fewer repeats, smaller N for the nogil/py/uneven "
               "workloads, 50 MB / 12.5 MB arrays for bigarray_in / _out")
@@ -769,7 +782,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for name in args.workloads:
         print(f"running {name} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         rows.extend(run_workload(WORKLOADS[name], ctx))
+        print(f"  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr,
+              flush=True)
     print_table(rows)
     print_legend(rows, ctx)
     elapsed = time.perf_counter() - started
