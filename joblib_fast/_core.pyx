@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, cdivision=True
 """The dispatch core of joblib_fast.
 
 One ``Parallel.__call__`` is one :class:`Call`.  Its data flow::
@@ -275,6 +275,10 @@ cdef class Call:
     @property
     def aborted(self):
         return bool(self.aborted)
+
+    @property
+    def timeout_seconds(self):
+        return self.timeout
 
     @property
     def n_batches(self):
@@ -752,3 +756,24 @@ def iter_sequential(iterable, on_result=None):
             on_result(i, value)
         i += 1
         yield value
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def split_uniform(list tasks):
+    """``(func, [args, ...])`` when every task of a batch calls the same
+    function without keyword arguments (what process workers receive, as it
+    pickles smaller), else None."""
+    cdef Py_ssize_t i, n = len(tasks)
+    cdef tuple t
+    cdef list args
+    if n == 0:
+        return None
+    func = (<tuple>tasks[0])[0]
+    args = [None] * n
+    for i in range(n):
+        t = <tuple>tasks[i]
+        if t[0] is not func or len(<dict>t[2]) != 0:
+            return None
+        args[i] = t[1]
+    return (func, args)

@@ -18,8 +18,8 @@ BACKENDS: Dict[str, Callable[..., ParallelBackendBase]] = {
 }
 # Backends provided by modules imported on first use (heavy imports).
 _LAZY_BACKENDS = {
-    "multiprocessing": ("joblib_fast.backends.processes", "ProcessBackend"),
     "loky": ("joblib_fast.backends.processes", "ProcessBackend"),
+    "multiprocessing": ("joblib_fast.backends.processes", "ProcessBackend"),
     "dask": ("joblib_fast.backends.dask", "DaskBackend"),
 }
 DEFAULT_BACKEND = "loky"

@@ -265,13 +265,15 @@ class Parallel:
 
     def _end_call(self, pool, error: Optional[BaseException]) -> None:
         """Release what the call used (caller thread, after the call)."""
-        # A task stuck past its timeout may never finish: don't wait for it
-        # and don't reuse its pool.
-        stuck = isinstance(error, TimeoutError)
-        if pool is not self._pool:
-            pool.shutdown(wait=not stuck)
-        elif stuck or getattr(pool, "broken", False):
-            self._discard_pool(wait=False)
+        # A task stuck past its timeout may never finish: don't wait for it.
+        wait = not isinstance(error, TimeoutError)
+        if pool is self._pool:
+            if error is not None:
+                # Never carry a failed call's leftovers into the next call.
+                self._pool = None
+                pool.shutdown(wait=wait)
+        else:
+            pool.shutdown(wait=wait)
         self._backend.stop_call()
         if not self._managed:
             self._backend.terminate()
@@ -302,7 +304,7 @@ class Parallel:
         call = Call(
             pool, iterable,
             pre_dispatch=_eval_pre_dispatch(self.pre_dispatch, n_jobs),
-            batch_size=0 if self.batch_size == "auto" else self.batch_size,
+            batch_size=self._batch_size_for_call(),
             target_duration=self._backend.target_batch_duration,
             timeout=self.timeout,
         )
@@ -328,6 +330,12 @@ class Parallel:
         gen = self._generate(call, pool, source)
         next(gen)  # enter the try block so that close() always cleans up
         return gen
+
+    def _batch_size_for_call(self) -> int:
+        if self.timeout is not None and not self._backend.uses_threads:
+            # A process worker is timed per batch: one task per batch.
+            return 1
+        return 0 if self.batch_size == "auto" else self.batch_size
 
     def _generate(self, call: Call, pool, source):
         error = None
