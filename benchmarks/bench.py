@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import importlib
 import json
@@ -101,7 +102,7 @@ class Context:
     def calibrated(cls, quick: bool, n_jobs: int) -> Context:
         from joblib_fast._kernels import calibrate
         ctx = cls(quick=quick, n_jobs=n_jobs, repeats=3 if quick else 7,
-                  budget=1.0 if quick else 8.0)
+                  budget=0.7 if quick else 8.0)
         for name, seconds in NOGIL_SIZES.items():
             ctx.burn_k[name] = calibrate(seconds)
         ctx.spin_per_ms = calibrate_spin(1e-3)
@@ -277,9 +278,17 @@ PROCESS_PEERS = ("joblib_fast[loky]", "joblib[loky]", "joblib[multiprocessing]",
 NUMPY_PEERS = ("joblib_fast[loky]", "joblib[loky]", "mp.Pool")
 
 
+def _reset_joblib_fast() -> None:
+    """The same for joblib_fast's process-wide reusable pool."""
+    processes = sys.modules.get("joblib_fast.backends.processes")
+    if processes is not None:
+        processes.shutdown_reusable_pools()
+
+
 def reset_pools() -> None:
     """Leave no idle worker behind between peers (untimed)."""
     _reset_joblib_loky()
+    _reset_joblib_fast()
     gc.collect()
 
 
@@ -307,6 +316,7 @@ class Workload:
     # a note on one call: (results, time.time() before/after, n_jobs) -> str
     probe: Callable[[list, tuple[float, float], int], str] | None = None
     digest: Callable[[list], Any] = list     # what must equal the loop's
+    quick_repeats: int | None = None         # cap of repeats with --quick
 
 
 NOGIL_SIZES = {"nogil10us": 10e-6, "nogil100us": 100e-6, "nogil1ms": 1e-3}
@@ -397,8 +407,8 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("py1ms_cold", ("loop",) + PROCESS_PEERS, (400, 200),
              _prepare_py1ms, mode="cold"),
     Workload("coldstart", ("loop",) + PROCESS_PEERS, (2, 2), _tiny_tasks,
-             mode="subprocess"),
-    Workload("uneven", ("loop",) + PROCESS_PEERS, (300, 150), _prepare_uneven,
+             mode="subprocess", quick_repeats=1),
+    Workload("uneven", ("loop",) + PROCESS_PEERS, (300, 100), _prepare_uneven,
              probe=_idle_at_end, digest=_count),
     # Issue 5: numpy.
     Workload("bigarray_in", ("loop",) + NUMPY_PEERS, (8, 8),
@@ -557,6 +567,8 @@ def run_workload(work: Workload, ctx: Context) -> list[Row]:
     the peers, so that a slow drift of the machine's load hits both sides."""
     measure = MEASURE[work.mode]
     main_n = work.n[1] if ctx.quick else work.n[0]
+    if ctx.quick and work.quick_repeats:
+        ctx = dataclasses.replace(ctx, repeats=work.quick_repeats)
     preps: dict[int, Prepared] = {}
     loops: dict[int, list[Sample]] = {}
     outcomes: list[tuple[str, int, list[Sample] | str]] = []
@@ -582,8 +594,9 @@ def run_workload(work: Workload, ctx: Context) -> list[Row]:
         print(f"  {work.name:<13} {name:<24} {shown}", file=sys.stderr,
               flush=True)
     reset_pools()
+    again = dataclasses.replace(ctx, repeats=max(1, ctx.repeats // 2))
     for n, prep in preps.items():
-        loops[n].extend(measure_warm(PEERS["loop"], prep, work, ctx))
+        loops[n].extend(measure_warm(PEERS["loop"], prep, work, again))
     return [_make_row(work, name, n, n != main_n, preps[n].label, loops[n],
                       outcome) for name, n, outcome in outcomes]
 
