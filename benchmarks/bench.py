@@ -343,7 +343,7 @@ def _prepare_uneven(ctx: Context, n: int) -> Prepared:
     sizes = [int(ctx.spin_per_ms * 0.1 * 100 ** (i / (n - 1)))
              for i in range(n)]
     random.Random(0).shuffle(sizes)
-    return Prepared(timed_spin, sizes, "0.1-10 ms, shuffled")
+    return Prepared(timed_spin, sizes, "0.1-10 ms mix")
 
 
 def _array_floats(ctx: Context, full_mb: int, quick_mb: float) -> int:
@@ -703,33 +703,41 @@ def print_header(info: dict[str, Any], ctx: Context) -> None:
     print()
 
 
-COLUMNS = (("workload", 30), ("peer", 24), ("N", 8), ("loop", 9),
+COLUMNS = (("workload", 20), ("peer", 24), ("N", 8), ("loop", 9),
            ("time", 9), ("R", 2), ("speed-up", 8), ("us/task", 8))
 
 
+def _line(cells: list[str]) -> str:
+    return " ".join(f"{cell:<{width}}" if k < 2 else f"{cell:>{width}}"
+                    for k, (cell, (_, width)) in enumerate(zip(cells, COLUMNS)))
+
+
 def print_table(rows: list[Row]) -> None:
-    head = " ".join(f"{name:<{w}}" if i < 2 else f"{name:>{w}}"
-                    for i, (name, w) in enumerate(COLUMNS))
+    """One block per workload: its name on the first row, its label (sizes)
+    on the second."""
+    head = _line([name for name, _ in COLUMNS])
     print(head + "  notes")
     print("-" * (len(head) + 24))
-    last = None
-    for row in rows:
+    position = 0
+    for i, row in enumerate(rows):
+        first = i == 0 or row.workload != rows[i - 1].workload
+        position = 0 if first else position + 1
+        if first and i:
+            print()
         title = ""
-        if row.workload != last:
-            if last is not None:
-                print()
-            title = row.workload + (f" [{row.label}]" if row.label else "")
-            last = row.workload
+        if position == 0:
+            title = row.workload
+        elif position == 1 and row.label:
+            title = "  " + row.label
         cells = [
             title, row.peer, f"{row.n}{'*' if row.reduced else ''}",
-            _fmt_time(row.loop_s), _fmt_time(row.seconds) if not row.error
-            else "n/a", str(row.repeats or ""),
+            _fmt_time(row.loop_s),
+            "n/a" if row.error else _fmt_time(row.seconds),
+            str(row.repeats or ""),
             f"{row.speedup:.2f}x" if row.speedup is not None else "-",
             f"{row.us_per_task:.2f}" if row.us_per_task is not None else "",
         ]
-        line = " ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}"
-                        for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS)))
-        print(line + "  " + (row.error or row.note))
+        print(_line(cells) + "  " + (row.error or row.note))
     print()
 
 
