@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 MB = 1 << 20
@@ -102,7 +103,7 @@ class Context:
     def calibrated(cls, quick: bool, n_jobs: int) -> Context:
         from joblib_fast._kernels import calibrate
         ctx = cls(quick=quick, n_jobs=n_jobs, repeats=3 if quick else 7,
-                  budget=0.7 if quick else 8.0)
+                  budget=0.7 if quick else 5.0)
         for name, seconds in NOGIL_SIZES.items():
             ctx.burn_k[name] = calibrate(seconds)
         ctx.spin_per_ms = calibrate_spin(1e-3)
@@ -230,54 +231,6 @@ def _reset_joblib_loky() -> None:
         executor.shutdown(wait=True, kill_workers=True)
 
 
-@dataclass(frozen=True)
-class Peer:
-    name: str
-    how: str                                        # the legend line
-    open: Callable[[int], contextlib.AbstractContextManager[Runner]]
-    modules: tuple[str, ...] = ()                   # imported before coldstart
-
-
-def _partial(func: Callable, *args: Any) -> Callable[[int], Any]:
-    return lambda n_jobs: func(*args, n_jobs)
-
-
-PEERS: dict[str, Peer] = {peer.name: peer for peer in (
-    Peer("loop", "[f(x) for x in items] in the caller", _open_loop),
-    Peer("joblib_fast[threading]",
-         "joblib_fast.Parallel(backend='threading'), delayed generator timed",
-         _partial(_open_joblib_like, "joblib_fast", "threading"),
-         ("joblib_fast",)),
-    Peer("joblib[threading]", "joblib.Parallel(backend='threading')",
-         _partial(_open_joblib_like, "joblib", "threading"), ("joblib",)),
-    Peer("ThreadPoolExecutor", "concurrent.futures, ex.map (no chunking)",
-         _partial(_open_executor, "ThreadPoolExecutor"),
-         ("concurrent.futures",)),
-    Peer("mp.ThreadPool", "multiprocessing.pool.ThreadPool.map, chunked",
-         _partial(_open_mp_pool, "ThreadPool"), ("multiprocessing.pool",)),
-    Peer("joblib_fast[loky]",
-         "joblib_fast.Parallel(backend='loky'), its process backend",
-         _partial(_open_joblib_like, "joblib_fast", "loky"), ("joblib_fast",)),
-    Peer("joblib[loky]", "joblib.Parallel(backend='loky')",
-         _partial(_open_joblib_like, "joblib", "loky"), ("joblib",)),
-    Peer("joblib[multiprocessing]", "joblib.Parallel(backend='multiprocessing')",
-         _partial(_open_joblib_like, "joblib", "multiprocessing"), ("joblib",)),
-    Peer("ProcessPoolExecutor", "concurrent.futures, ex.map chunked (fork)",
-         _partial(_open_executor, "ProcessPoolExecutor"),
-         ("concurrent.futures",)),
-    Peer("mp.Pool", "multiprocessing.Pool.map, chunked (fork)",
-         _partial(_open_mp_pool, "Pool"), ("multiprocessing.pool",)),
-    Peer("mpire", "mpire.WorkerPool(keep_alive=True).map, chunked (fork)",
-         _open_mpire, ("mpire",)),
-)}
-
-THREAD_PEERS = ("joblib_fast[threading]", "joblib[threading]",
-                "ThreadPoolExecutor", "mp.ThreadPool")
-PROCESS_PEERS = ("joblib_fast[loky]", "joblib[loky]", "joblib[multiprocessing]",
-                 "ProcessPoolExecutor", "mp.Pool", "mpire")
-NUMPY_PEERS = ("joblib_fast[loky]", "joblib[loky]", "mp.Pool")
-
-
 def _reset_joblib_fast() -> None:
     """The same for joblib_fast's process-wide reusable pool."""
     processes = sys.modules.get("joblib_fast.backends.processes")
@@ -290,6 +243,50 @@ def reset_pools() -> None:
     _reset_joblib_loky()
     _reset_joblib_fast()
     gc.collect()
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    how: str                                        # the legend line
+    open: Callable[[int], contextlib.AbstractContextManager[Runner]]
+    modules: tuple[str, ...] = ()                   # imported before coldstart
+
+
+PEERS: dict[str, Peer] = {peer.name: peer for peer in (
+    Peer("loop", "[f(x) for x in items] in the caller", _open_loop),
+    Peer("joblib_fast[threading]",
+         "joblib_fast.Parallel(backend='threading'), delayed generator timed",
+         partial(_open_joblib_like, "joblib_fast", "threading"),
+         ("joblib_fast",)),
+    Peer("joblib[threading]", "joblib.Parallel(backend='threading')",
+         partial(_open_joblib_like, "joblib", "threading"), ("joblib",)),
+    Peer("ThreadPoolExecutor", "concurrent.futures, ex.map (no chunking)",
+         partial(_open_executor, "ThreadPoolExecutor"),
+         ("concurrent.futures",)),
+    Peer("mp.ThreadPool", "multiprocessing.pool.ThreadPool.map, chunked",
+         partial(_open_mp_pool, "ThreadPool"), ("multiprocessing.pool",)),
+    Peer("joblib_fast[loky]",
+         "joblib_fast.Parallel(backend='loky'), its process backend",
+         partial(_open_joblib_like, "joblib_fast", "loky"), ("joblib_fast",)),
+    Peer("joblib[loky]", "joblib.Parallel(backend='loky')",
+         partial(_open_joblib_like, "joblib", "loky"), ("joblib",)),
+    Peer("joblib[multiprocessing]", "joblib.Parallel(backend='multiprocessing')",
+         partial(_open_joblib_like, "joblib", "multiprocessing"), ("joblib",)),
+    Peer("ProcessPoolExecutor", "concurrent.futures, ex.map chunked (fork)",
+         partial(_open_executor, "ProcessPoolExecutor"),
+         ("concurrent.futures",)),
+    Peer("mp.Pool", "multiprocessing.Pool.map, chunked (fork)",
+         partial(_open_mp_pool, "Pool"), ("multiprocessing.pool",)),
+    Peer("mpire", "mpire.WorkerPool(keep_alive=True).map, chunked (fork)",
+         _open_mpire, ("mpire",)),
+)}
+
+THREAD_PEERS = ("joblib_fast[threading]", "joblib[threading]",
+                "ThreadPoolExecutor", "mp.ThreadPool")
+PROCESS_PEERS = ("joblib_fast[loky]", "joblib[loky]", "joblib[multiprocessing]",
+                 "ProcessPoolExecutor", "mp.Pool", "mpire")
+NUMPY_PEERS = ("joblib_fast[loky]", "joblib[loky]", "mp.Pool")
 
 
 # -------------------------------------------------------------- workloads
@@ -364,10 +361,6 @@ def _prepare_bigarray_out(ctx: Context, n: int) -> Prepared:
                     f"{floats * 8 / MB:.1f} MB arrays out")
 
 
-def _tiny_tasks(ctx: Context, n: int) -> Prepared:
-    return Prepared(noop, list(range(n)))
-
-
 def _idle_at_end(results: list, wall: tuple[float, float], n_jobs: int) -> str:
     """Each worker's idle time between its last task's end and the call's
     end, as a share of the call's wall time."""
@@ -406,7 +399,7 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("py1ms", ("loop",) + PROCESS_PEERS, (400, 200), _prepare_py1ms),
     Workload("py1ms_cold", ("loop",) + PROCESS_PEERS, (400, 200),
              _prepare_py1ms, mode="cold"),
-    Workload("coldstart", ("loop",) + PROCESS_PEERS, (2, 2), _tiny_tasks,
+    Workload("coldstart", ("loop",) + PROCESS_PEERS, (2, 2), _prepare_noop,
              mode="subprocess", quick_repeats=1),
     Workload("uneven", ("loop",) + PROCESS_PEERS, (300, 100), _prepare_uneven,
              probe=_idle_at_end, digest=_count),
@@ -658,10 +651,13 @@ def _version(dist: str) -> str:
 
 def machine_info() -> dict[str, Any]:
     import psutil
-    here = os.path.dirname(os.path.abspath(__file__))
+
+    import joblib_fast
+    # The copy actually imported (PYTHONPATH), and its git state.
+    here = os.path.dirname(os.path.abspath(joblib_fast.__file__))
     try:
         commit = subprocess.run(
-            ["git", "-C", here, "rev-parse", "--short", "HEAD"],
+            ["git", "-C", here, "describe", "--always", "--dirty"],
             capture_output=True, text=True, timeout=10,
             check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -679,12 +675,21 @@ def machine_info() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / (1 << 30), 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "joblib_fast": f"{_version('joblib_fast')} (source {commit or '?'})",
+        "joblib_fast": f"{joblib_fast.__version__} from {here} "
+                       f"(git {commit or '?'})",
         "joblib": importlib.import_module("joblib").__version__,
         "numpy": importlib.import_module("numpy").__version__,
         "mpire": _version("mpire"),
         "psutil": psutil.__version__,
+        "load_at_start": _load(),
     }
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def print_header(info: dict[str, Any], ctx: Context) -> None:
@@ -696,6 +701,8 @@ def print_header(info: dict[str, Any], ctx: Context) -> None:
     print(f"  versions   joblib_fast {info['joblib_fast']}, joblib "
           f"{info['joblib']}, numpy {info['numpy']}, mpire {info['mpire']}, "
           f"psutil {info['psutil']}")
+    print(f"  load       {_load()} at the start (1, 5, 15 min averages: other "
+          "work on the machine skews the ratios)")
     print(f"  n_jobs={ctx.n_jobs}; median of up to {ctx.repeats} repeats "
           f"(fewer once a row passes {ctx.budget:g} s)")
     sizes = ", ".join(f"{k}: burn({v})" for k, v in ctx.burn_k.items())
@@ -810,14 +817,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     print_legend(rows, ctx)
     elapsed = time.perf_counter() - started
-    print(f"total run time {elapsed:.0f} s")
+    print(f"total run time {elapsed:.0f} s; load at the end {_load()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "quick": ctx.quick,
                        "n_jobs": ctx.n_jobs, "repeats": ctx.repeats,
                        "calibration": {"burn": ctx.burn_k,
                                        "spin_per_ms": ctx.spin_per_ms},
-                       "elapsed_s": elapsed,
+                       "elapsed_s": elapsed, "load_at_end": _load(),
                        "rows": [row.__dict__ for row in rows]}, f, indent=1)
     return 0
 
