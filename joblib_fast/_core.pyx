@@ -97,7 +97,8 @@ cdef inline object _check_task(object item, Py_ssize_t index):
 
 @cython.freelist(16)
 cdef class DelayedCall:
-    """``delayed(func)``: calling it captures ``(func, args, kwargs)``."""
+    # ``delayed(func)``: calling it captures ``(func, args, kwargs)``.  No
+    # class docstring: __doc__ (like __module__) is the wrapped function's.
 
     cdef readonly object func
 
@@ -114,6 +115,14 @@ cdef class DelayedCall:
     @property
     def __wrapped__(self):
         return self.func
+
+    @property
+    def __doc__(self):
+        return getattr(self.func, "__doc__", None)
+
+    @property
+    def __module__(self):
+        return getattr(self.func, "__module__", None)
 
     def __getattr__(self, name):
         # Like functools.wraps in joblib: __name__, __doc__, ... of func.

@@ -164,8 +164,9 @@ class Parallel:
             raise ValueError(
                 "batch_size must be 'auto' or a positive integer, got: "
                 f"{batch_size!r}")
-        # Checked now so that a bad value fails at construction.
-        _eval_pre_dispatch(pre_dispatch, 2)
+        # The form is checked now so that a bad value fails at construction;
+        # its value (which depends on the effective n_jobs) at each call.
+        _eval_pre_dispatch(pre_dispatch, 1 << 20)
 
         config = dict(_config._current_config())
         level = _config._nesting_level()
@@ -300,14 +301,19 @@ class Parallel:
         except BaseException:
             self._running = False
             raise
-        self._backend.start_call()
-        call = Call(
-            pool, iterable,
-            pre_dispatch=_eval_pre_dispatch(self.pre_dispatch, n_jobs),
-            batch_size=self._batch_size_for_call(),
-            target_duration=self._backend.target_batch_duration,
-            timeout=self.timeout,
-        )
+        try:
+            self._backend.start_call()
+            call = Call(
+                pool, iterable,
+                pre_dispatch=_eval_pre_dispatch(self.pre_dispatch, n_jobs),
+                batch_size=self._batch_size_for_call(),
+                target_duration=self._backend.target_batch_duration,
+                timeout=self.timeout,
+            )
+        except BaseException as exc:
+            self._running = False
+            self._end_call(pool, exc)
+            raise
         if self.return_as == "list":
             error = None
             try:

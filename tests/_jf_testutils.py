@@ -1,0 +1,47 @@
+"""Helpers shared by the test modules (imported as ``_jf_testutils``)."""
+from __future__ import annotations
+
+import threading
+import time
+
+BACKENDS = ("threading", "sequential")
+RETURN_AS = ("list", "generator", "generator_unordered")
+WORKER_THREAD_PREFIX = "joblib_fast-thread"
+# How long abandoned worker threads may take to end (as conftest's grace).
+GRACE_SECONDS = 3.0
+_POLL_SECONDS = 0.02
+
+
+# Threads alive when the current test started (set by conftest's leak
+# fixture): a thread leaked by an earlier test fails that test only, not
+# every later test that looks for worker threads.
+BASELINE_THREADS = frozenset()
+
+
+def worker_threads():
+    """joblib_fast worker threads alive now and started during this test."""
+    return [t for t in threading.enumerate()
+            if t.name.startswith(WORKER_THREAD_PREFIX) and t.is_alive()
+            and t not in BASELINE_THREADS]
+
+
+def wait_no_worker_threads(seconds=GRACE_SECONDS):
+    """Wait until no joblib_fast worker thread is alive; return the rest."""
+    deadline = time.monotonic() + seconds
+    while worker_threads() and time.monotonic() < deadline:
+        time.sleep(_POLL_SECONDS)
+    return worker_threads()
+
+
+def square(x):
+    return x * x
+
+
+def sleep_and_return(value, seconds):
+    """Sleep (the GIL is released) then return ``value``."""
+    time.sleep(seconds)
+    return value
+
+
+def add(a, b=0, *, c=0):
+    return a + b + c

@@ -1,0 +1,175 @@
+"""Shared fixtures of the joblib_fast test suite.
+
+Leak checking
+-------------
+Every test runs under the autouse fixture :func:`no_leaks`, which fails the
+test (an error at teardown) when, once the test is over and a grace period
+of ``LEAK_GRACE_SECONDS`` has passed, one of these is still around:
+
+* a thread that did not exist before the test (``threading.enumerate()``);
+* a child process of this process that did not exist before the test
+  (``psutil``, recursive);
+* a new entry whose name contains ``joblib`` in ``tempfile.gettempdir()``
+  or in ``/dev/shm`` (entries named with the pid of another live process,
+  one that is not a descendant of this one, belong to someone else and are
+  ignored: ``/dev/shm`` is shared with whatever else runs on the machine).
+
+The grace period lets a thread abandoned on purpose (a task stuck past its
+``timeout``) end by itself: tests that do that keep the stuck task shorter
+than the grace period.
+
+Opt-out: ``@pytest.mark.allow_leaks("threads", "processes", "files")``
+disables the named checks for one test.  Use it only where a leak cannot be
+avoided, and say why next to the marker.  No test uses it at the moment.
+
+Temp files: the session runs with a private temporary directory (``TMPDIR``
+and ``tempfile.tempdir`` point into it), so that a concurrent run on the same
+machine cannot be mistaken for a leak.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+import pytest
+
+# A thread abandoned by a timed-out call must be gone within this delay
+# (JF_TEST_LEAK_GRACE overrides it: test_leak_fixture.py shortens it).
+LEAK_GRACE_SECONDS = float(os.environ.get("JF_TEST_LEAK_GRACE", "3.0"))
+_POLL_SECONDS = 0.02
+_SHM = "/dev/shm"
+
+# The private temp dir, set before anything asks tempfile for its folder.
+_SESSION_TMP = tempfile.mkdtemp(prefix="jf-tests-")
+os.environ["TMPDIR"] = _SESSION_TMP
+tempfile.tempdir = None  # re-read TMPDIR on the next gettempdir()
+assert tempfile.gettempdir() == _SESSION_TMP
+
+# Test modules import their shared helpers from tests/_jf_testutils.py
+# (--import-mode=importlib does not put tests/ on sys.path by itself).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _jf_testutils  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "allow_leaks(*kinds): skip the leak checks of the given kinds "
+        "('threads', 'processes', 'files') for this test; only where a "
+        "leak is unavoidable, with a comment saying why")
+
+
+def pytest_report_header(config):
+    import joblib_fast
+    return [f"joblib_fast under test: {os.path.dirname(joblib_fast.__file__)}",
+            f"private TMPDIR: {_SESSION_TMP}"]
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+# ------------------------------------------------------------ snapshots
+
+
+def _threads():
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+def _children():
+    try:
+        return {(p.pid, p.create_time())
+                for p in psutil.Process().children(recursive=True)
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+    except psutil.Error:
+        return set()
+
+
+def _joblib_files():
+    found = set()
+    for folder in (tempfile.gettempdir(), _SHM):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        found.update(os.path.join(folder, n) for n in names
+                     if "joblib" in n.lower() and not _foreign(n))
+    return found
+
+
+def _foreign(name):
+    """True when ``name`` carries the pid of a live process that is neither
+    this one nor one of its descendants (another test run or a benchmark
+    on the same machine: joblib names its folders ``..._<pid>_...``)."""
+    pids = [int(tok) for tok in re.split(r"[_.\-]", name) if tok.isdigit()]
+    if not pids or os.getpid() in pids:
+        return False
+    for pid in pids:
+        try:
+            ancestors = {p.pid for p in psutil.Process(pid).parents()}
+        except psutil.Error:
+            continue  # not a live process: may be our dead child's
+        if os.getpid() not in ancestors:
+            return True
+    return False
+
+
+def _describe_threads(threads):
+    out = []
+    frames = sys._current_frames()
+    for t in sorted(threads, key=lambda t: t.name):
+        frame = frames.get(t.ident)
+        where = ""
+        if frame is not None:
+            where = f" at {frame.f_code.co_filename}:{frame.f_lineno}" \
+                    f" in {frame.f_code.co_name}"
+        out.append(f"{t.name} (daemon={t.daemon}){where}")
+    return ", ".join(out)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail the test if it leaves a thread, child process or temp file."""
+    marker = request.node.get_closest_marker("allow_leaks")
+    allowed = set(marker.args) if marker is not None else set()
+    unknown = allowed - {"threads", "processes", "files"}
+    if unknown:
+        pytest.fail(f"allow_leaks: unknown kinds {sorted(unknown)}")
+    threads_before = _threads()
+    _jf_testutils.BASELINE_THREADS = frozenset(threads_before)
+    children_before = _children()
+    files_before = _joblib_files()
+
+    yield
+
+    def leaks():
+        found = {}
+        if "threads" not in allowed:
+            new = _threads() - threads_before
+            if new:
+                found["threads"] = _describe_threads(new)
+        if "processes" not in allowed:
+            new = _children() - children_before
+            if new:
+                found["processes"] = sorted(pid for pid, _ in new)
+        if "files" not in allowed:
+            new = _joblib_files() - files_before
+            if new:
+                found["files"] = sorted(new)
+        return found
+
+    deadline = time.monotonic() + LEAK_GRACE_SECONDS
+    found = leaks()
+    while found and time.monotonic() < deadline:
+        time.sleep(_POLL_SECONDS)
+        found = leaks()
+    if found:
+        pytest.fail(
+            f"the test leaked (still there {LEAK_GRACE_SECONDS:g} s after "
+            f"it ended): {found}", pytrace=False)

@@ -1,0 +1,182 @@
+"""delayed(f)(*args, **kwargs) captures a task as (f, args, kwargs)."""
+from __future__ import annotations
+
+import functools
+import inspect
+import pickle
+
+import pytest
+from _jf_testutils import BACKENDS, add
+
+import joblib_fast
+from joblib_fast import Parallel, delayed
+
+
+def documented(x, y=2, *, z=3):
+    """Multiply three numbers."""
+    return x * y * z
+
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def scale(self, x):
+        return self.k * x
+
+    def __call__(self, x):
+        return self.k + x
+
+
+def test_returns_func_args_kwargs_triple():
+    task = delayed(documented)(1, 2, z=4)
+    assert type(task) is tuple
+    assert task == (documented, (1, 2), {"z": 4})
+    func, args, kwargs = task
+    assert func(*args, **kwargs) == 8
+
+
+def test_no_arguments():
+    assert delayed(documented)() == (documented, (), {})
+
+
+def test_each_call_is_a_new_triple():
+    d = delayed(add)
+    first, second = d(1), d(2, b=3)
+    assert first == (add, (1,), {})
+    assert second == (add, (2,), {"b": 3})
+    second[2]["c"] = 10
+    assert d(2, b=3)[2] == {"b": 3}
+
+
+def test_same_structure_as_joblib():
+    joblib = pytest.importorskip("joblib")
+    for args, kwargs in [((), {}), ((1,), {}), ((1, 2), {"z": 5}),
+                         ((), {"x": 1})]:
+        assert delayed(documented)(*args, **kwargs) == \
+            joblib.delayed(documented)(*args, **kwargs)
+
+
+def test_joblib_can_run_our_tasks_and_we_can_run_joblibs():
+    joblib = pytest.importorskip("joblib")
+    ours = [delayed(add)(i, b=1) for i in range(5)]
+    theirs = [joblib.delayed(add)(i, b=1) for i in range(5)]
+    assert joblib.Parallel(n_jobs=2, backend="threading")(ours) == \
+        [1, 2, 3, 4, 5]
+    assert Parallel(n_jobs=2, backend="threading")(theirs) == [1, 2, 3, 4, 5]
+
+
+def test_preserves_name_qualname_module_wrapped():
+    d = delayed(documented)
+    assert d.__name__ == "documented"
+    assert d.__qualname__ == "documented"
+    assert d.__module__ == documented.__module__
+    assert d.__wrapped__ is documented
+    method = delayed(Scaler(2).scale)
+    assert method.__qualname__ == "Scaler.scale"
+
+
+def test_preserves_doc():
+    assert delayed(documented).__doc__ == "Multiply three numbers."
+
+
+def test_doc_of_undocumented_function_is_none():
+    def undocumented():
+        pass
+
+    assert delayed(undocumented).__doc__ is None
+
+
+def test_signature_follows_wrapped():
+    assert inspect.signature(delayed(documented)) == \
+        inspect.signature(documented)
+    assert inspect.unwrap(delayed(documented)) is documented
+
+
+def test_missing_attributes_raise_attribute_error():
+    d = delayed(documented)
+    with pytest.raises(AttributeError):
+        d.no_such_attribute
+    assert not hasattr(d, "__no_such_dunder__")
+
+
+def test_pickle_roundtrip():
+    d = delayed(documented)
+    d2 = pickle.loads(pickle.dumps(d))
+    assert d2(2, z=1) == (documented, (2,), {"z": 1})
+    assert d2.__name__ == "documented"
+    task = pickle.loads(pickle.dumps(d(1, y=5)))
+    assert task == (documented, (1,), {"y": 5})
+
+
+@pytest.mark.parametrize("protocol", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_all_protocols(protocol):
+    d = pickle.loads(pickle.dumps(delayed(add), protocol=protocol))
+    assert d(1, 2) == (add, (1, 2), {})
+
+
+def test_cloudpickle_roundtrip_of_interactive_function():
+    cloudpickle = pytest.importorskip("cloudpickle")
+    d = delayed(lambda x: x + 100)
+    d2 = cloudpickle.loads(cloudpickle.dumps(d))
+    func, args, kwargs = d2(1)
+    assert func(*args, **kwargs) == 101
+
+
+@delayed
+def decorated(x, y=1):
+    """A task factory made with @delayed."""
+    return x - y
+
+
+def test_usable_as_decorator():
+    assert decorated.__name__ == "decorated"
+    func, args, kwargs = decorated(5, y=2)
+    assert (args, kwargs) == ((5,), {"y": 2})
+    assert func(*args, **kwargs) == 3
+    assert func is decorated.__wrapped__
+
+
+def test_decorator_keeps_doc():
+    assert decorated.__doc__ == "A task factory made with @delayed."
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decorated_tasks_run_in_parallel(backend):
+    out = Parallel(n_jobs=2, backend=backend)(decorated(i) for i in range(6))
+    assert out == [i - 1 for i in range(6)]
+
+
+@pytest.mark.parametrize("func, args, expected", [
+    (Scaler(3).scale, (4,), 12),
+    (Scaler(3), (4,), 7),
+    (functools.partial(add, 10), (5,), 15),
+    (abs, (-3,), 3),
+    (str.upper, ("ab",), "AB"),
+    (Scaler, (2,), None),
+], ids=["bound-method", "callable-object", "partial", "builtin",
+        "method-descriptor", "class"])
+def test_any_callable(func, args, expected):
+    task = delayed(func)(*args)
+    assert task[0] is func or task[0] == func
+    out = Parallel(n_jobs=2, backend="threading")([task, task])
+    if expected is None:
+        assert all(isinstance(o, Scaler) for o in out)
+    else:
+        assert out == [expected, expected]
+
+
+def test_partial_has_no_name_like_the_partial_itself():
+    p = functools.partial(add, 1)
+    d = delayed(p)
+    assert d.__wrapped__ is p
+    assert hasattr(d, "__name__") == hasattr(p, "__name__")
+
+
+def test_repr_mentions_the_function():
+    assert "documented" in repr(delayed(documented))
+
+
+def test_delayed_is_the_same_everywhere():
+    from joblib_fast import parallel
+    assert parallel.delayed is joblib_fast.delayed
