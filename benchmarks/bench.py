@@ -103,7 +103,7 @@ class Context:
     def calibrated(cls, quick: bool, n_jobs: int) -> Context:
         from joblib_fast._kernels import calibrate
         ctx = cls(quick=quick, n_jobs=n_jobs, repeats=3 if quick else 7,
-                  budget=0.7 if quick else 5.0)
+                  budget=0.5 if quick else 5.0)
         for name, seconds in NOGIL_SIZES.items():
             ctx.burn_k[name] = calibrate(seconds)
         ctx.spin_per_ms = calibrate_spin(1e-3)
@@ -395,7 +395,8 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
              _prepare_nogil("nogil1ms")),
     # Issue 3: processes.
     Workload("noop_proc", ("loop",) + PROCESS_PEERS, (100_000, 100_000),
-             _prepare_noop, per_task=True),
+             _prepare_noop, per_task=True,
+             reduced={"mpire": (100_000, 20_000)}),
     Workload("py1ms", ("loop",) + PROCESS_PEERS, (400, 200), _prepare_py1ms),
     Workload("py1ms_cold", ("loop",) + PROCESS_PEERS, (400, 200),
              _prepare_py1ms, mode="cold"),
@@ -460,7 +461,7 @@ def repeat(trial: Callable[[], Sample], ctx: Context) -> list[Sample]:
 def measure_warm(peer: Peer, prep: Prepared, work: Workload,
                  ctx: Context) -> list[Sample]:
     with peer.open(ctx.n_jobs) as run:
-        run(prep.func, prep.items[:2 * ctx.n_jobs])      # warm-up
+        run(prep.func, prep.items[:ctx.n_jobs])      # warm-up: a task a worker
         return repeat(lambda: timed(lambda: run(prep.func, prep.items),
                                     work, ctx.n_jobs), ctx)
 
