@@ -445,14 +445,16 @@ cdef class Call:
                 jf_mutex_lock(&self.lock)
                 got = self.order.n_done != seen or self.aborted
                 jf_mutex_unlock(&self.lock)
+            PyErr_CheckSignals()
+            if self.timeout > 0.0:
+                # Also when batches keep finishing: a stuck task must not
+                # hide behind the progress of the others.
+                self._check_timeout()
             if got:
                 return 0
-            PyErr_CheckSignals()
             if self.thread_pool and (<ThreadPool>self.pool).alive() == 0:
                 raise RuntimeError(
                     "every worker thread of the pool has exited")
-            if self.timeout > 0.0:
-                self._check_timeout()
 
     cdef list _newly_done(self):
         """Batch ids finished since the last call, in completion order."""

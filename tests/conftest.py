@@ -54,6 +54,11 @@ assert tempfile.gettempdir() == _SESSION_TMP
 # Test modules import their shared helpers from tests/_jf_testutils.py
 # (--import-mode=importlib does not put tests/ on sys.path by itself).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Test modules are imported as ``tests.<name>`` (importlib mode); process
+# workers unpickle functions defined in them by that name, so the folder
+# holding ``tests`` goes at the END of sys.path (before the fork server
+# starts): the installed joblib_fast still wins over the source checkout.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _jf_testutils
 
 
