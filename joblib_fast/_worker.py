@@ -1,22 +1,28 @@
 """The process-worker main loop (runs inside each worker process).
 
-Protocol, over one duplex pipe per worker:
+Protocol, over one socket pair per worker (framing in ``_wire``):
 
-parent -> worker   two frames: a header ``struct HEADER (key, kind)`` and
-    the pickled payload (kept apart so a payload that cannot be unpickled
-    is still reported against its batch);
+parent -> worker   ``TASK_HEAD (key, kind, out_threshold, n_buffers)``
+    followed, in the same frame, by the pickled payload, then
+    ``n_buffers`` out-of-band buffer frames (pickle protocol 5); the head
+    is unpacked apart so that a payload that cannot be unpickled is still
+    reported against its batch;
     kind ``UNIFORM``: ``payload = (func, [args, ...])`` (one function, no
     keyword arguments: the common ``delayed(f)(x)`` case, smaller to send);
-    kind ``GENERAL``: ``payload = [(func, args, kwargs), ...]``.
-worker -> parent   ``(key, status, data, duration)``
+    kind ``GENERAL``: ``payload = [(func, args, kwargs), ...]``;
+    ``out_threshold``: result arrays larger than this many bytes go back
+    through shared memory (``_memmap.ResultPacker``); -1: never.
+worker -> parent   ``REPLY_HEAD (key, status, duration, n_buffers, n_fds)``
+    followed by the pickled data, then ``n_fds`` descriptors (shared-memory
+    results), then ``n_buffers`` buffer frames;
     ``OK``: ``data`` = list of results;
     ``TASK_ERROR``: ``data = (index in batch, pickled exception or None,
     exception type name, message, worker traceback text)``;
     ``SEND_ERROR``: ``data = (index in batch or -1, message)`` when the
     batch could not be unpickled or a result could not be pickled.
 
-A reader thread drains the inbound pipe into a queue so that the parent
-never blocks on a full pipe while this process is busy sending results
+A reader thread drains the inbound socket into a queue so that the parent
+never blocks on a full socket while this process is busy sending results
 (that would deadlock when both directions fill up).
 """
 from __future__ import annotations
@@ -31,10 +37,13 @@ import threading
 import time
 import traceback
 
+from . import _wire
+
 UNIFORM, GENERAL = 0, 1
 OK, TASK_ERROR, SEND_ERROR = 0, 1, 2
-HEADER = struct.Struct("<qB")
-PROTOCOL = pickle.HIGHEST_PROTOCOL
+TASK_HEAD = struct.Struct("<qBqI")
+REPLY_HEAD = struct.Struct("<qBdII")
+PROTOCOL = 5
 
 
 def _dumps(obj) -> bytes:
@@ -46,10 +55,14 @@ def _dumps(obj) -> bytes:
         return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
-def _reader(conn, inbox: "queue.SimpleQueue") -> None:
+def _reader(fd: int, inbox: "queue.SimpleQueue") -> None:
+    """Queue each whole message as (head frame, buffers); None at the end."""
     try:
         while True:
-            inbox.put(conn.recv_bytes())
+            frame = _wire.recv_frame(fd)
+            n_buffers = TASK_HEAD.unpack_from(frame)[3]
+            buffers = [_wire.recv_buffer(fd) for _ in range(n_buffers)]
+            inbox.put((frame, buffers))
     except (EOFError, OSError):
         pass
     finally:
@@ -83,26 +96,70 @@ def _run(kind: int, payload):
     return OK, results
 
 
-def _reply(conn, key, status, data, duration) -> None:
-    try:
-        blob = pickle.dumps((key, status, data, duration), protocol=PROTOCOL)
-    except Exception:
+class _Replier:
+    """Sends replies (main thread only); large result arrays go through
+    shared memory when the batch allows it."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        self._sock = None
+        self._packer = None
+
+    def _pack(self, data, threshold: int, cloud: bool):
+        if "numpy" not in sys.modules:
+            if not cloud:
+                return pickle.dumps(data, protocol=PROTOCOL), [], []
+            import cloudpickle
+            return cloudpickle.dumps(data, protocol=PROTOCOL), [], []
+        from . import _memmap
+        if self._packer is None:
+            self._packer = _memmap.ResultPacker()
+        packer = self._packer
+        packer.threshold = threshold
         try:
-            blob = _dumps((key, status, data, duration))
-        except Exception as exc:
-            index = -1
-            if status == OK:
-                for i, value in enumerate(data):
-                    try:
-                        _dumps(value)
-                    except Exception:
-                        index = i
-                        break
-            message = (f"the result could not be pickled back to the parent: "
-                       f"{type(exc).__name__}: {exc}")
-            blob = pickle.dumps((key, SEND_ERROR, (index, message), duration),
-                                protocol=PROTOCOL)
-    conn.send_bytes(blob)
+            blob, buffers = _memmap.dumps(data, packer, cloud)
+        except BaseException:
+            packer.discard()
+            raise
+        fds, packer.fds = packer.fds, []
+        return blob, buffers, fds
+
+    def reply(self, key: int, status: int, data, duration: float,
+              threshold: int = -1) -> None:
+        try:
+            blob, buffers, fds = self._pack(data, threshold, False)
+        except Exception:
+            try:
+                blob, buffers, fds = self._pack(data, threshold, True)
+            except Exception as exc:
+                status, data = SEND_ERROR, _unpicklable_result(status, data, exc)
+                blob, buffers, fds = pickle.dumps(data, protocol=PROTOCOL), [], []
+        try:
+            _wire.send_frame(self.fd, REPLY_HEAD.pack(
+                key, status, duration, len(buffers), len(fds)), blob)
+            if fds:
+                if self._sock is None:
+                    self._sock = _wire.socket_for(self.conn)
+                _wire.send_fds(self._sock, fds)
+            for buf in buffers:
+                _wire.send_frame(self.fd, buf)
+        finally:
+            _wire.close_fds(fds)
+
+
+def _unpicklable_result(status: int, data, exc: BaseException):
+    index = -1
+    if status == OK:
+        for i, value in enumerate(data):
+            try:
+                _dumps(value)
+            except Exception:
+                index = i
+                break
+    message = (f"the result could not be pickled back to the parent: "
+               f"{type(exc).__name__}: {exc}")
+    return (index, message)
 
 
 def main(conn, env: dict, idle_timeout: float) -> None:
@@ -116,31 +173,38 @@ def main(conn, env: dict, idle_timeout: float) -> None:
     _enter_worker(ProcessBackend(nesting_level=0), None)
 
     inbox: "queue.SimpleQueue" = queue.SimpleQueue()
-    threading.Thread(target=_reader, args=(conn, inbox), daemon=True,
+    threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
                      name="joblib_fast-worker-reader").start()
+    replier = _Replier(conn)
     while True:
+        if inbox.empty():
+            memmap = sys.modules.get("joblib_fast._memmap")
+            if memmap is not None:
+                memmap.worker_idle()  # nothing queued: unmap the inputs
         try:
             message = inbox.get(timeout=idle_timeout)
         except queue.Empty:
             break
         if message is None:
             break
-        key, kind = HEADER.unpack(message)
-        message = inbox.get()
-        if message is None:
-            break
+        frame, buffers = message
+        del message
+        key, kind, threshold, _ = TASK_HEAD.unpack_from(frame)
         start = time.perf_counter()
         try:
-            payload = pickle.loads(message)
+            payload = pickle.loads(memoryview(frame)[TASK_HEAD.size:],
+                                   buffers=buffers)
         except BaseException as exc:  # noqa: BLE001
-            _reply(conn, key, SEND_ERROR,
-                   (-1, "the task batch could not be unpickled in the worker: "
-                        f"{type(exc).__name__}: {exc}"), 0.0)
+            replier.reply(
+                key, SEND_ERROR,
+                (-1, "the task batch could not be unpickled in the worker: "
+                     f"{type(exc).__name__}: {exc}"), 0.0)
             continue
-        del message
+        del frame, buffers
         status, data = _run(kind, payload)
         del payload
-        _reply(conn, key, status, data, time.perf_counter() - start)
+        replier.reply(key, status, data, time.perf_counter() - start,
+                      threshold)
         del data
     conn.close()
     sys.exit(0)

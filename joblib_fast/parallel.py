@@ -127,8 +127,17 @@ class Parallel:
         Batches dispatched ahead of completion (an expression of ``n_jobs``).
     batch_size : int or "auto"
         Tasks per batch; ``"auto"`` sizes batches from measured task costs.
-    temp_folder, max_nbytes, mmap_mode
-        Memory mapping of large arrays for process backends.
+    temp_folder : str, optional
+        Folder of the memory-mapped copies of large arrays (process
+        backends).  Default: ``JOBLIB_TEMP_FOLDER``, else ``/dev/shm`` when
+        it has room for the array, else the system temp folder.
+    max_nbytes : int, str or None, default="1M"
+        Arrays larger than this (bytes, or a string such as ``"1M"`` or
+        ``"200k"``) reach process workers as memory maps, and come back
+        through shared memory; ``None`` disables both.
+    mmap_mode : {"r", "r+", "w+", "c", None}, default="r"
+        How workers open those memory maps (as ``numpy.memmap``; ``"w+"``
+        opens the copy ``"r+"``); ``None`` sends copies instead.
     prefer : {"threads", "processes"}, optional
         Soft hint used when no backend is chosen explicitly.
     require : {"sharedmem"}, optional
@@ -139,6 +148,11 @@ class Parallel:
     callback : callable, optional
         ``callback(index, result)`` called in the calling thread for every
         finished task, in completion order.  Not in joblib.
+    return_shared : bool, default=True
+        Process workers hand result arrays larger than ``max_nbytes`` back
+        through shared memory: the caller gets a writable ndarray that
+        maps the worker's copy instead of unpickling one.  ``False``
+        pickles them (out-of-band buffers).  Not in joblib.
     **backend_kwargs
         Passed to the backend's ``configure``.
 
@@ -160,6 +174,7 @@ class Parallel:
                  prefer: Any = UNSET, require: Any = UNSET,
                  progress_bar: bool = False,
                  callback: Callable[[int, Any], Any] | None = None,
+                 return_shared: bool = True,
                  **backend_kwargs: Any) -> None:
         if return_as not in VALID_RETURN_AS:
             raise ValueError(
@@ -170,6 +185,9 @@ class Parallel:
         _config._check_choice("require", require, _config.VALID_REQUIRE)
         if n_jobs is not UNSET:
             n_jobs = _config._check_n_jobs(n_jobs)
+        if not isinstance(return_shared, bool):
+            raise TypeError(
+                f"return_shared must be True or False, got {return_shared!r}")
         if callback is not None and not callable(callback):
             raise TypeError(
                 f"callback must be a callable(index, result) or None, got "
@@ -245,6 +263,7 @@ class Parallel:
         self.require = require
         self.progress_bar = bool(progress_bar)
         self.callback = callback
+        self.return_shared = return_shared
         self._backend = backend
         self._backend_kwargs = dict(backend_kwargs)
         self._backend_kwargs.update(
@@ -274,9 +293,11 @@ class Parallel:
             pool.shutdown(wait=wait)
 
     def _configure(self) -> int:
+        # return_shared is ours: joblib backends (_foreign) don't get it.
         return self._backend.configure(
             n_jobs=self.n_jobs, parallel=self, prefer=self.prefer,
-            require=self.require, **self._backend_kwargs)
+            require=self.require, return_shared=self.return_shared,
+            **self._backend_kwargs)
 
     def _get_pool(self, n_jobs: int):
         if self._pool is not None and self._pool_n_jobs == n_jobs and \
@@ -297,6 +318,10 @@ class Parallel:
                 # Never carry a failed call's leftovers into the next call.
                 self._pool = None
                 pool.shutdown(wait=wait)
+            else:
+                end_call = getattr(pool, "end_call", None)
+                if end_call is not None:
+                    end_call()
         else:
             pool.shutdown(wait=wait)
         self._backend.stop_call()

@@ -21,13 +21,14 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from multiprocessing import spawn as _mp_spawn
 from multiprocessing.connection import wait as _mp_wait
 from typing import Any, Deque, Dict, List, Optional
 
-from .. import _worker
+from .. import _memmap, _wire, _worker
 from .._core import split_uniform
 from .base import ParallelBackendBase
 
@@ -142,8 +143,13 @@ def resolve_context(context: Any = None):
     return context
 
 
-def _task_blob(tasks: list, start: int = 0):
-    """Pickle a batch; returns (kind, bytes)."""
+def _task_blob(tasks: list, start: int = 0, arrays=None):
+    """Pickle a batch; returns (kind, bytes, out-of-band buffers).
+
+    ``arrays`` (the lease's ``ArrayExchange``, given when numpy is loaded)
+    sends arrays by memmap or as out-of-band buffers; without it this is a
+    plain ``pickle.dumps``.
+    """
     uniform = split_uniform(tasks)
     if uniform is not None:
         kind, payload = _worker.UNIFORM, uniform
@@ -157,14 +163,21 @@ def _task_blob(tasks: list, start: int = 0):
     try:
         if by_value:
             raise pickle.PicklingError("by value")
-        blob = pickle.dumps(payload, protocol=_worker.PROTOCOL)
+        if arrays is None:
+            blob, buffers = pickle.dumps(payload, protocol=_worker.PROTOCOL), ()
+        else:
+            blob, buffers = _memmap.dumps(payload, arrays)
         if b"__main__" not in blob:
-            return kind, blob
+            return kind, blob, buffers
         raise pickle.PicklingError("refers to __main__")
+    except OSError:
+        raise  # writing an array's memmap failed: not a pickling problem
     except Exception:
-        import cloudpickle
         try:
-            return kind, cloudpickle.dumps(payload, protocol=_worker.PROTOCOL)
+            blob, buffers = _memmap.dumps(payload, arrays, cloud=True)
+            return kind, blob, buffers
+        except OSError:
+            raise
         except Exception as exc:
             raise _unpicklable_task(tasks, start, exc) from exc
 
@@ -186,15 +199,31 @@ def _unpicklable_task(tasks: list, start: int,
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    __slots__ = ("process", "conn", "sentinel", "pid", "batches", "started")
+    __slots__ = ("batches", "conn", "fd", "pid", "process", "sentinel",
+                 "sock", "started")
 
     def __init__(self, process, conn) -> None:
         self.process = process
         self.conn = conn
+        self.fd = conn.fileno()
+        self.sock = None  # for descriptors (shared-memory results), lazily
         self.sentinel = process.sentinel
         self.pid = process.pid
         self.batches: Deque[Any] = collections.deque()  # in sending order
         self.started = 0.0  # when its current batch started (timeouts)
+
+    def socket(self):
+        if self.sock is None:
+            self.sock = _wire.socket_for(self.conn)
+        return self.sock
+
+    def close_conn(self) -> None:
+        for end in (self.conn, self.sock):
+            if end is not None:
+                try:
+                    end.close()
+                except OSError:
+                    pass
 
 
 class ProcessPool:
@@ -217,6 +246,8 @@ class ProcessPool:
         self.in_use = False
         self._next_key = 0
         self._timer: Optional[threading.Timer] = None
+        # The arrays of the current lease (a call or a `with` block).
+        self.arrays = _memmap.ArrayExchange()
         try:
             for _ in range(n_workers):
                 self._spawn()
@@ -238,6 +269,16 @@ class ProcessPool:
     @property
     def pids(self) -> List[int]:
         return [w.pid for w in self.workers]
+
+    def lease(self, arrays: _memmap.ArrayExchange) -> None:
+        """Start a lease (a call, or a ``with`` block) with these array
+        settings; ``shutdown`` ends it."""
+        self.arrays.cleanup()
+        self.arrays = arrays
+
+    def end_call(self) -> None:
+        """A call of a ``with`` block ended; the lease goes on."""
+        self.arrays.end_call()
 
     def alive(self) -> bool:
         return not self.broken and not self.closed and all(
@@ -264,15 +305,20 @@ class ProcessPool:
         if batch.call.aborted:
             batch.call.complete(batch, None)
             return
-        kind, blob = _task_blob(batch.tasks, batch.start)
+        arrays = self.arrays
+        kind, blob, buffers = _task_blob(
+            batch.tasks, batch.start,
+            arrays if "numpy" in sys.modules else None)
         key = self._next_key
         self._next_key += 1
         if not worker.batches:
             worker.started = time.monotonic()
         worker.batches.append((key, batch))
         try:
-            worker.conn.send_bytes(_worker.HEADER.pack(key, kind))
-            worker.conn.send_bytes(blob)
+            _wire.send_frame(worker.fd, _worker.TASK_HEAD.pack(
+                key, kind, arrays.out_threshold, len(buffers)), blob)
+            for buf in buffers:
+                _wire.send_frame(worker.fd, buf)
         except OSError:
             # The worker is gone; its sentinel tells how in wait().
             pass
@@ -303,23 +349,39 @@ class ProcessPool:
             try:
                 if not worker.conn.poll():
                     return
-                data = worker.conn.recv_bytes()
+                reply = self._receive(worker)
             except (EOFError, OSError):
                 return
             key, batch = worker.batches.popleft()
             worker.started = time.monotonic()
             self._dispatch()  # refill before the parent does anything else
-            self._deliver(batch, key, data)
+            self._deliver(batch, key, *reply)
 
-    def _deliver(self, batch, key: int, data: bytes) -> None:
+    @staticmethod
+    def _receive(worker: _Worker):
+        """Read one whole reply: (head frame, buffers, descriptors)."""
+        frame = _wire.recv_frame(worker.fd)
+        n_buffers, n_fds = _worker.REPLY_HEAD.unpack_from(frame)[3:]
+        fds = _wire.recv_fds(worker.socket(), n_fds) if n_fds else []
         try:
-            rkey, status, payload, duration = pickle.loads(data)
+            buffers = [_wire.recv_buffer(worker.fd) for _ in range(n_buffers)]
+        except BaseException:
+            _wire.close_fds(fds)
+            raise
+        return frame, buffers, fds
+
+    def _deliver(self, batch, key: int, frame, buffers, fds) -> None:
+        rkey, status, duration = _worker.REPLY_HEAD.unpack_from(frame)[:3]
+        try:
+            payload = _memmap.loads_reply(
+                memoryview(frame)[_worker.REPLY_HEAD.size:], buffers, fds)
         except Exception as exc:
             error = pickle.UnpicklingError(
                 f"the results of tasks {batch.start}..{batch.start + len(batch.tasks) - 1}"
                 f" could not be unpickled in the parent: {type(exc).__name__}: {exc}")
             batch.call.complete(batch, None, 0.0, error, batch.start)
             return
+        del frame, buffers
         if rkey != key:  # pragma: no cover - protocol invariant
             raise RuntimeError(f"worker answered batch {rkey}, expected {key}")
         if status == _worker.OK:
@@ -382,6 +444,7 @@ class ProcessPool:
         in_flight = any(w.batches for w in self.workers) or self.queue
         if self.reusable and not self.broken and not in_flight \
                 and self.alive():
+            self.arrays.cleanup()
             _release(self)
             return
         if self.reusable:
@@ -390,6 +453,7 @@ class ProcessPool:
             self.terminate()
         else:
             self.close(wait)
+        self.arrays.cleanup()
 
     def close(self, wait: bool = True) -> None:
         """Ask workers to exit (pipe closed); kill those that do not."""
@@ -397,10 +461,7 @@ class ProcessPool:
             return
         self.closed = True
         for w in self.workers:
-            try:
-                w.conn.close()
-            except OSError:
-                pass
+            w.close_conn()
         if wait:
             deadline = time.monotonic() + SHUTDOWN_GRACE
             for w in self.workers:
@@ -413,10 +474,7 @@ class ProcessPool:
             return
         self.closed = True
         for w in self.workers:
-            try:
-                w.conn.close()
-            except OSError:
-                pass
+            w.close_conn()
             if w.process.is_alive():
                 w.process.terminate()
         deadline = time.monotonic() + SHUTDOWN_GRACE
@@ -439,6 +497,7 @@ class ProcessPool:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.arrays.cleanup()
 
 
 # ------------------------------------------------------ reusable pools
@@ -452,8 +511,12 @@ def _pool_key(n_workers: int, context, env: Dict[str, str]) -> tuple:
     return (n_workers, context.get_start_method(), tuple(sorted(env.items())))
 
 
-def get_pool(n_workers: int, context, env: Dict[str, str]) -> ProcessPool:
-    """Lease the reusable pool for this configuration, or make one."""
+def get_pool(n_workers: int, context, env: Dict[str, str],
+             temp_folder: str | None = None) -> ProcessPool:
+    """Lease the reusable pool for this configuration, or make one.
+
+    Starting a pool also removes the memmap folders that killed
+    joblib_fast processes left behind (in ``temp_folder`` too)."""
     key = _pool_key(n_workers, context, env)
     stale = []
     with _REGISTRY_LOCK:
@@ -479,6 +542,7 @@ def get_pool(n_workers: int, context, env: Dict[str, str]) -> ProcessPool:
                     stale.append(other)
     for old in stale:
         old.terminate()
+    _memmap.sweep_stale(temp_folder)
     pool = ProcessPool(n_workers, context, env, reusable=reusable)
     pool.in_use = True
     if reusable:
@@ -574,8 +638,20 @@ class ProcessBackend(ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     def _jf_make_pool(self, n_jobs: int) -> ProcessPool:
+        """A pool leased for one call or ``with`` block, with the arrays
+        settings of ``Parallel`` (temp_folder, max_nbytes, mmap_mode,
+        return_shared)."""
+        kwargs = self._call_kwargs
         context = resolve_context(self.context)
-        return get_pool(n_jobs, context, self._prepare_worker_env(n_jobs))
+        arrays = _memmap.ArrayExchange(
+            max_nbytes=kwargs.get("max_nbytes"),
+            mmap_mode=kwargs.get("mmap_mode"),
+            temp_folder=kwargs.get("temp_folder"),
+            return_shared=kwargs.get("return_shared", True))
+        pool = get_pool(n_jobs, context, self._prepare_worker_env(n_jobs),
+                        arrays.temp_folder)
+        pool.lease(arrays)
+        return pool
 
     def get_nested_backend(self):
         from .threading import ThreadingBackend

@@ -1,0 +1,678 @@
+"""NumPy arrays to and from process workers without copies.
+
+Parent -> worker (joblib's memmapping, see its user guide):
+
+* an array larger than ``max_nbytes`` is written once per call into a file
+  of a per-call folder (``joblib_fast_<pid>_<token>``) and reaches the
+  workers as a ``numpy.memmap`` opened with ``mmap_mode``;
+* an array that already is a ``numpy.memmap`` (or a view of one) travels as
+  its file name, offset, shape and strides;
+* anything else, small arrays included, is pickled with protocol 5, array
+  data as out-of-band buffers (see ``_wire``).
+
+Worker -> parent: an array larger than ``max_nbytes`` is written once into
+an anonymous shared-memory file (``memfd_create``) whose descriptor is
+passed over the worker's socket; the parent maps it and gets an ordinary
+writable ndarray.  No name ever exists in a file system, so nothing can be
+left behind: the memory is freed when the array is garbage-collected, or
+by the kernel when a message is dropped (an aborted call, a dead worker).
+
+The folders of a call are removed when the pool is released (end of the
+call or of the ``with Parallel(...)`` block, errors included), at exit,
+and, for a parent that was killed, by the next pool started by any process
+(``sweep_stale``: the folder name carries the pid of its creator).
+"""
+from __future__ import annotations
+
+import atexit
+import copyreg
+import io
+import itertools
+import mmap
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import threading
+import weakref
+from typing import Any
+
+PROTOCOL = 5
+PREFIX = "joblib_fast_"
+SHM_FOLDER = "/dev/shm"
+# Arrays that are not contiguous are written this many bytes at a time.
+COPY_CHUNK = 1 << 24
+# os.write moves at most about 2 GiB per call on Linux.
+WRITE_CHUNK = 1 << 30
+
+HAVE_MEMFD = hasattr(os, "memfd_create")
+
+_counter = itertools.count()
+# Guards _LIVE_FOLDERS: folders of this process, removed at exit.
+_LIVE_LOCK = threading.Lock()
+_LIVE_FOLDERS: set = set()
+
+
+# ------------------------------------------------------------- folders
+
+
+def _free_bytes(folder: str) -> int:
+    """Bytes an unprivileged process may still write in ``folder``'s file
+    system (tests patch this to fake a small /dev/shm)."""
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
+
+
+def candidate_folders(temp_folder: str | None, nbytes: int) -> list[str]:
+    """Where the dump of ``nbytes`` may go, best first: ``temp_folder``,
+    else ``JOBLIB_TEMP_FOLDER``, else /dev/shm when it is writable and has
+    room (Docker gives it 64 MB), else the system temp folder."""
+    if temp_folder:
+        return [os.path.abspath(os.path.expanduser(os.fspath(temp_folder)))]
+    env = os.environ.get("JOBLIB_TEMP_FOLDER")
+    if env:
+        return [os.path.abspath(os.path.expanduser(env))]
+    folders = []
+    if os.path.isdir(SHM_FOLDER) and os.access(SHM_FOLDER, os.W_OK):
+        try:
+            if _free_bytes(SHM_FOLDER) >= nbytes:
+                folders.append(SHM_FOLDER)
+        except OSError:
+            pass
+    folders.append(tempfile.gettempdir())
+    return folders
+
+
+_NAMESPACE: str | None = None
+
+
+def _namespace() -> str:
+    """A token for this pid namespace: a pid means something only inside
+    its namespace (containers may share /dev/shm or /tmp, not pids)."""
+    global _NAMESPACE
+    if _NAMESPACE is None:
+        try:
+            _NAMESPACE = str(os.stat("/proc/self/ns/pid").st_ino)
+        except OSError:
+            _NAMESPACE = "0"
+    return _NAMESPACE
+
+
+def _folder_name() -> str:
+    """``joblib_fast_<pid>_n<pid namespace>c<unique>``."""
+    return (f"{PREFIX}{os.getpid()}_n{_namespace()}c{next(_counter)}"
+            f"{os.urandom(4).hex()}")
+
+
+def _owner_pid(name: str) -> int | None:
+    """The pid in a ``joblib_fast_<pid>_n<namespace>c...`` name made in
+    this pid namespace, or None."""
+    if not name.startswith(PREFIX):
+        return None
+    pid, _, rest = name[len(PREFIX):].partition("_")
+    if not pid.isdigit() or not rest.startswith(f"n{_namespace()}c"):
+        return None
+    return int(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def sweep_stale(extra: str | None = None) -> list[str]:
+    """Remove the folders left by joblib_fast processes that died before
+    cleaning up (killed parents); returns what was removed."""
+    bases = {SHM_FOLDER, tempfile.gettempdir()}
+    env = os.environ.get("JOBLIB_TEMP_FOLDER")
+    for folder in (env, extra):
+        if folder:
+            bases.add(os.path.abspath(os.path.expanduser(os.fspath(folder))))
+    removed = []
+    me = os.getpid()
+    for base in bases:
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for name in names:
+            pid = _owner_pid(name)
+            if pid is None or pid == me or _pid_alive(pid):
+                continue
+            path = os.path.join(base, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def _remove_live_folders() -> None:
+    with _LIVE_LOCK:
+        folders = list(_LIVE_FOLDERS)
+        _LIVE_FOLDERS.clear()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+atexit.register(_remove_live_folders)
+
+
+def is_dump(filename: Any) -> bool:
+    """True for a file written by :class:`ArrayExchange` (removed at the end
+    of its call: never passed back by reference)."""
+    if not isinstance(filename, str):
+        return False
+    return os.path.basename(os.path.dirname(filename)).startswith(PREFIX)
+
+
+# ------------------------------------------------------- array helpers
+
+
+def backing_memmap(a) -> Any:
+    """The ``numpy.memmap`` whose file holds ``a``'s data, or None."""
+    import numpy as np
+    b = a
+    while b is not None:
+        if isinstance(b, np.memmap) and getattr(b, "_mmap", None) is not None \
+                and isinstance(getattr(b, "filename", None), str):
+            return b
+        b = getattr(b, "base", None)
+    return None
+
+
+def _address(a) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _extent(a) -> tuple[int, int]:
+    """Addresses of ``a``'s lowest byte and one past its highest."""
+    low = high = _address(a)
+    for n, stride in zip(a.shape, a.strides):
+        if stride < 0:
+            low += (n - 1) * stride
+        else:
+            high += (n - 1) * stride
+    return low, high + a.itemsize
+
+
+def _memory_order(a) -> str:
+    return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+
+
+def _flat_bytes(a):
+    """``a``'s bytes as a 1-d uint8 view in memory order (``a`` contiguous)."""
+    import numpy as np
+    return a.ravel(order="K").view(np.uint8)
+
+
+def _chunks(a):
+    """``a``'s bytes in ``_memory_order(a)``: one view when ``a`` is
+    contiguous, else C-order copies of about ``COPY_CHUNK`` bytes."""
+    import numpy as np
+    if a.flags.c_contiguous or a.flags.f_contiguous:
+        yield _flat_bytes(a)
+        return
+    row = max(1, a[0].nbytes) if a.ndim else 1
+    step = max(1, COPY_CHUNK // row)
+    for i in range(0, a.shape[0], step):
+        yield np.ascontiguousarray(a[i:i + step]).reshape(-1).view(np.uint8)
+
+
+def write_array(fd: int, a) -> None:
+    """Write ``a``'s bytes (in ``_memory_order(a)``) at ``fd``'s position."""
+    for chunk in _chunks(a):
+        view = memoryview(chunk)
+        pos, size = 0, view.nbytes
+        while pos < size:
+            pos += os.write(fd, view[pos:pos + WRITE_CHUNK])
+
+
+def _plain_reduce(a):
+    """``a`` by value: contiguous data as a protocol-5 buffer."""
+    import numpy as np
+    if type(a) is not np.ndarray:
+        a = np.asarray(a)
+    return a.__reduce_ex__(PROTOCOL)
+
+
+def reduce_by_reference(a, m):
+    """``a`` (backed by the memmap ``m``) as file name, offset, layout."""
+    import numpy as np
+    mode = "r+" if m.mode == "w+" else m.mode
+    try:
+        mapped = np.frombuffer(m._mmap, dtype=np.uint8)
+    except (ValueError, TypeError, BufferError):  # closed: send the data
+        return _plain_reduce(a)
+    map_start = m.offset - m.offset % mmap.ALLOCATIONGRANULARITY
+    low, high = _extent(a)
+    file_offset = map_start + (low - _address(mapped))
+    if a.flags.c_contiguous or a.flags.f_contiguous:
+        args = (m.filename, a.dtype, mode, file_offset, a.shape,
+                _memory_order(a))
+        return _open_memmap, args
+    args = (m.filename, a.dtype, mode, file_offset, a.shape, a.strides,
+            high - low, _address(a) - low)
+    return _open_strided, args
+
+
+def _set_memmap_attrs(out, mm, filename: str, offset: int, mode: str):
+    out._mmap = mm
+    out.filename = filename
+    out.offset = offset
+    out.mode = mode
+    return out
+
+
+def _open_memmap(filename, dtype, mode, offset, shape, order):
+    """Worker side of :func:`reduce_by_reference`, contiguous case."""
+    import numpy as np
+    return np.memmap(filename, dtype=dtype, mode=mode, offset=offset,
+                     shape=shape, order=order)
+
+
+def _open_strided(filename, dtype, mode, offset, shape, strides, span, first):
+    """Worker side of :func:`reduce_by_reference`, strided views."""
+    import numpy as np
+    base = np.memmap(filename, dtype=np.uint8, mode=mode, offset=offset,
+                     shape=(span,))
+    out = np.ndarray.__new__(np.memmap, shape, dtype=dtype, buffer=base,
+                             offset=first, strides=strides)
+    return _set_memmap_attrs(out, base._mmap, base.filename, offset, mode)
+
+
+# ------------------------------------------------ worker: input dumps
+
+# (path, mode) -> mmap of a dump, shared by the tasks a worker runs back to
+# back (the dump is mapped, and its pages faulted in, once); dropped when
+# the worker runs out of work so that a removed dump's memory is released.
+# Only the worker's main thread touches it.
+_WORKER_MAPS: dict[tuple[str, str], mmap.mmap] = {}
+
+
+def worker_idle() -> None:
+    """The worker has no batch queued: release the cached mappings."""
+    _WORKER_MAPS.clear()
+
+
+def _open_dump(path, dtype, shape, order, mode):
+    """Worker side of a dump: a ``numpy.memmap`` opened with ``mode``."""
+    import numpy as np
+    if mode not in ("r", "r+"):  # "c": every task gets its private copy
+        return np.memmap(path, dtype=dtype, mode=mode, shape=shape,
+                         order=order)
+    key = (path, mode)
+    mm = _WORKER_MAPS.get(key)
+    if mm is None:
+        with open(path, "rb" if mode == "r" else "r+b") as f:
+            access = mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_WRITE
+            mm = mmap.mmap(f.fileno(), 0, access=access)
+        _WORKER_MAPS[key] = mm
+    out = np.ndarray.__new__(np.memmap, shape, dtype=dtype, buffer=mm,
+                             order=order)
+    return _set_memmap_attrs(out, mm, path, 0, mode)
+
+
+# ---------------------------------------------- parent: one lease's dumps
+
+
+class _Dump:
+    __slots__ = ("generation", "layout", "order", "path", "ref", "view")
+
+    def __init__(self, ref, path, order, layout, generation):
+        self.ref = ref
+        self.path = path
+        self.order = order
+        self.layout = layout
+        self.generation = generation
+        self.view = None  # the dump mapped read-only, once compared
+
+    def same_bytes(self, a) -> bool:
+        """Whether the dump still holds ``a``'s bytes (the array may have
+        been modified since, or the dump by an "r+" worker).  The mapping
+        is kept for the next comparison (its pages stay mapped)."""
+        if self.view is None:
+            self.view = _map_readonly(self.path)
+            if self.view is None:
+                return False
+        disk = self.view
+        if disk.size != a.nbytes:
+            return False
+        pos = 0
+        for chunk in _chunks(a):
+            if not _equal(chunk, disk[pos:pos + chunk.size]):
+                return False
+            pos += chunk.size
+        return True
+
+
+def _tables(owner, cloud: bool) -> dict:
+    """``owner``'s dispatch table (arrays -> ``owner._reduce``) for the plain
+    pickler or for cloudpickle's, built once."""
+    table = owner._tables.get(cloud)
+    if table is None:
+        import numpy as np
+        if cloud:
+            import cloudpickle
+            table = dict(cloudpickle.Pickler.dispatch_table)
+        else:
+            table = dict(copyreg.dispatch_table)
+        table[np.ndarray] = table[np.memmap] = owner._reduce
+        owner._tables[cloud] = table
+    return table
+
+
+def _layout(a) -> tuple:
+    return (a.dtype, a.shape, a.strides, _address(a))
+
+
+class ArrayExchange:
+    """Parent-side array handling for one lease of a pool (a call, or the
+    calls of a ``with Parallel(...)`` block).
+
+    Only the thread running the call uses it (pickling happens in
+    ``ProcessPool.submit``/``wait``); ``cleanup`` may also run at exit.
+    """
+
+    def __init__(self, max_nbytes: int | None = None,
+                 mmap_mode: str | None = None,
+                 temp_folder: str | None = None,
+                 return_shared: bool = True) -> None:
+        self.max_nbytes = max_nbytes
+        self.mmap_mode = mmap_mode
+        self.temp_folder = temp_folder
+        # Workers write results larger than this to shared memory (-1: never).
+        self.out_threshold = max_nbytes if (
+            return_shared and max_nbytes is not None and HAVE_MEMFD) else -1
+        self._dump_threshold = max_nbytes if mmap_mode is not None else None
+        self._worker_mode = "r+" if mmap_mode == "w+" else mmap_mode
+        self._dumps: dict[int, _Dump] = {}   # id(array) -> its dump
+        self._folders: dict[str, str] = {}   # base folder -> our folder in it
+        self._generation = 0                 # calls ended in this lease
+        self._tables: dict[bool, dict] = {}
+
+    # ------------------------------------------------------ pickling
+
+    def dispatch_table(self, cloud: bool = False) -> dict:
+        return _tables(self, cloud)
+
+    def _reduce(self, a):
+        m = backing_memmap(a)
+        if m is not None and m.mode != "c" and a.size:
+            return reduce_by_reference(a, m)
+        threshold = self._dump_threshold
+        if threshold is None or a.nbytes <= threshold or a.dtype.hasobject:
+            return _plain_reduce(a)
+        path, order = self._dump(a)
+        return _open_dump, (path, a.dtype, a.shape, order, self._worker_mode)
+
+    # --------------------------------------------------------- dumps
+
+    def _dump(self, a) -> tuple[str, str]:
+        """The file holding ``a``: written once per call; a dump from an
+        earlier call of the same ``with`` block is reused if the array
+        still holds the same bytes."""
+        entry = self._dumps.get(id(a))
+        if entry is not None:
+            if entry.ref() is a and entry.layout == _layout(a) and (
+                    entry.generation == self._generation
+                    or entry.same_bytes(a)):
+                entry.generation = self._generation
+                return entry.path, entry.order
+            self._drop(id(a))
+        path = self._write(a)
+        order = _memory_order(a) if (
+            a.flags.c_contiguous or a.flags.f_contiguous) else "C"
+        self._dumps[id(a)] = _Dump(weakref.ref(a), path, order, _layout(a),
+                                   self._generation)
+        return path, order
+
+    def _write(self, a) -> str:
+        folders = candidate_folders(self.temp_folder, a.nbytes)
+        for i, base in enumerate(folders):
+            path = os.path.join(self._folder(base),
+                                f"a{next(_counter)}-{os.urandom(4).hex()}.mmap")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                write_array(fd, a)
+            except OSError:
+                os.close(fd)
+                os.unlink(path)
+                if i == len(folders) - 1:
+                    raise
+                continue  # no room after all: next folder
+            os.close(fd)
+            return path
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _folder(self, base: str) -> str:
+        folder = self._folders.get(base)
+        if folder is None:
+            os.makedirs(base, exist_ok=True)
+            folder = os.path.join(base, _folder_name())
+            os.mkdir(folder, 0o700)
+            with _LIVE_LOCK:
+                _LIVE_FOLDERS.add(folder)
+            self._folders[base] = folder
+        return folder
+
+    def _drop(self, key: int) -> None:
+        entry = self._dumps.pop(key)
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            pass
+
+    @property
+    def folders(self) -> list[str]:
+        return list(self._folders.values())
+
+    # ------------------------------------------------------ lifetime
+
+    def end_call(self) -> None:
+        """A call of the ``with`` block ended: later calls re-check the
+        dumps they reuse; dumps of arrays that are gone are removed."""
+        self._generation += 1
+        for key in [k for k, e in self._dumps.items() if e.ref() is None]:
+            self._drop(key)
+
+    def cleanup(self) -> None:
+        """Remove every file and folder of this lease."""
+        self._dumps.clear()
+        folders, self._folders = list(self._folders.values()), {}
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+            with _LIVE_LOCK:
+                _LIVE_FOLDERS.discard(folder)
+
+
+def _map_readonly(path: str):
+    """The file at ``path`` as a read-only uint8 array, or None."""
+    import numpy as np
+    try:
+        with open(path, "rb") as f:
+            return np.frombuffer(
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ),
+                dtype=np.uint8)
+    except (OSError, ValueError):
+        return None
+
+
+_memcmp = None
+
+
+def _equal(x, y) -> bool:
+    """Two uint8 arrays of one size hold the same bytes (memcmp)."""
+    global _memcmp
+    if _memcmp is None:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            func = libc.memcmp
+            func.restype = ctypes.c_int
+            func.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            _memcmp = func
+        except (ImportError, OSError, AttributeError):  # pragma: no cover
+            _memcmp = False
+    if _memcmp:
+        return _memcmp(_address(x), _address(y), x.size) == 0
+    import numpy as np  # pragma: no cover - no libc
+    step = COPY_CHUNK
+    return all(np.array_equal(x[i:i + step], y[i:i + step])
+               for i in range(0, x.size, step))
+
+
+# ---------------------------------------------------- worker: results
+
+
+class ResultPacker:
+    """Worker side: pickles a reply, large arrays into shared memory.
+
+    One per worker, used by its main thread only.  After :meth:`dumps`,
+    ``fds`` holds the descriptors to send with the reply (the caller
+    closes them once sent).
+    """
+
+    def __init__(self) -> None:
+        self.threshold = -1
+        self.fds: list[int] = []
+        self._tables: dict[bool, dict] = {}
+
+    def dispatch_table(self, cloud: bool = False) -> dict:
+        return _tables(self, cloud)
+
+    def _reduce(self, a):
+        m = backing_memmap(a)
+        if m is not None and m.mode != "c" and a.size and not is_dump(m.filename):
+            return reduce_by_reference(a, m)
+        if 0 <= self.threshold < a.nbytes and not a.dtype.hasobject:
+            index = self._share(a)
+            if index is not None:
+                order = _memory_order(a) if (
+                    a.flags.c_contiguous or a.flags.f_contiguous) else "C"
+                return _shared_result, (index, a.dtype, a.shape, order)
+        if m is not None:
+            # A piece of an input's memmap: a copy of its own, writable as
+            # it would be without memmapping (mode "r" maps are not).
+            import numpy as np
+            return _plain_reduce(np.array(a))
+        return _plain_reduce(a)
+
+    def _share(self, a) -> int | None:
+        try:
+            fd = os.memfd_create("joblib_fast_result", os.MFD_CLOEXEC)
+        except OSError:  # out of descriptors: send it in the message
+            return None
+        try:
+            write_array(fd, a)
+        except OSError:
+            os.close(fd)
+            return None
+        self.fds.append(fd)
+        return len(self.fds) - 1
+
+    def discard(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def _shared_result(*args):
+    raise pickle.UnpicklingError(
+        "a shared-memory array result can only be unpickled by the parent "
+        "that received its descriptor")
+
+
+# ---------------------------------------------------- parent: results
+
+
+class ReplyUnpickler(pickle.Unpickler):
+    """Unpickles a reply whose large arrays came as descriptors."""
+
+    def __init__(self, file, buffers, fds: list[int]) -> None:
+        super().__init__(file, buffers=buffers)
+        self.fds = fds
+
+    def find_class(self, module, name):
+        if module == __name__ and name == "_shared_result":
+            return self._map
+        return super().find_class(module, name)
+
+    def _map(self, index, dtype, shape, order):
+        import numpy as np
+        fd, self.fds[index] = self.fds[index], -1
+        count = 1
+        for n in shape:
+            count *= n
+        try:
+            mm = mmap.mmap(fd, count * dtype.itemsize)
+        finally:
+            os.close(fd)
+        return np.frombuffer(mm, dtype=dtype, count=count).reshape(
+            shape, order=order)
+
+
+def loads_reply(blob, buffers, fds: list[int]):
+    """Unpickle a reply; every descriptor is closed when this returns."""
+    if not fds:
+        return pickle.loads(blob, buffers=buffers)
+    try:
+        return ReplyUnpickler(io.BytesIO(blob), buffers, fds).load()
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+def dumps(obj, tables=None, cloud: bool = False):
+    """Pickle ``obj`` with protocol 5 (cloudpickle if ``cloud``), arrays
+    handled by ``tables.dispatch_table(cloud)`` when given; returns
+    (bytes, out-of-band buffers as flat memoryviews)."""
+    buffers: list[Any] = []
+    f = io.BytesIO()
+    table = None if tables is None else tables.dispatch_table(cloud)
+    if cloud:
+        pickler = _cloud_pickler_class()(f, table, buffers.append)
+    else:
+        pickler = pickle.Pickler(f, protocol=PROTOCOL,
+                                 buffer_callback=buffers.append)
+        if table is not None:
+            pickler.dispatch_table = table
+    pickler.dump(obj)
+    return f.getvalue(), [b.raw() for b in buffers]
+
+
+_CloudPickler = None
+
+
+def _cloud_pickler_class():
+    """cloudpickle's Pickler taking a dispatch table: its class attribute
+    ``dispatch_table`` hides the C pickler's, which is read at ``__init__``
+    (so it is set on the instance before)."""
+    global _CloudPickler
+    if _CloudPickler is None:
+        import cloudpickle
+
+        class CloudPickler(cloudpickle.Pickler):
+            def __init__(self, file, table, buffer_callback):
+                if table is not None:
+                    self.dispatch_table = table
+                super().__init__(file, protocol=PROTOCOL,
+                                 buffer_callback=buffer_callback)
+
+        _CloudPickler = CloudPickler
+    return _CloudPickler
+
+
+def numpy_loaded() -> bool:
+    return "numpy" in sys.modules
