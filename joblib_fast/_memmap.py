@@ -1,21 +1,16 @@
-"""NumPy arrays to and from process workers without copies.
+"""NumPy arrays from the parent to process workers without copies
+(joblib's memmapping, see its user guide; results: ``_results``).
 
-Parent -> worker (joblib's memmapping, see its user guide):
-
-* an array larger than ``max_nbytes`` is written once per call into a file
-  of a per-call folder (``joblib_fast_<pid>_<token>``) and reaches the
-  workers as a ``numpy.memmap`` opened with ``mmap_mode``;
-* an array that already is a ``numpy.memmap`` (or a view of one) travels as
-  its file name, offset, shape and strides;
-* anything else, small arrays included, is pickled with protocol 5, array
+* An array larger than ``max_nbytes`` is written once per call into a file
+  of a per-call folder (``joblib_fast_<pid>_n<pid namespace>c<unique>``)
+  and reaches the workers as a ``numpy.memmap`` opened with ``mmap_mode``.
+  Inside a ``with Parallel(...)`` block the next call reuses the file if
+  the array still holds the same bytes (a ``memcmp``, about half the cost
+  of writing it again).
+* An array that already is a ``numpy.memmap`` (or a view of one) travels
+  as its file name, offset, shape and strides.
+* Anything else, small arrays included, is pickled with protocol 5, array
   data as out-of-band buffers (see ``_wire``).
-
-Worker -> parent: an array larger than ``max_nbytes`` is written once into
-an anonymous shared-memory file (``memfd_create``) whose descriptor is
-passed over the worker's socket; the parent maps it and gets an ordinary
-writable ndarray.  No name ever exists in a file system, so nothing can be
-left behind: the memory is freed when the array is garbage-collected, or
-by the kernel when a message is dropped (an aborted call, a dead worker).
 
 The folders of a call are removed when the pool is released (end of the
 call or of the ``with Parallel(...)`` block, errors included), at exit,
@@ -45,8 +40,6 @@ SHM_FOLDER = "/dev/shm"
 COPY_CHUNK = 1 << 24
 # os.write moves at most about 2 GiB per call on Linux.
 WRITE_CHUNK = 1 << 30
-
-HAVE_MEMFD = hasattr(os, "memfd_create")
 
 _counter = itertools.count()
 # Guards _LIVE_FOLDERS: folders of this process, removed at exit.
@@ -206,7 +199,9 @@ def _extent(a) -> tuple[int, int]:
     return low, high + a.itemsize
 
 
-def _memory_order(a) -> str:
+def memory_order(a) -> str:
+    """The order :func:`write_array` writes ``a`` in: "F" for Fortran-only
+    contiguous arrays, else "C" (non-contiguous ones are copied in C order)."""
     return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
 
 
@@ -217,7 +212,7 @@ def _flat_bytes(a):
 
 
 def _chunks(a):
-    """``a``'s bytes in ``_memory_order(a)``: one view when ``a`` is
+    """``a``'s bytes in ``memory_order(a)``: one view when ``a`` is
     contiguous, else C-order copies of about ``COPY_CHUNK`` bytes."""
     import numpy as np
     if a.flags.c_contiguous or a.flags.f_contiguous:
@@ -230,7 +225,7 @@ def _chunks(a):
 
 
 def write_array(fd: int, a) -> None:
-    """Write ``a``'s bytes (in ``_memory_order(a)``) at ``fd``'s position."""
+    """Write ``a``'s bytes (in ``memory_order(a)``) at ``fd``'s position."""
     for chunk in _chunks(a):
         view = memoryview(chunk)
         pos, size = 0, view.nbytes
@@ -238,7 +233,7 @@ def write_array(fd: int, a) -> None:
             pos += os.write(fd, view[pos:pos + WRITE_CHUNK])
 
 
-def _plain_reduce(a):
+def plain_reduce(a):
     """``a`` by value: contiguous data as a protocol-5 buffer."""
     import numpy as np
     if type(a) is not np.ndarray:
@@ -253,13 +248,13 @@ def reduce_by_reference(a, m):
     try:
         mapped = np.frombuffer(m._mmap, dtype=np.uint8)
     except (ValueError, TypeError, BufferError):  # closed: send the data
-        return _plain_reduce(a)
+        return plain_reduce(a)
     map_start = m.offset - m.offset % mmap.ALLOCATIONGRANULARITY
     low, high = _extent(a)
     file_offset = map_start + (low - _address(mapped))
     if a.flags.c_contiguous or a.flags.f_contiguous:
         args = (m.filename, a.dtype, mode, file_offset, a.shape,
-                _memory_order(a))
+                memory_order(a))
         return _open_memmap, args
     args = (m.filename, a.dtype, mode, file_offset, a.shape, a.strides,
             high - low, _address(a) - low)
@@ -356,7 +351,7 @@ class _Dump:
         return True
 
 
-def _tables(owner, cloud: bool) -> dict:
+def tables(owner, cloud: bool) -> dict:
     """``owner``'s dispatch table (arrays -> ``owner._reduce``) for the plain
     pickler or for cloudpickle's, built once."""
     table = owner._tables.get(cloud)
@@ -393,7 +388,8 @@ class ArrayExchange:
         self.temp_folder = temp_folder
         # Workers write results larger than this to shared memory (-1: never).
         self.out_threshold = max_nbytes if (
-            return_shared and max_nbytes is not None and HAVE_MEMFD) else -1
+            return_shared and max_nbytes is not None
+            and hasattr(os, "memfd_create")) else -1
         self._dump_threshold = max_nbytes if mmap_mode is not None else None
         self._worker_mode = "r+" if mmap_mode == "w+" else mmap_mode
         self._dumps: dict[int, _Dump] = {}   # id(array) -> its dump
@@ -404,7 +400,7 @@ class ArrayExchange:
     # ------------------------------------------------------ pickling
 
     def dispatch_table(self, cloud: bool = False) -> dict:
-        return _tables(self, cloud)
+        return tables(self, cloud)
 
     def _reduce(self, a):
         m = backing_memmap(a)
@@ -412,7 +408,7 @@ class ArrayExchange:
             return reduce_by_reference(a, m)
         threshold = self._dump_threshold
         if threshold is None or a.nbytes <= threshold or a.dtype.hasobject:
-            return _plain_reduce(a)
+            return plain_reduce(a)
         path, order = self._dump(a)
         return _open_dump, (path, a.dtype, a.shape, order, self._worker_mode)
 
@@ -431,8 +427,7 @@ class ArrayExchange:
                 return entry.path, entry.order
             self._drop(id(a))
         path = self._write(a)
-        order = _memory_order(a) if (
-            a.flags.c_contiguous or a.flags.f_contiguous) else "C"
+        order = memory_order(a)
         self._dumps[id(a)] = _Dump(weakref.ref(a), path, order, _layout(a),
                                    self._generation)
         return path, order
@@ -530,108 +525,6 @@ def _equal(x, y) -> bool:
     step = COPY_CHUNK
     return all(np.array_equal(x[i:i + step], y[i:i + step])
                for i in range(0, x.size, step))
-
-
-# ---------------------------------------------------- worker: results
-
-
-class ResultPacker:
-    """Worker side: pickles a reply, large arrays into shared memory.
-
-    One per worker, used by its main thread only.  After :meth:`dumps`,
-    ``fds`` holds the descriptors to send with the reply (the caller
-    closes them once sent).
-    """
-
-    def __init__(self) -> None:
-        self.threshold = -1
-        self.fds: list[int] = []
-        self._tables: dict[bool, dict] = {}
-
-    def dispatch_table(self, cloud: bool = False) -> dict:
-        return _tables(self, cloud)
-
-    def _reduce(self, a):
-        m = backing_memmap(a)
-        if m is not None and m.mode != "c" and a.size and not is_dump(m.filename):
-            return reduce_by_reference(a, m)
-        if 0 <= self.threshold < a.nbytes and not a.dtype.hasobject:
-            index = self._share(a)
-            if index is not None:
-                order = _memory_order(a) if (
-                    a.flags.c_contiguous or a.flags.f_contiguous) else "C"
-                return _shared_result, (index, a.dtype, a.shape, order)
-        if m is not None:
-            # A piece of an input's memmap: a copy of its own, writable as
-            # it would be without memmapping (mode "r" maps are not).
-            import numpy as np
-            return _plain_reduce(np.array(a))
-        return _plain_reduce(a)
-
-    def _share(self, a) -> int | None:
-        try:
-            fd = os.memfd_create("joblib_fast_result", os.MFD_CLOEXEC)
-        except OSError:  # out of descriptors: send it in the message
-            return None
-        try:
-            write_array(fd, a)
-        except OSError:
-            os.close(fd)
-            return None
-        self.fds.append(fd)
-        return len(self.fds) - 1
-
-    def discard(self) -> None:
-        fds, self.fds = self.fds, []
-        for fd in fds:
-            os.close(fd)
-
-
-def _shared_result(*args):
-    raise pickle.UnpicklingError(
-        "a shared-memory array result can only be unpickled by the parent "
-        "that received its descriptor")
-
-
-# ---------------------------------------------------- parent: results
-
-
-class ReplyUnpickler(pickle.Unpickler):
-    """Unpickles a reply whose large arrays came as descriptors."""
-
-    def __init__(self, file, buffers, fds: list[int]) -> None:
-        super().__init__(file, buffers=buffers)
-        self.fds = fds
-
-    def find_class(self, module, name):
-        if module == __name__ and name == "_shared_result":
-            return self._map
-        return super().find_class(module, name)
-
-    def _map(self, index, dtype, shape, order):
-        import numpy as np
-        fd, self.fds[index] = self.fds[index], -1
-        count = 1
-        for n in shape:
-            count *= n
-        try:
-            mm = mmap.mmap(fd, count * dtype.itemsize)
-        finally:
-            os.close(fd)
-        return np.frombuffer(mm, dtype=dtype, count=count).reshape(
-            shape, order=order)
-
-
-def loads_reply(blob, buffers, fds: list[int]):
-    """Unpickle a reply; every descriptor is closed when this returns."""
-    if not fds:
-        return pickle.loads(blob, buffers=buffers)
-    try:
-        return ReplyUnpickler(io.BytesIO(blob), buffers, fds).load()
-    finally:
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
 
 
 def dumps(obj, tables=None, cloud: bool = False):

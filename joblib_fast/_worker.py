@@ -11,7 +11,7 @@ parent -> worker   ``TASK_HEAD (key, kind, out_threshold, n_buffers)``
     keyword arguments: the common ``delayed(f)(x)`` case, smaller to send);
     kind ``GENERAL``: ``payload = [(func, args, kwargs), ...]``;
     ``out_threshold``: result arrays larger than this many bytes go back
-    through shared memory (``_memmap.ResultPacker``); -1: never.
+    through shared memory (``_results.ResultPacker``); -1: never.
 worker -> parent   ``REPLY_HEAD (key, status, duration, n_buffers, n_fds)``
     followed by the pickled data, then ``n_fds`` descriptors (shared-memory
     results), then ``n_buffers`` buffer frames;
@@ -112,9 +112,9 @@ class _Replier:
                 return pickle.dumps(data, protocol=PROTOCOL), [], []
             import cloudpickle
             return cloudpickle.dumps(data, protocol=PROTOCOL), [], []
-        from . import _memmap
+        from . import _memmap, _results
         if self._packer is None:
-            self._packer = _memmap.ResultPacker()
+            self._packer = _results.ResultPacker()
         packer = self._packer
         packer.threshold = threshold
         try:

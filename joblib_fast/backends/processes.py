@@ -28,7 +28,7 @@ from multiprocessing import spawn as _mp_spawn
 from multiprocessing.connection import wait as _mp_wait
 from typing import Any, Deque, Dict, List, Optional
 
-from .. import _memmap, _wire, _worker
+from .. import _memmap, _results, _wire, _worker
 from .._core import split_uniform
 from .base import ParallelBackendBase
 
@@ -373,7 +373,7 @@ class ProcessPool:
     def _deliver(self, batch, key: int, frame, buffers, fds) -> None:
         rkey, status, duration = _worker.REPLY_HEAD.unpack_from(frame)[:3]
         try:
-            payload = _memmap.loads_reply(
+            payload = _results.loads_reply(
                 memoryview(frame)[_worker.REPLY_HEAD.size:], buffers, fds)
         except Exception as exc:
             error = pickle.UnpicklingError(

@@ -1,0 +1,127 @@
+"""NumPy arrays from process workers back to the parent without pickling.
+
+A result array larger than ``max_nbytes`` is written once, in the worker,
+into an anonymous shared-memory file (``memfd_create``); its descriptor
+travels with the reply (``SCM_RIGHTS``, see ``_wire``) and the parent maps
+it: the caller gets an ordinary writable ndarray on that memory.  No name
+ever exists in a file system, so nothing can be left behind: the memory is
+freed when the array is garbage-collected, and by the kernel when a reply
+is dropped (an aborted call, a dead worker, a killed parent).
+
+Arrays backed by a user's ``numpy.memmap`` come back by reference (file
+name and offset), pieces of the call's own memmapped inputs as copies
+(their files go away with the call), anything else pickled with out-of-band
+buffers.  Linux only (``memfd_create``); elsewhere results are pickled.
+"""
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import pickle
+
+from ._memmap import (
+    backing_memmap,
+    is_dump,
+    memory_order,
+    plain_reduce,
+    reduce_by_reference,
+    tables,
+    write_array,
+)
+
+
+class ResultPacker:
+    """Worker side: pickles a reply, large arrays into shared memory.
+
+    One per worker, used by its main thread only: ``threshold`` is set for
+    each reply, the reply pickled with ``_memmap.dumps(data, packer)``;
+    ``fds`` then holds the descriptors to send with it (the caller closes
+    them once sent, or calls :meth:`discard` if pickling failed).
+    """
+
+    def __init__(self) -> None:
+        self.threshold = -1
+        self.fds: list[int] = []
+        self._tables: dict[bool, dict] = {}
+
+    def dispatch_table(self, cloud: bool = False) -> dict:
+        return tables(self, cloud)
+
+    def _reduce(self, a):
+        m = backing_memmap(a)
+        if m is not None and m.mode != "c" and a.size and not is_dump(m.filename):
+            return reduce_by_reference(a, m)
+        if 0 <= self.threshold < a.nbytes and not a.dtype.hasobject:
+            index = self._share(a)
+            if index is not None:
+                return _shared_result, (index, a.dtype, a.shape,
+                                        memory_order(a))
+        if m is not None:
+            # A piece of an input's memmap: a copy of its own, writable as
+            # it would be without memmapping (mode "r" maps are not).
+            import numpy as np
+            return plain_reduce(np.array(a))
+        return plain_reduce(a)
+
+    def _share(self, a) -> int | None:
+        try:
+            fd = os.memfd_create("joblib_fast_result", os.MFD_CLOEXEC)
+        except OSError:  # out of descriptors: send it in the message
+            return None
+        try:
+            write_array(fd, a)
+        except OSError:
+            os.close(fd)
+            return None
+        self.fds.append(fd)
+        return len(self.fds) - 1
+
+    def discard(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def _shared_result(*args):
+    raise pickle.UnpicklingError(
+        "a shared-memory array result can only be unpickled by the parent "
+        "that received its descriptor")
+
+
+class ReplyUnpickler(pickle.Unpickler):
+    """Unpickles a reply whose large arrays came as descriptors."""
+
+    def __init__(self, file, buffers, fds: list[int]) -> None:
+        super().__init__(file, buffers=buffers)
+        self.fds = fds
+
+    def find_class(self, module, name):
+        if module == __name__ and name == "_shared_result":
+            return self._map
+        return super().find_class(module, name)
+
+    def _map(self, index, dtype, shape, order):
+        import numpy as np
+        fd, self.fds[index] = self.fds[index], -1
+        count = 1
+        for n in shape:
+            count *= n
+        try:
+            mm = mmap.mmap(fd, count * dtype.itemsize)
+        finally:
+            os.close(fd)
+        return np.frombuffer(mm, dtype=dtype, count=count).reshape(
+            shape, order=order)
+
+
+def loads_reply(blob, buffers, fds: list[int]):
+    """Unpickle a reply; every descriptor is closed when this returns."""
+    if not fds:
+        return pickle.loads(blob, buffers=buffers)
+    try:
+        return ReplyUnpickler(io.BytesIO(blob), buffers, fds).load()
+    finally:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
