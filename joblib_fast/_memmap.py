@@ -40,6 +40,10 @@ SHM_FOLDER = "/dev/shm"
 COPY_CHUNK = 1 << 24
 # os.write moves at most about 2 GiB per call on Linux.
 WRITE_CHUNK = 1 << 30
+# Pickle buffers from this size on travel out-of-band (a frame of their
+# own, never copied into the pickle stream); smaller ones cost less to
+# copy than a frame costs to send and receive.
+OUT_OF_BAND_MIN = 1 << 16
 
 _counter = itertools.count()
 # Guards _LIVE_FOLDERS: folders of this process, removed at exit.
@@ -151,11 +155,18 @@ def sweep_stale(extra: str | None = None) -> list[str]:
 
 
 def _remove_live_folders() -> None:
+    """At exit: the folders of calls still running (a forked child that
+    inherited the set leaves its parent's folders alone)."""
     with _LIVE_LOCK:
         folders = list(_LIVE_FOLDERS)
         _LIVE_FOLDERS.clear()
     for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+        if _made_here(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _made_here(folder: str) -> bool:
+    return os.path.basename(folder).startswith(f"{PREFIX}{os.getpid()}_")
 
 
 atexit.register(_remove_live_folders)
@@ -486,7 +497,8 @@ class ArrayExchange:
         self._dumps.clear()
         folders, self._folders = list(self._folders.values()), {}
         for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+            if _made_here(folder):  # not in a forked copy of the parent
+                shutil.rmtree(folder, ignore_errors=True)
             with _LIVE_LOCK:
                 _LIVE_FOLDERS.discard(folder)
 
@@ -532,13 +544,20 @@ def dumps(obj, tables=None, cloud: bool = False):
     handled by ``tables.dispatch_table(cloud)`` when given; returns
     (bytes, out-of-band buffers as flat memoryviews)."""
     buffers: list[Any] = []
+
+    def out_of_band(buf) -> bool:
+        if memoryview(buf).nbytes < OUT_OF_BAND_MIN:
+            return True  # in-band
+        buffers.append(buf)
+        return False
+
     f = io.BytesIO()
     table = None if tables is None else tables.dispatch_table(cloud)
     if cloud:
-        pickler = _cloud_pickler_class()(f, table, buffers.append)
+        pickler = _cloud_pickler_class()(f, table, out_of_band)
     else:
         pickler = pickle.Pickler(f, protocol=PROTOCOL,
-                                 buffer_callback=buffers.append)
+                                 buffer_callback=out_of_band)
         if table is not None:
             pickler.dispatch_table = table
     pickler.dump(obj)

@@ -45,12 +45,27 @@ def _length_prefix(n: int) -> bytes:
     return _LEN.pack(n)
 
 
+def send_message(fd: int, head: bytes, blob, buffers=()) -> None:
+    """Write the head frame (``head + blob``) and one frame per buffer,
+    in as few ``writev`` calls as the parts allow, without joining them."""
+    views = [memoryview(_length_prefix(len(head) + len(blob))),
+             memoryview(head), memoryview(blob).cast("B")]
+    for buf in buffers:
+        view = memoryview(buf).cast("B")
+        views.append(memoryview(_length_prefix(view.nbytes)))
+        views.append(view)
+    _writev_all(fd, views)
+
+
 def send_frame(fd: int, *parts) -> None:
-    """Write one frame holding the concatenation of ``parts`` (bytes-like,
-    contiguous), without joining them."""
+    """Write one frame holding the concatenation of ``parts``."""
     views = [memoryview(p).cast("B") for p in parts]
-    total = sum(v.nbytes for v in views)
-    views.insert(0, memoryview(_length_prefix(total)))
+    views.insert(0, memoryview(_length_prefix(sum(v.nbytes for v in views))))
+    _writev_all(fd, views)
+
+
+def _writev_all(fd: int, views: list) -> None:
+    views = [v for v in views if v.nbytes]
     while views:
         batch = []
         size = 0
@@ -69,8 +84,6 @@ def send_frame(fd: int, *parts) -> None:
             else:
                 views[0] = head[written:]
                 written = 0
-        while views and views[0].nbytes == 0:
-            views.pop(0)
 
 
 def _read_exact(fd: int, n: int) -> bytes:

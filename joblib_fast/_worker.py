@@ -136,14 +136,16 @@ class _Replier:
                 status, data = SEND_ERROR, _unpicklable_result(status, data, exc)
                 blob, buffers, fds = pickle.dumps(data, protocol=PROTOCOL), [], []
         try:
-            _wire.send_frame(self.fd, REPLY_HEAD.pack(
-                key, status, duration, len(buffers), len(fds)), blob)
-            if fds:
+            head = REPLY_HEAD.pack(key, status, duration, len(buffers), len(fds))
+            if not fds:
+                _wire.send_message(self.fd, head, blob, buffers)
+            else:
+                _wire.send_message(self.fd, head, blob)
                 if self._sock is None:
                     self._sock = _wire.socket_for(self.conn)
                 _wire.send_fds(self._sock, fds)
-            for buf in buffers:
-                _wire.send_frame(self.fd, buf)
+                for buf in buffers:
+                    _wire.send_frame(self.fd, buf)
         finally:
             _wire.close_fds(fds)
 

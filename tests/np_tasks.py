@@ -113,3 +113,16 @@ def object_array(n):
 def is_ndarray_copy(a):
     """(type name, writeable, owns or shares) of a plain received array."""
     return type(a).__name__, bool(a.flags.writeable)
+
+
+def many(count, n):
+    return [np.full(n, float(i)) for i in range(count)]
+
+
+def with_lock(n):
+    import threading
+    return np.ones(n), threading.Lock()
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))

@@ -9,8 +9,8 @@ exist when.  Arrays are small (a few hundred kB) with a matching
 from __future__ import annotations
 
 import gc
-import mmap
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -40,6 +40,7 @@ pytestmark = pytest.mark.usefixtures("process_helpers")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(joblib_fast.__file__)))
 BIG = 50_000            # float64 items: 400 kB, above LIMIT
 SMALL = 1_000           # 8 kB, below LIMIT
+MID = 12_500            # 100 kB: below LIMIT, sent as an out-of-band buffer
 LIMIT = "200k"
 SHM = "/dev/shm"
 RESULT_MAPS = "memfd:joblib_fast_result"
@@ -239,14 +240,19 @@ def test_shared_output_pattern(tmp_path, folder, mode):
 
 
 def test_small_arrays_travel_as_out_of_band_buffers():
-    a = np.arange(SMALL, dtype=np.float64)
+    mid = np.arange(MID, dtype=np.float64)     # below max_nbytes
+    tiny = np.arange(10, dtype=np.float64)     # cheaper to copy in-band
     exchange = _memmap.ArrayExchange(max_nbytes=1 << 20, mmap_mode="r")
-    blob, buffers = _memmap.dumps([a, a], exchange)
+    blob, buffers = _memmap.dumps([mid, mid, tiny], exchange)
     assert len(buffers) == 1 and len(blob) < 1000  # data not in the stream
-    assert np.shares_memory(np.frombuffer(buffers[0], dtype=np.float64), a)
-    info = par()([delayed(np_tasks.describe)(a)])[0]
-    assert info["type"] == "ndarray" and info["writeable"]
+    assert np.shares_memory(np.frombuffer(buffers[0], dtype=np.float64), mid)
     exchange.cleanup()
+    info, back = par()([delayed(np_tasks.describe)(mid),
+                        delayed(np_tasks.same)(mid)])
+    assert info["type"] == "ndarray" and info["writeable"]
+    assert info["sum"] == mid.sum()
+    assert back.flags.writeable and not _is_shared_result(back)
+    np.testing.assert_array_equal(back, mid)
 
 
 # -------------------------------------------------- where files live
@@ -425,7 +431,15 @@ def test_leftovers_of_a_killed_parent_are_swept_by_the_next_pool(folder):
 
 
 def _is_shared_result(a) -> bool:
-    return isinstance(_mapped_base(a), mmap.mmap)
+    """``a``'s data lies in a shared-memory result mapping."""
+    addr = a.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if RESULT_MAPS in line:
+                low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                if low <= addr < high:
+                    return True
+    return False
 
 
 def test_large_results_come_back_through_shared_memory():
@@ -479,6 +493,41 @@ def test_result_layouts(make):
     assert _is_shared_result(got)
     if expected.flags.c_contiguous or expected.flags.f_contiguous:
         assert got.flags.f_contiguous == expected.flags.f_contiguous
+
+
+def test_more_results_than_one_message_of_descriptors():
+    maps = result_maps()
+    out = par(max_nbytes=1000)([delayed(np_tasks.many)(300, 200)])[0]
+    assert [float(a[0]) for a in out] == [float(i) for i in range(300)]
+    assert result_maps() == maps + 300
+    del out
+
+
+def test_unpicklable_result_next_to_a_shared_array():
+    with pytest.raises(pickle.PicklingError, match="could not be pickled"):
+        par()([delayed(np_tasks.with_lock)(BIG)])
+
+
+def test_failed_reply_closes_its_shared_segments():
+    """Worker side, in this process: a reply that cannot be pickled after
+    its array went to shared memory closes that segment."""
+    import multiprocessing
+    import threading
+
+    from joblib_fast import _wire, _worker
+    ours_end, peer = multiprocessing.Pipe()
+    try:
+        replier = _worker._Replier(ours_end)
+        fds = len(os.listdir("/proc/self/fd"))
+        replier.reply(7, _worker.OK, [np.ones(BIG), threading.Lock()], 0.0,
+                      threshold=1000)
+        assert len(os.listdir("/proc/self/fd")) == fds
+        frame = _wire.recv_frame(peer.fileno())
+        key, status, _, _, n_fds = _worker.REPLY_HEAD.unpack_from(frame)
+        assert (key, status, n_fds) == (7, _worker.SEND_ERROR, 0)
+    finally:
+        ours_end.close()
+        peer.close()
 
 
 def test_return_shared_false_pickles_results():

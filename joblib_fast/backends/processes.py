@@ -315,10 +315,8 @@ class ProcessPool:
             worker.started = time.monotonic()
         worker.batches.append((key, batch))
         try:
-            _wire.send_frame(worker.fd, _worker.TASK_HEAD.pack(
-                key, kind, arrays.out_threshold, len(buffers)), blob)
-            for buf in buffers:
-                _wire.send_frame(worker.fd, buf)
+            _wire.send_message(worker.fd, _worker.TASK_HEAD.pack(
+                key, kind, arrays.out_threshold, len(buffers)), blob, buffers)
         except OSError:
             # The worker is gone; its sentinel tells how in wait().
             pass
