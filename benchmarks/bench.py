@@ -119,6 +119,10 @@ class TreeMemory:
 
     PSS (shared pages split between the processes sharing them) where the
     OS gives it, else RSS (which counts shared pages once per process).
+    Alongside, the growth of the machine's shared memory (``Shmem`` in
+    /proc/meminfo: tmpfs files such as memmap dumps, memfd segments such as
+    joblib_fast's array results), which PSS only counts in the processes
+    that touch the pages.
     """
 
     def __init__(self, interval: float = 0.01) -> None:
@@ -132,6 +136,18 @@ class TreeMemory:
         self.metric = "PSS" if self._pss_works() else "RSS"
         self.baseline = 0
         self.peak = 0
+        self.shm_baseline = self.shm_peak = self._shmem()
+
+    @staticmethod
+    def _shmem() -> int:
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("Shmem:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
 
     def _pss_works(self) -> bool:
         try:
@@ -158,15 +174,18 @@ class TreeMemory:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.peak = max(self.peak, self.sample())
+            self.shm_peak = max(self.shm_peak, self._shmem())
 
     def __enter__(self) -> None:
         self.baseline = self.peak = self.sample()
+        self.shm_baseline = self.shm_peak = self._shmem()
         self._thread.start()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.sample())
+        self.shm_peak = max(self.shm_peak, self._shmem())
 
 
 # ------------------------------------------------------------------ peers
@@ -425,6 +444,7 @@ class Sample:
     note: str = ""                         # work.probe(...)
     peak: int | None = None                # bytes, process tree
     baseline: int | None = None
+    shm_growth: int | None = None          # bytes, machine's Shmem
     metric: str = ""
     import_s: float | None = None          # coldstart only
 
@@ -443,6 +463,7 @@ def timed(call: Callable[[], list], work: Workload, n_jobs: int) -> Sample:
         sample.note = work.probe(results, (wall0, wall1), n_jobs)
     if monitor is not None:
         sample.peak, sample.baseline = monitor.peak, monitor.baseline
+        sample.shm_growth = monitor.shm_peak - monitor.shm_baseline
         sample.metric = monitor.metric
     return sample
 
@@ -543,6 +564,7 @@ class Row:
     us_per_task: float | None = None
     peak_mb: float | None = None
     delta_mb: float | None = None
+    shm_mb: float | None = None
     memory_metric: str = ""
     note: str = ""
     error: str = ""
@@ -618,8 +640,9 @@ def _make_row(work: Workload, peer: str, n: int, reduced: bool, label: str,
         row.peak_mb = max(s.peak for s in outcome) / MB
         row.delta_mb = max(s.peak - s.baseline for s in outcome) / MB
         row.memory_metric = outcome[0].metric
+        row.shm_mb = max(s.shm_growth for s in outcome) / MB
         notes.append(f"peak {row.peak_mb:.0f} MB {row.memory_metric} "
-                     f"(+{row.delta_mb:.0f})")
+                     f"(+{row.delta_mb:.0f}), shm +{row.shm_mb:.0f}")
     if work.probe is not None:
         notes.append(_median(outcome).note)
     if outcome[0].import_s is not None:
@@ -768,6 +791,9 @@ def print_legend(rows: list[Row], ctx: Context) -> None:
     if any(row.memory_metric for row in rows):
         print("  peak = whole process tree (parent + children) sampled "
               "every 10 ms; (+x) = over the start of the timed call")
+        print("  shm = peak growth of the machine's shared memory (Shmem in "
+              "/proc/meminfo: memmap dumps in /dev/shm, memfd results), "
+              "which PSS counts only where a process touches the pages")
         print("  bigarray_in passes the same array object in every repeat "
               "(joblib reuses its memmap dump of it after the warm-up)")
     if ctx.quick:

@@ -587,3 +587,26 @@ def test_threading_backend_copies_nothing():
     assert np.shares_memory(view, a)
     made = Parallel(n_jobs=2, backend="threading")([delayed(np_tasks.nested)(BIG)])
     assert type(made[0][0]) is np.ndarray and not _is_shared_result(made[0][0])
+
+
+# -------------------------------------------------------------- README
+
+
+def _readme_blocks(title):
+    import pathlib
+    import re
+    readme = pathlib.Path(REPO_ROOT) / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not next to the package")
+    text = readme.read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], re.DOTALL)
+
+
+@pytest.mark.parametrize("index", range(2))
+def test_readme_numpy_examples_run(index):
+    blocks = _readme_blocks("NumPy arrays")
+    assert len(blocks) == 2
+    code = compile(blocks[index], f"README NumPy block {index}", "exec")
+    exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own examples
