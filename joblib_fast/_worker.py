@@ -41,12 +41,12 @@ def _dumps(obj) -> bytes:
     """Plain pickle on the fast path; cloudpickle for what it cannot do."""
     try:
         return pickle.dumps(obj, protocol=PROTOCOL)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any pickling failure
         import cloudpickle
         return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
-def _reader(conn, inbox: "queue.SimpleQueue") -> None:
+def _reader(conn, inbox: queue.SimpleQueue) -> None:
     try:
         while True:
             inbox.put(conn.recv_bytes())
@@ -61,7 +61,7 @@ def _error_message(index: int, exc: BaseException):
     try:
         blob = _dumps(exc)
         pickle.loads(blob)  # an exception that cannot come back is described
-    except Exception:
+    except Exception:  # noqa: BLE001 - any pickling failure
         blob = None
     return (index, blob, type(exc).__qualname__, str(exc), tb)
 
@@ -86,16 +86,16 @@ def _run(kind: int, payload):
 def _reply(conn, key, status, data, duration) -> None:
     try:
         blob = pickle.dumps((key, status, data, duration), protocol=PROTOCOL)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any pickling failure
         try:
             blob = _dumps((key, status, data, duration))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any pickling failure
             index = -1
             if status == OK:
                 for i, value in enumerate(data):
                     try:
                         _dumps(value)
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - any pickling failure
                         index = i
                         break
             message = (f"the result could not be pickled back to the parent: "
@@ -115,7 +115,7 @@ def main(conn, env: dict, idle_timeout: float) -> None:
     from .config import _enter_worker
     _enter_worker(ProcessBackend(nesting_level=0), None)
 
-    inbox: "queue.SimpleQueue" = queue.SimpleQueue()
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_reader, args=(conn, inbox), daemon=True,
                      name="joblib_fast-worker-reader").start()
     while True:

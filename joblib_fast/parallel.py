@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Iterable
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable
 
-from . import _progress
+from . import _gc, _progress
 from . import config as _config
 from ._core import Call, delayed, iter_sequential, run_sequential
 from .backends.base import ParallelBackendBase
@@ -32,7 +33,7 @@ VALID_RETURN_AS = ("list", "generator", "generator_unordered")
 _SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def memstr_to_bytes(text: Any) -> Optional[int]:
+def memstr_to_bytes(text: Any) -> int | None:
     """``"1M"`` -> 1048576; ints pass through; None stays None."""
     if text is None:
         return None
@@ -153,7 +154,7 @@ class Parallel:
 
     def __init__(self, n_jobs: Any = UNSET, backend: Any = None,
                  return_as: str = "list", verbose: Any = UNSET,
-                 timeout: Optional[float] = None,
+                 timeout: float | None = None,
                  pre_dispatch: Any = "2 * n_jobs",
                  batch_size: Any = "auto", temp_folder: Any = UNSET,
                  max_nbytes: Any = UNSET, mmap_mode: Any = UNSET,
@@ -259,7 +260,7 @@ class Parallel:
 
     # ------------------------------------------------------------ pools
 
-    def __enter__(self) -> "Parallel":
+    def __enter__(self) -> Parallel:
         self._managed = True
         return self
 
@@ -288,8 +289,9 @@ class Parallel:
             self._pool, self._pool_n_jobs = pool, n_jobs
         return pool
 
-    def _end_call(self, pool, error: Optional[BaseException]) -> None:
+    def _end_call(self, pool, error: BaseException | None) -> None:
         """Release what the call used (caller thread, after the call)."""
+        _gc.restore()
         # A task stuck past its timeout may never finish: don't wait for it.
         wait = not isinstance(error, TimeoutError)
         if pool is self._pool:
@@ -327,6 +329,7 @@ class Parallel:
         except BaseException:
             self._running = False
             raise
+        _gc.relax()  # undone by _end_call
         if reporter is not None:
             reporter.start(self._backend, n_jobs)
         try:

@@ -172,7 +172,7 @@ def test_failed_call_does_not_leak_into_next_call(return_as):
                   batch_size=1) as p:
         with pytest.raises(ValueError, match="first call failed"):
             run(return_as, p(delayed(first_call_task)(i) for i in range(20)))
-        for attempt in range(3):
+        for _attempt in range(3):
             out = run(return_as, p(delayed(lambda i: ("new", i))(i)
                                    for i in range(30)))
             expected = [("new", i) for i in range(30)]
