@@ -259,7 +259,10 @@ cdef class Call:
             self.busy_time += duration
             self.busy_tasks += len(results)
         rc = jf_order_mark_done(&self.order, batch.id)
-        jf_cond_broadcast(&self.progress)
+        # Wake the caller only when it has something to do: each wake-up
+        # costs a context switch on a core the workers need.
+        if self.order.n_done >= self.wake_at or self.aborted:
+            jf_cond_broadcast(&self.progress)
         jf_mutex_unlock(&self.lock)
         if rc:
             raise SystemError(f"batch {batch.id} finished twice")
@@ -424,9 +427,11 @@ cdef class Call:
         if timed_out is not None:
             timed_out(self, now)
 
-    cdef int _wait(self) except -1:
-        """Sleep until a batch finishes beyond the handled ones, or abort."""
+    cdef int _wait(self, int64_t need) except -1:
+        """Sleep until `need` batches finish beyond the handled ones (or one
+        does, when the wait is sliced for Ctrl-C), or the call aborts."""
         cdef int64_t seen = self.seen_done
+        cdef int64_t target = seen + (need if need > 0 else 1)
         cdef double slice_end
         cdef bint got = False
         while True:
@@ -434,10 +439,12 @@ cdef class Call:
                 slice_end = jf_clock_now() + SIGNAL_POLL_SECONDS
                 with nogil:
                     jf_mutex_lock(&self.lock)
-                    while self.order.n_done == seen and not self.aborted:
+                    self.wake_at = target
+                    while self.order.n_done < target and not self.aborted:
                         if jf_cond_wait_until(&self.progress, &self.lock,
                                               slice_end) == JF_TIMEDOUT:
                             break
+                    self.wake_at = 0
                     got = self.order.n_done != seen or self.aborted
                     jf_mutex_unlock(&self.lock)
             else:
@@ -491,18 +498,30 @@ cdef class Call:
         """Dispatch the first batches (before the user asks for results)."""
         self._feed()
 
-    def _step(self):
+    def _step(self, bint all_at_end=False):
         """Feed, wait for progress, check errors.
 
         Returns ``(ids, finished)``: the batches finished since the last
-        step in completion order, and whether every task is done."""
+        step in completion order, and whether every task is done.  With
+        `all_at_end` (results wanted only at the end) the caller sleeps
+        until half the pre-dispatched batches are done, or all of them
+        once the input is exhausted, rather than waking per batch."""
+        cdef int64_t in_flight, need = 1
         self._check_error()
         if self.aborted:
             raise RuntimeError("this Parallel call was aborted")
         self._feed()
         finished = self._all_done()
         if not finished:
-            self._wait()
+            if all_at_end and self.on_result is None:
+                jf_mutex_lock(&self.lock)
+                in_flight = self.order.n_batches - self.order.n_done
+                jf_mutex_unlock(&self.lock)
+                if self.exhausted:
+                    need = in_flight
+                else:
+                    need = in_flight - self.pre_dispatch // 2
+            self._wait(need)
             self._check_error()
         done = self._newly_done()
         self._notify(done)
@@ -513,7 +532,7 @@ cdef class Call:
         cdef list out
         cdef Batch batch
         try:
-            while not self._step()[1]:
+            while not self._step(True)[1]:
                 pass
         except BaseException:
             self.abort()
