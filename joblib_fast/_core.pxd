@@ -79,6 +79,8 @@ cdef class Call:
     cdef Py_ssize_t fixed_batch_size     # 0 means auto
     cdef Py_ssize_t next_size
     cdef double target_duration
+    cdef Py_ssize_t n_workers            # 0 when unknown
+    cdef Py_ssize_t total                # input length, -1 when unknown
     cdef double timeout                  # 0.0 means none
     cdef readonly int track_start        # workers record task start times
     cdef object on_result                # callback(index, value) or None

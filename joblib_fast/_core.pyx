@@ -224,7 +224,8 @@ cdef class Call:
 
     def __init__(self, pool, iterable, *, Py_ssize_t pre_dispatch,
                  Py_ssize_t batch_size=0, double target_duration=0.002,
-                 timeout=None, on_result=None):
+                 timeout=None, on_result=None, Py_ssize_t n_workers=0,
+                 Py_ssize_t total=-1):
         if pre_dispatch < 1:
             raise ValueError("pre_dispatch must be at least 1")
         if batch_size < 0:
@@ -241,6 +242,8 @@ cdef class Call:
         self.track_start = 1 if self.timeout > 0.0 else 0
         self.on_result = on_result
         self.error_index = -1
+        self.n_workers = n_workers
+        self.total = total
 
     # ----------------------------------------------------------- workers
 
@@ -339,10 +342,16 @@ cdef class Call:
             ideal = MAX_AUTO_BATCH
         else:
             ideal = <Py_ssize_t>(self.target_duration / per_task)
-        if ideal < 1:
-            ideal = 1
         if ideal > 2 * size:
             ideal = 2 * size
+        if self.total >= 0 and self.n_workers > 0:
+            # Known input length: near the end, smaller batches so that no
+            # worker idles while another finishes a long last batch.
+            tail = (self.total - self.n_tasks) // (2 * self.n_workers)
+            if ideal > tail:
+                ideal = tail
+        if ideal < 1:
+            ideal = 1
         return ideal
 
     cdef Batch _make_batch(self):

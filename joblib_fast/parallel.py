@@ -106,6 +106,13 @@ def _eval_expr(node: ast.AST, n_jobs: int) -> float:
     raise ValueError("only numbers, n_jobs and + - * / are allowed")
 
 
+def _known_length(iterable: Any) -> int:
+    """len(iterable) for sized inputs (lists, tuples), else -1."""
+    if isinstance(iterable, (list, tuple)):
+        return len(iterable)
+    return -1
+
+
 class Parallel:
     """Run ``delayed`` calls in parallel; same signature as joblib's.
 
@@ -341,6 +348,8 @@ class Parallel:
                 target_duration=self._backend.target_batch_duration,
                 timeout=self.timeout,
                 on_result=None if reporter is None else reporter.on_result,
+                n_workers=n_jobs,
+                total=_known_length(iterable),
             )
         except BaseException as exc:
             self._running = False
