@@ -66,8 +66,8 @@ cdef class Call:
     cdef int aborted                 # [lock] no new task may start
     cdef double busy_time            # [lock] worker seconds spent in tasks
     cdef int64_t busy_tasks          # [lock] tasks those seconds cover
-    cdef int64_t wake_at             # [lock] signal `progress` once n_done
-                                     # reaches this (the caller's need)
+    # [lock] signal `progress` once n_done reaches this (the caller's need)
+    cdef int64_t wake_at
     cdef int64_t seen_done           # caller only: completions already handled
     cdef int64_t released            # caller only: batches handed to the user
 

@@ -317,15 +317,25 @@ cdef class Call:
 
     def pending_batches(self):
         """Batches submitted and not finished, oldest first."""
-        out = []
+        cdef int64_t b, n = 0, first, end
+        cdef int64_t *ids
         jf_mutex_lock(&self.lock)
-        try:
-            for b in range(self.order.prefix, self.order.n_batches):
+        first = self.order.prefix
+        end = self.order.n_batches
+        ids = <int64_t *>malloc((end - first + 1) * sizeof(int64_t))
+        if ids != NULL:
+            for b in range(first, end):
                 if not self.order.done[b]:
-                    out.append(self.batches[b])
+                    ids[n] = b
+                    n += 1
+        jf_mutex_unlock(&self.lock)
+        if ids == NULL:
+            raise MemoryError()
+        # Python objects are built after the lock is released.
+        try:
+            return [self.batches[ids[b]] for b in range(n)]
         finally:
-            jf_mutex_unlock(&self.lock)
-        return out
+            free(ids)
 
     cdef Py_ssize_t _auto_size(self):
         cdef double per_task
@@ -478,9 +488,12 @@ cdef class Call:
         cdef list out = []
         jf_mutex_lock(&self.lock)
         end = self.order.n_done
+        jf_mutex_unlock(&self.lock)
+        # Entries below n_done never change, and only this (the caller)
+        # thread reallocates the array: no lock needed to read them, and
+        # no Python object is built while the lock is held.
         for i in range(self.seen_done, end):
             out.append(self.order.completed[i])
-        jf_mutex_unlock(&self.lock)
         self.seen_done = end
         return out
 

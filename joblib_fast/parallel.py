@@ -264,6 +264,7 @@ class Parallel:
         self._pool = None       # the pool kept across calls when managed
         self._pool_n_jobs = 0
         self._running = False
+        self._generator_call = None  # the return_as generator running now
 
     # ------------------------------------------------------------ pools
 
@@ -273,6 +274,13 @@ class Parallel:
 
     def __exit__(self, *exc: Any) -> None:
         self._managed = False
+        call, self._generator_call = self._generator_call, None
+        if call is not None:
+            # A return_as generator still open: its workers go with the
+            # block, so it ends with a clear error rather than a broken pool.
+            call.abort(RuntimeError(
+                "the `with Parallel(...)` block exited before this "
+                "return_as generator was consumed"))
         self._discard_pool(wait=True)
         self._backend.terminate()
 
@@ -384,6 +392,7 @@ class Parallel:
             raise
         gen = self._generate(call, pool, source, reporter)
         next(gen)  # enter the try block so that close() always cleans up
+        self._generator_call = call
         return gen
 
     def _batch_size_for_call(self) -> int:
@@ -402,6 +411,8 @@ class Parallel:
             raise
         finally:
             call.abort()
+            if self._generator_call is call:
+                self._generator_call = None
             self._running = False
             self._end_call(pool, error)
             if reporter is not None:
