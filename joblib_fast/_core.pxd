@@ -66,6 +66,8 @@ cdef class Call:
     cdef int aborted                 # [lock] no new task may start
     cdef double busy_time            # [lock] worker seconds spent in tasks
     cdef int64_t busy_tasks          # [lock] tasks those seconds cover
+    # [lock] signal `progress` once n_done reaches this (the caller's need)
+    cdef int64_t wake_at
     cdef int64_t seen_done           # caller only: completions already handled
     cdef int64_t released            # caller only: batches handed to the user
 
@@ -77,6 +79,8 @@ cdef class Call:
     cdef Py_ssize_t fixed_batch_size     # 0 means auto
     cdef Py_ssize_t next_size
     cdef double target_duration
+    cdef Py_ssize_t n_workers            # 0 when unknown
+    cdef Py_ssize_t total                # input length, -1 when unknown
     cdef double timeout                  # 0.0 means none
     cdef readonly int track_start        # workers record task start times
     cdef object on_result                # callback(index, value) or None
@@ -88,7 +92,7 @@ cdef class Call:
     cdef int _notify(self, list batch_ids) except -1
     cdef Batch _make_batch(self)
     cdef int _feed(self) except -1
-    cdef int _wait(self) except -1
+    cdef int _wait(self, int64_t need) except -1
     cdef int _check_error(self) except -1
     cdef int _finish_batch(self, Batch batch, object results, double duration,
                            object error, Py_ssize_t error_index) except -1

@@ -35,7 +35,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject, PyObject_Call
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc
 
 # The caller sleeps in C at most this long before it looks for Ctrl-C and
 # for timed-out tasks again.
@@ -224,7 +224,8 @@ cdef class Call:
 
     def __init__(self, pool, iterable, *, Py_ssize_t pre_dispatch,
                  Py_ssize_t batch_size=0, double target_duration=0.002,
-                 timeout=None, on_result=None):
+                 timeout=None, on_result=None, Py_ssize_t n_workers=0,
+                 Py_ssize_t total=-1):
         if pre_dispatch < 1:
             raise ValueError("pre_dispatch must be at least 1")
         if batch_size < 0:
@@ -241,6 +242,8 @@ cdef class Call:
         self.track_start = 1 if self.timeout > 0.0 else 0
         self.on_result = on_result
         self.error_index = -1
+        self.n_workers = n_workers
+        self.total = total
 
     # ----------------------------------------------------------- workers
 
@@ -259,7 +262,10 @@ cdef class Call:
             self.busy_time += duration
             self.busy_tasks += len(results)
         rc = jf_order_mark_done(&self.order, batch.id)
-        jf_cond_broadcast(&self.progress)
+        # Wake the caller only when it has something to do: each wake-up
+        # costs a context switch on a core the workers need.
+        if self.order.n_done >= self.wake_at or self.aborted:
+            jf_cond_broadcast(&self.progress)
         jf_mutex_unlock(&self.lock)
         if rc:
             raise SystemError(f"batch {batch.id} finished twice")
@@ -311,15 +317,25 @@ cdef class Call:
 
     def pending_batches(self):
         """Batches submitted and not finished, oldest first."""
-        out = []
+        cdef int64_t b, n = 0, first, end
+        cdef int64_t *ids
         jf_mutex_lock(&self.lock)
-        try:
-            for b in range(self.order.prefix, self.order.n_batches):
+        first = self.order.prefix
+        end = self.order.n_batches
+        ids = <int64_t *>malloc((end - first + 1) * sizeof(int64_t))
+        if ids != NULL:
+            for b in range(first, end):
                 if not self.order.done[b]:
-                    out.append(self.batches[b])
+                    ids[n] = b
+                    n += 1
+        jf_mutex_unlock(&self.lock)
+        if ids == NULL:
+            raise MemoryError()
+        # Python objects are built after the lock is released.
+        try:
+            return [self.batches[ids[b]] for b in range(n)]
         finally:
-            jf_mutex_unlock(&self.lock)
-        return out
+            free(ids)
 
     cdef Py_ssize_t _auto_size(self):
         cdef double per_task
@@ -336,10 +352,16 @@ cdef class Call:
             ideal = MAX_AUTO_BATCH
         else:
             ideal = <Py_ssize_t>(self.target_duration / per_task)
-        if ideal < 1:
-            ideal = 1
         if ideal > 2 * size:
             ideal = 2 * size
+        if self.total >= 0 and self.n_workers > 0:
+            # Known input length: near the end, smaller batches so that no
+            # worker idles while another finishes a long last batch.
+            tail = (self.total - self.n_tasks) // (2 * self.n_workers)
+            if ideal > tail:
+                ideal = tail
+        if ideal < 1:
+            ideal = 1
         return ideal
 
     cdef Batch _make_batch(self):
@@ -424,9 +446,11 @@ cdef class Call:
         if timed_out is not None:
             timed_out(self, now)
 
-    cdef int _wait(self) except -1:
-        """Sleep until a batch finishes beyond the handled ones, or abort."""
+    cdef int _wait(self, int64_t need) except -1:
+        """Sleep until `need` batches finish beyond the handled ones (or one
+        does, when the wait is sliced for Ctrl-C), or the call aborts."""
         cdef int64_t seen = self.seen_done
+        cdef int64_t target = seen + (need if need > 0 else 1)
         cdef double slice_end
         cdef bint got = False
         while True:
@@ -434,10 +458,12 @@ cdef class Call:
                 slice_end = jf_clock_now() + SIGNAL_POLL_SECONDS
                 with nogil:
                     jf_mutex_lock(&self.lock)
-                    while self.order.n_done == seen and not self.aborted:
+                    self.wake_at = target
+                    while self.order.n_done < target and not self.aborted:
                         if jf_cond_wait_until(&self.progress, &self.lock,
                                               slice_end) == JF_TIMEDOUT:
                             break
+                    self.wake_at = 0
                     got = self.order.n_done != seen or self.aborted
                     jf_mutex_unlock(&self.lock)
             else:
@@ -462,9 +488,12 @@ cdef class Call:
         cdef list out = []
         jf_mutex_lock(&self.lock)
         end = self.order.n_done
+        jf_mutex_unlock(&self.lock)
+        # Entries below n_done never change, and only this (the caller)
+        # thread reallocates the array: no lock needed to read them, and
+        # no Python object is built while the lock is held.
         for i in range(self.seen_done, end):
             out.append(self.order.completed[i])
-        jf_mutex_unlock(&self.lock)
         self.seen_done = end
         return out
 
@@ -491,18 +520,30 @@ cdef class Call:
         """Dispatch the first batches (before the user asks for results)."""
         self._feed()
 
-    def _step(self):
+    def _step(self, bint all_at_end=False):
         """Feed, wait for progress, check errors.
 
         Returns ``(ids, finished)``: the batches finished since the last
-        step in completion order, and whether every task is done."""
+        step in completion order, and whether every task is done.  With
+        `all_at_end` (results wanted only at the end) the caller sleeps
+        until half the pre-dispatched batches are done, or all of them
+        once the input is exhausted, rather than waking per batch."""
+        cdef int64_t in_flight, need = 1
         self._check_error()
         if self.aborted:
             raise RuntimeError("this Parallel call was aborted")
         self._feed()
         finished = self._all_done()
         if not finished:
-            self._wait()
+            if all_at_end and self.on_result is None:
+                jf_mutex_lock(&self.lock)
+                in_flight = self.order.n_batches - self.order.n_done
+                jf_mutex_unlock(&self.lock)
+                if self.exhausted:
+                    need = in_flight
+                else:
+                    need = in_flight - self.pre_dispatch // 2
+            self._wait(need)
             self._check_error()
         done = self._newly_done()
         self._notify(done)
@@ -513,7 +554,7 @@ cdef class Call:
         cdef list out
         cdef Batch batch
         try:
-            while not self._step()[1]:
+            while not self._step(True)[1]:
                 pass
         except BaseException:
             self.abort()

@@ -14,8 +14,8 @@ cdef extern from "jf_sync.h" nogil:
 
 cdef double _burn(long n) noexcept nogil:
     cdef double x = 1.0
-    cdef long i
-    for i in range(n):
+    cdef long _i
+    for _i in range(n):
         x = sqrt(x + 1.000001) * 0.999999
     return x
 

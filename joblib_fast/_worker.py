@@ -50,12 +50,12 @@ def _dumps(obj) -> bytes:
     """Plain pickle on the fast path; cloudpickle for what it cannot do."""
     try:
         return pickle.dumps(obj, protocol=PROTOCOL)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any pickling failure
         import cloudpickle
         return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
-def _reader(fd: int, inbox: "queue.SimpleQueue") -> None:
+def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
     """Queue each whole message as (head frame, buffers); None at the end."""
     try:
         while True:
@@ -74,7 +74,7 @@ def _error_message(index: int, exc: BaseException):
     try:
         blob = _dumps(exc)
         pickle.loads(blob)  # an exception that cannot come back is described
-    except Exception:
+    except Exception:  # noqa: BLE001 - any pickling failure
         blob = None
     return (index, blob, type(exc).__qualname__, str(exc), tb)
 
@@ -129,10 +129,10 @@ class _Replier:
               threshold: int = -1) -> None:
         try:
             blob, buffers, fds = self._pack(data, threshold, False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any pickling failure
             try:
                 blob, buffers, fds = self._pack(data, threshold, True)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any pickling failure
                 status, data = SEND_ERROR, _unpicklable_result(status, data, exc)
                 blob, buffers, fds = pickle.dumps(data, protocol=PROTOCOL), [], []
         try:
@@ -156,7 +156,7 @@ def _unpicklable_result(status: int, data, exc: BaseException):
         for i, value in enumerate(data):
             try:
                 _dumps(value)
-            except Exception:
+            except Exception:  # noqa: BLE001 - any pickling failure
                 index = i
                 break
     message = (f"the result could not be pickled back to the parent: "
@@ -174,7 +174,7 @@ def main(conn, env: dict, idle_timeout: float) -> None:
     from .config import _enter_worker
     _enter_worker(ProcessBackend(nesting_level=0), None)
 
-    inbox: "queue.SimpleQueue" = queue.SimpleQueue()
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
                      name="joblib_fast-worker-reader").start()
     replier = _Replier(conn)

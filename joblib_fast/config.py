@@ -31,7 +31,6 @@ BACKENDS: dict[str, Callable[..., ParallelBackendBase]] = {
 _LAZY_BACKENDS = {
     "loky": ("joblib_fast.backends.processes", "ProcessBackend"),
     "multiprocessing": ("joblib_fast.backends.processes", "ProcessBackend"),
-    "dask": ("joblib_fast.backends.dask", "DaskBackend"),
 }
 # name -> a function that registers that backend, called the first time the
 # name is asked for: how third-party packages make their backend known
@@ -218,7 +217,7 @@ class parallel_config:
     ----------
     backend : str or ParallelBackendBase, optional
         ``"loky"``/``"multiprocessing"`` (processes), ``"threading"``,
-        ``"sequential"``, ``"dask"``, a name registered with
+        ``"sequential"``, a name registered with
         :func:`register_parallel_backend`, or a backend instance.
     n_jobs : int, optional
         Default number of workers (``-1``: all CPUs).  ``None`` means the

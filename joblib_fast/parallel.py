@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Iterable
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable
 
-from . import _progress
+from . import _gc, _progress
 from . import config as _config
 from ._core import Call, delayed, iter_sequential, run_sequential
 from .backends.base import ParallelBackendBase
@@ -32,7 +33,7 @@ VALID_RETURN_AS = ("list", "generator", "generator_unordered")
 _SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def memstr_to_bytes(text: Any) -> Optional[int]:
+def memstr_to_bytes(text: Any) -> int | None:
     """``"1M"`` -> 1048576; ints pass through; None stays None."""
     if text is None:
         return None
@@ -105,6 +106,13 @@ def _eval_expr(node: ast.AST, n_jobs: int) -> float:
     raise ValueError("only numbers, n_jobs and + - * / are allowed")
 
 
+def _known_length(iterable: Any) -> int:
+    """len(iterable) for sized inputs (lists, tuples), else -1."""
+    if isinstance(iterable, (list, tuple)):
+        return len(iterable)
+    return -1
+
+
 class Parallel:
     """Run ``delayed`` calls in parallel; same signature as joblib's.
 
@@ -167,7 +175,7 @@ class Parallel:
 
     def __init__(self, n_jobs: Any = UNSET, backend: Any = None,
                  return_as: str = "list", verbose: Any = UNSET,
-                 timeout: Optional[float] = None,
+                 timeout: float | None = None,
                  pre_dispatch: Any = "2 * n_jobs",
                  batch_size: Any = "auto", temp_folder: Any = UNSET,
                  max_nbytes: Any = UNSET, mmap_mode: Any = UNSET,
@@ -275,15 +283,23 @@ class Parallel:
         self._pool = None       # the pool kept across calls when managed
         self._pool_n_jobs = 0
         self._running = False
+        self._generator_call = None  # the return_as generator running now
 
     # ------------------------------------------------------------ pools
 
-    def __enter__(self) -> "Parallel":
+    def __enter__(self) -> Parallel:
         self._managed = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._managed = False
+        call, self._generator_call = self._generator_call, None
+        if call is not None:
+            # A return_as generator still open: its workers go with the
+            # block, so it ends with a clear error rather than a broken pool.
+            call.abort(RuntimeError(
+                "the `with Parallel(...)` block exited before this "
+                "return_as generator was consumed"))
         self._discard_pool(wait=True)
         self._backend.terminate()
 
@@ -309,8 +325,9 @@ class Parallel:
             self._pool, self._pool_n_jobs = pool, n_jobs
         return pool
 
-    def _end_call(self, pool, error: Optional[BaseException]) -> None:
+    def _end_call(self, pool, error: BaseException | None) -> None:
         """Release what the call used (caller thread, after the call)."""
+        _gc.restore()
         # A task stuck past its timeout may never finish: don't wait for it.
         wait = not isinstance(error, TimeoutError)
         if pool is self._pool:
@@ -352,6 +369,7 @@ class Parallel:
         except BaseException:
             self._running = False
             raise
+        _gc.relax()  # undone by _end_call
         if reporter is not None:
             reporter.start(self._backend, n_jobs)
         try:
@@ -363,6 +381,8 @@ class Parallel:
                 target_duration=self._backend.target_batch_duration,
                 timeout=self.timeout,
                 on_result=None if reporter is None else reporter.on_result,
+                n_workers=n_jobs,
+                total=_known_length(iterable),
             )
         except BaseException as exc:
             self._running = False
@@ -397,6 +417,7 @@ class Parallel:
             raise
         gen = self._generate(call, pool, source, reporter)
         next(gen)  # enter the try block so that close() always cleans up
+        self._generator_call = call
         return gen
 
     def _batch_size_for_call(self) -> int:
@@ -415,6 +436,8 @@ class Parallel:
             raise
         finally:
             call.abort()
+            if self._generator_call is call:
+                self._generator_call = None
             self._running = False
             self._end_call(pool, error)
             if reporter is not None:

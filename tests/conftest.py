@@ -238,12 +238,12 @@ def isolated_config(no_leaks):
     assert not leaked_config, "the test left a parallel_config active"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def process_helpers():
     """Start the process backend's process-lifetime helpers (the
-    multiprocessing forkserver and resource tracker) once, before the leak
-    baseline of the tests that use it: they are not leaks.  Request it with
-    ``pytest.mark.usefixtures("process_helpers")``."""
+    multiprocessing forkserver and resource tracker) once, before any
+    test's leak baseline: they are not leaks, and this way the fork
+    server's folder never lands in the session's private TMPDIR."""
     try:
         from joblib_fast.backends import processes
     except ImportError:

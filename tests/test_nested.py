@@ -133,8 +133,8 @@ def test_three_levels(outer, max_threads):
     before = worker_threads() if outer != "loky" else 0
     out = Parallel(n_jobs=2, backend=backend)(
         delayed(level3)(i) for i in range(3))
-    for i, (top, mids) in enumerate(out):
-        for j, (mid, leaves) in enumerate(mids):
+    for i, (_top, mids) in enumerate(out):
+        for j, (_mid, leaves) in enumerate(mids):
             assert [value for _, value, _ in leaves] == [
                 (i * 10 + j) * 100 + k for k in range(2)]
             for place, _, n_threads in leaves:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from abc import ABCMeta, abstractmethod
-from typing import Any, Optional
+from typing import Any
 
 # Environment variables that size the thread pools of BLAS/OpenMP libraries
 # inside workers (the same set joblib caps).
@@ -35,7 +35,7 @@ class ParallelBackendBase(metaclass=ABCMeta):
     supports_retrieve_callback = False
     supports_sharedmem = False
     uses_threads = False
-    nesting_level: Optional[int] = None
+    nesting_level: int | None = None
     # Seconds an auto-sized batch should last on this backend.
     target_batch_duration = 0.002
     _jf_native = False
@@ -51,8 +51,8 @@ class ParallelBackendBase(metaclass=ABCMeta):
     def supports_timeout(self) -> bool:
         return self.supports_retrieve_callback
 
-    def __init__(self, nesting_level: Optional[int] = None,
-                 inner_max_num_threads: Optional[int] = None,
+    def __init__(self, nesting_level: int | None = None,
+                 inner_max_num_threads: int | None = None,
                  **backend_kwargs: Any) -> None:
         super().__init__()  # cooperative, for mixins listed before us
         self.nesting_level = nesting_level

@@ -26,7 +26,7 @@ import threading
 import time
 from multiprocessing import spawn as _mp_spawn
 from multiprocessing.connection import wait as _mp_wait
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any
 
 from .. import _memmap, _results, _wire, _worker
 from .._core import split_uniform
@@ -101,7 +101,7 @@ class TaskFailedError(RuntimeError):
     """A task raised an exception that could not be sent back as itself."""
 
 
-def _describe_exit(code: Optional[int]) -> str:
+def _describe_exit(code: int | None) -> str:
     if code is None:
         return "for an unknown reason"
     if code < 0:
@@ -172,7 +172,7 @@ def _task_blob(tasks: list, start: int = 0, arrays=None):
         raise pickle.PicklingError("refers to __main__")
     except OSError:
         raise  # writing an array's memmap failed: not a pickling problem
-    except Exception:
+    except Exception:  # noqa: BLE001 - any pickling failure
         try:
             blob, buffers = _memmap.dumps(payload, arrays, cloud=True)
             return kind, blob, buffers
@@ -188,7 +188,7 @@ def _unpicklable_task(tasks: list, start: int,
     for i, task in enumerate(tasks):
         try:
             cloudpickle.dumps(task)
-        except Exception as inner:
+        except Exception as inner:  # noqa: BLE001 - any pickling failure
             name = getattr(task[0], "__qualname__", repr(task[0]))
             return pickle.PicklingError(
                 f"task {start + i} ({name}) cannot be pickled to send it "
@@ -209,7 +209,7 @@ class _Worker:
         self.sock = None  # for descriptors (shared-memory results), lazily
         self.sentinel = process.sentinel
         self.pid = process.pid
-        self.batches: Deque[Any] = collections.deque()  # in sending order
+        self.batches: collections.deque[Any] = collections.deque()  # in sending order
         self.started = 0.0  # when its current batch started (timeouts)
 
     def socket(self):
@@ -233,19 +233,19 @@ class ProcessPool:
     lock guards leasing it out.
     """
 
-    def __init__(self, n_workers: int, context, env: Dict[str, str],
+    def __init__(self, n_workers: int, context, env: dict[str, str],
                  reusable: bool = False) -> None:
         self.n_workers = n_workers
         self.context = context
         self.env = env
         self.reusable = reusable
-        self.workers: List[_Worker] = []
-        self.queue: Deque[Any] = collections.deque()  # batches not yet sent
-        self.broken: Optional[BaseException] = None
+        self.workers: list[_Worker] = []
+        self.queue: collections.deque[Any] = collections.deque()  # batches not yet sent
+        self.broken: BaseException | None = None
         self.closed = False
         self.in_use = False
         self._next_key = 0
-        self._timer: Optional[threading.Timer] = None
+        self._timer: threading.Timer | None = None
         # The arrays of the current lease (a call or a `with` block).
         self.arrays = _memmap.ArrayExchange()
         try:
@@ -267,7 +267,7 @@ class ProcessPool:
         self.workers.append(_Worker(process, parent_conn))
 
     @property
-    def pids(self) -> List[int]:
+    def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
 
     def lease(self, arrays: _memmap.ArrayExchange) -> None:
@@ -373,10 +373,11 @@ class ProcessPool:
         try:
             payload = _results.loads_reply(
                 memoryview(frame)[_worker.REPLY_HEAD.size:], buffers, fds)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any pickling failure
+            last = batch.start + len(batch.tasks) - 1
             error = pickle.UnpicklingError(
-                f"the results of tasks {batch.start}..{batch.start + len(batch.tasks) - 1}"
-                f" could not be unpickled in the parent: {type(exc).__name__}: {exc}")
+                f"the results of tasks {batch.start}..{last} could not be "
+                f"unpickled in the parent: {type(exc).__name__}: {exc}")
             batch.call.complete(batch, None, 0.0, error, batch.start)
             return
         del frame, buffers
@@ -391,7 +392,7 @@ class ProcessPool:
             if blob is not None:
                 try:
                     error = pickle.loads(blob)
-                except Exception:
+                except Exception:  # noqa: BLE001 - any pickling failure
                     error = None
             if error is None:
                 error = TaskFailedError(f"{type_name}: {message}")
@@ -502,14 +503,14 @@ class ProcessPool:
 
 # Guards _REUSABLE and each registered pool's `in_use` and `_timer`.
 _REGISTRY_LOCK = threading.Lock()
-_REUSABLE: Dict[tuple, ProcessPool] = {}
+_REUSABLE: dict[tuple, ProcessPool] = {}
 
 
-def _pool_key(n_workers: int, context, env: Dict[str, str]) -> tuple:
+def _pool_key(n_workers: int, context, env: dict[str, str]) -> tuple:
     return (n_workers, context.get_start_method(), tuple(sorted(env.items())))
 
 
-def get_pool(n_workers: int, context, env: Dict[str, str],
+def get_pool(n_workers: int, context, env: dict[str, str],
              temp_folder: str | None = None) -> ProcessPool:
     """Lease the reusable pool for this configuration, or make one.
 
@@ -591,7 +592,7 @@ def shutdown_reusable_pools() -> None:
         pool.close(wait=True)
 
 
-def reusable_pool_pids() -> List[int]:
+def reusable_pool_pids() -> list[int]:
     """Pids of the workers kept by reusable pools (for leak checks)."""
     with _REGISTRY_LOCK:
         return [pid for p in _REUSABLE.values() for pid in p.pids]
@@ -611,14 +612,14 @@ class ProcessBackend(ParallelBackendBase):
     target_batch_duration = PROCESS_TARGET_BATCH_SECONDS
     _jf_native = True
 
-    def __init__(self, nesting_level: Optional[int] = None,
-                 inner_max_num_threads: Optional[int] = None,
+    def __init__(self, nesting_level: int | None = None,
+                 inner_max_num_threads: int | None = None,
                  context: Any = None, **backend_kwargs: Any) -> None:
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads,
                          **backend_kwargs)
         self.context = context
-        self._call_kwargs: Dict[str, Any] = {}
+        self._call_kwargs: dict[str, Any] = {}
 
     def effective_n_jobs(self, n_jobs):
         from ..config import _effective_n_jobs
