@@ -446,16 +446,22 @@ class ArrayExchange:
     def _write(self, a) -> str:
         folders = candidate_folders(self.temp_folder, a.nbytes)
         for i, base in enumerate(folders):
-            path = os.path.join(self._folder(base),
-                                f"a{next(_counter)}-{os.urandom(4).hex()}.mmap")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                path = os.path.join(
+                    self._folder(base),
+                    f"a{next(_counter)}-{os.urandom(4).hex()}.mmap")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                if i == len(folders) - 1:
+                    raise _dump_error(a, base, exc) from exc
+                continue
             try:
                 write_array(fd, a)
-            except OSError:
+            except OSError as exc:
                 os.close(fd)
                 os.unlink(path)
                 if i == len(folders) - 1:
-                    raise
+                    raise _dump_error(a, base, exc) from exc
                 continue  # no room after all: next folder
             os.close(fd)
             return path
@@ -501,6 +507,14 @@ class ArrayExchange:
                 shutil.rmtree(folder, ignore_errors=True)
             with _LIVE_LOCK:
                 _LIVE_FOLDERS.discard(folder)
+
+
+def _dump_error(a, folder: str, exc: OSError) -> OSError:
+    return type(exc)(
+        exc.errno,
+        f"could not write a {a.nbytes / 2**20:.1f} MB array to {folder} to "
+        f"memory-map it for the workers ({exc.strerror or exc}); choose "
+        "another temp_folder=, or pass max_nbytes=None to send copies")
 
 
 def _map_readonly(path: str):

@@ -312,6 +312,16 @@ def test_full_folder_falls_back_on_write_error(monkeypatch):
         tempfile.gettempdir()
 
 
+def test_unwritable_temp_folder_fails_clearly(folder, monkeypatch):
+    def no_room(fd, a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_memmap, "write_array", no_room)
+    with pytest.raises(OSError, match="temp_folder=.*max_nbytes=None"):
+        par(temp_folder=folder)([delayed(np_tasks.first)(np.ones(BIG))])
+    assert os.listdir(folder) == []
+
+
 # ------------------------------------------------------------ cleanup
 
 
