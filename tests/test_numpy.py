@@ -225,6 +225,20 @@ def test_existing_memmap_is_passed_by_filename(folder, tmp_path):
     del m, views, back
 
 
+def test_existing_memmap_at_an_offset(folder, tmp_path):
+    path = str(tmp_path / "offset.bin")
+    np.arange(10_000, dtype=np.float64).tofile(path)
+    m = np.memmap(path, dtype=np.float64, mode="r", offset=8 * 1001,
+                  shape=(3000,))
+    views = [m, m[7:2000:3], m[::-1]]
+    out = par(temp_folder=folder, max_nbytes=None)(
+        delayed(np_tasks.same)(v) for v in views)
+    for view, back in zip(views, out):
+        assert isinstance(back, np.memmap) and back.filename == path
+        np.testing.assert_array_equal(back, view)
+    del m, views, out
+
+
 @pytest.mark.parametrize("mode", ["r+", "w+"])
 def test_shared_output_pattern(tmp_path, folder, mode):
     """joblib's documented pattern: workers fill slices of a memmap."""
