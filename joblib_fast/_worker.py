@@ -164,8 +164,13 @@ def _unpicklable_result(status: int, data, exc: BaseException):
     return (index, message)
 
 
-def main(conn, env: dict, idle_timeout: float) -> None:
-    """Serve batches from ``conn`` until it closes or stays idle too long."""
+def main(conn, env: dict, idle_timeout: float, inherited=()) -> None:
+    """Serve batches from ``conn`` until it closes or stays idle too long.
+
+    ``inherited``: the parent's ends of other workers' pipes that a forked
+    child got a copy of; closed at once."""
+    for other in inherited:
+        other.close()
     os.environ.update(env)
     # Ctrl-C in a terminal reaches the whole process group: the parent
     # decides what stops; workers are stopped by it.

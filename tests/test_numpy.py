@@ -441,8 +441,10 @@ def test_leftovers_of_a_killed_parent_are_swept_by_the_next_pool(folder):
     script = KILLED_PARENT.format(tests=TESTS_DIR, n=BIG, folder=folder)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [REPO_ROOT] + sys.path))
+    # cwd: not the checkout, whose source folder would shadow the install.
     proc = subprocess.run([sys.executable, "-c", script], env=env, check=False,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          cwd=TESTS_DIR)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     left = os.listdir(folder)
     assert len(left) == 1 and left[0].startswith("joblib_fast_"), left
@@ -619,9 +621,8 @@ def test_threading_backend_copies_nothing():
 def _readme_blocks(title):
     import pathlib
     import re
-    readme = pathlib.Path(REPO_ROOT) / "README.md"
-    if not readme.exists():
-        pytest.skip("README.md is not next to the package")
+    # The checkout's README, next to the tests folder (never skipped).
+    readme = pathlib.Path(TESTS_DIR).resolve().parent / "README.md"
     text = readme.read_text()
     start = text.index(f"## {title}")
     end = text.find("\n## ", start + 1)

@@ -257,8 +257,13 @@ class ProcessPool:
 
     def _spawn(self) -> None:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
+        # A forked child inherits our ends of the earlier workers' pipes;
+        # it closes them, or those workers would never see end-of-file when
+        # we close (fork passes these objects as they are, unpickled).
+        inherited = [w.conn for w in self.workers] \
+            if self.context.get_start_method() == "fork" else []
         process = self.context.Process(
-            target=_worker.main, args=(child_conn, self.env, None),
+            target=_worker.main, args=(child_conn, self.env, None, inherited),
             name=WORKER_NAME, daemon=True)
         try:
             process.start()
@@ -598,7 +603,25 @@ def reusable_pool_pids() -> list[int]:
         return [pid for p in _REUSABLE.values() for pid in p.pids]
 
 
-atexit.register(shutdown_reusable_pools)
+def _forget_pools_in_child() -> None:
+    """A process forked from ours (by the user, or a fork worker) does not
+    own our pools: their pipes belong to us."""
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    _REUSABLE.clear()
+
+
+_OWNER_PID = os.getpid()
+
+
+def _shutdown_at_exit() -> None:
+    if os.getpid() == _OWNER_PID:
+        shutdown_reusable_pools()
+
+
+atexit.register(_shutdown_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
 # -------------------------------------------------------------- backend
