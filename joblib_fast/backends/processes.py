@@ -75,8 +75,12 @@ def _prepare_forkserver(context) -> None:
         server = forkserver._forkserver
         if server._forkserver_pid is None and \
                 server._preload_modules == ["__main__"]:
+            # cloudpickle too: functions from scripts arrive by value, and
+            # importing it in each new worker cost ~20 ms of a cold call.
+            # (Not numpy: its BLAS pool would be sized before our caps.)
             context.set_forkserver_preload(
-                ["joblib_fast._worker", "joblib_fast.backends.processes"])
+                ["joblib_fast._worker", "joblib_fast.backends.processes",
+                 "cloudpickle"])
     except (AttributeError, ImportError):  # pragma: no cover - other Pythons
         pass
 
