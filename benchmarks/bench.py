@@ -794,8 +794,10 @@ def print_legend(rows: list[Row], ctx: Context) -> None:
         print("  shm = peak growth of the machine's shared memory (Shmem in "
               "/proc/meminfo: memmap dumps in /dev/shm, memfd results), "
               "which PSS counts only where a process touches the pages")
-        print("  bigarray_in passes the same array object in every repeat "
-              "(joblib reuses its memmap dump of it after the warm-up)")
+        print("  bigarray_in passes the same array object in every repeat: "
+              "joblib reuses its memmap dump of it after the warm-up without "
+              "checking its bytes (stale if the array changed); joblib_fast "
+              "compares them before reusing its dump")
     if ctx.quick:
         print("  --quick: fewer repeats, smaller N for the nogil/py/uneven "
               "workloads, 50 MB / 12.5 MB arrays for bigarray_in / _out")
