@@ -15,6 +15,7 @@ buffers.  Linux only (``memfd_create``); elsewhere results are pickled.
 """
 from __future__ import annotations
 
+import functools
 import io
 import mmap
 import os
@@ -98,21 +99,26 @@ class ReplyUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if module == __name__ and name == "_shared_result":
-            return self._map
+            # Not a bound method: the unpickler's memo keeps what GLOBAL
+            # returns, and a reference back to the unpickler would make a
+            # cycle that holds every result array until a full collection.
+            return functools.partial(_map_shared, self.fds)
         return super().find_class(module, name)
 
-    def _map(self, index, dtype, shape, order):
-        import numpy as np
-        fd, self.fds[index] = self.fds[index], -1
-        count = 1
-        for n in shape:
-            count *= n
-        try:
-            mm = mmap.mmap(fd, count * dtype.itemsize)
-        finally:
-            os.close(fd)
-        return np.frombuffer(mm, dtype=dtype, count=count).reshape(
-            shape, order=order)
+
+def _map_shared(fds: list[int], index, dtype, shape, order):
+    """Map the descriptor of one result array (and close it)."""
+    import numpy as np
+    fd, fds[index] = fds[index], -1
+    count = 1
+    for n in shape:
+        count *= n
+    try:
+        mm = mmap.mmap(fd, count * dtype.itemsize)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mm, dtype=dtype, count=count).reshape(
+        shape, order=order)
 
 
 def loads_reply(blob, buffers, fds: list[int]):

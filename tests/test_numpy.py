@@ -635,3 +635,22 @@ def test_readme_numpy_examples_run(index):
     assert len(blocks) == 2
     code = compile(blocks[index], f"README NumPy block {index}", "exec")
     exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own examples
+
+
+def test_result_arrays_freed_by_refcount_alone():
+    """Dropping the results unmaps them at once: nothing in the unpickling
+    path keeps them in a reference cycle until a full collection."""
+    def mapped_now():
+        with open("/proc/self/maps") as f:
+            return sum(RESULT_MAPS in line for line in f)
+
+    gc.collect()
+    before = mapped_now()
+    gc.disable()
+    try:
+        out = par()(delayed(np_tasks.ones)(BIG) for _ in range(6))
+        assert mapped_now() - before == 6
+        del out
+        assert mapped_now() == before
+    finally:
+        gc.enable()
