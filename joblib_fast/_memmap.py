@@ -501,6 +501,7 @@ class ArrayExchange:
     def cleanup(self) -> None:
         """Remove every file and folder of this lease."""
         self._dumps.clear()
+        self._tables.clear()  # its entries are bound methods of self: a cycle
         folders, self._folders = list(self._folders.values()), {}
         for folder in folders:
             if _made_here(folder):  # not in a forked copy of the parent
