@@ -35,6 +35,7 @@ from typing import Any
 from . import config as _config
 from ._core import Call, TaskError
 from .backends.base import ParallelBackendBase
+from .parallel import guarded
 
 
 # Marker of a task the core receives in place of a backend-sized chunk of
@@ -416,29 +417,22 @@ def run_foreign(parallel: Any, iterable: Iterable, reporter: Any) -> Any:
         call.abort()
         state.end(exc)
         raise
-    gen = _generate(call, state, chunker is not None)
-    next(gen)  # enter the try block so that close() always cleans up
-    return gen
 
-
-def _generate(call: Call, state: _CallState, chunked: bool):
-    error: BaseException | None = None
-    try:
-        yield None
-        source = call.iter_ordered() if state.parallel.return_as == \
-            "generator" else call.iter_unordered()
-        with state.backend.retrieval_context():
-            if chunked:
-                for chunk in source:
-                    yield from chunk
-            else:
-                yield from source
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
+    def finish(error):
         call.abort()
         state.end(error)
+    return guarded(_results(call, state, chunker is not None), finish)
+
+
+def _results(call: Call, state: _CallState, chunked: bool):
+    source = call.iter_ordered() if state.parallel.return_as == \
+        "generator" else call.iter_unordered()
+    with state.backend.retrieval_context():
+        if chunked:
+            for chunk in source:
+                yield from chunk
+        else:
+            yield from source
 
 
 class _CallState:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import gc
 import threading
 
-# Generation-0 threshold during calls. `python /tmp/t3.py`-style sweep with
-# benchmarks/bench.py --only noop: 700 -> 0.59, 5000 -> 0.38, 20000 -> 0.33,
-# 100000 -> 0.31 us/task over the plain loop.
+# Generation-0 threshold during calls. Measured by timing
+# Parallel(n_jobs=2, backend="threading") on 100 000 no-op delayed tasks
+# (median of 9, in one process) at each threshold, over the plain loop:
+# 700 -> 0.59, 5000 -> 0.38, 20000 -> 0.33, 100000 -> 0.31 us/task.
 GC_GEN0_THRESHOLD = 20000
 
 # Guards _users and _saved: calls from several threads share one setting.

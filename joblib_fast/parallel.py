@@ -7,6 +7,7 @@ owns the pool across calls inside ``with Parallel(...)``, and cleans up.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from collections.abc import Iterable
 from numbers import Integral, Real
@@ -415,8 +416,8 @@ class Parallel:
             if reporter is not None:
                 reporter.finish(exc)
             raise
-        gen = self._generate(call, pool, source, reporter)
-        next(gen)  # enter the try block so that close() always cleans up
+        gen = guarded(source, functools.partial(
+            self._finish_generator, call, pool, reporter))
         self._generator_call = call
         return gen
 
@@ -426,22 +427,15 @@ class Parallel:
             return 1
         return 0 if self.batch_size == "auto" else self.batch_size
 
-    def _generate(self, call: Call, pool, source, reporter=None):
-        error = None
-        try:
-            yield None
-            yield from source
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            call.abort()
-            if self._generator_call is call:
-                self._generator_call = None
-            self._running = False
-            self._end_call(pool, error)
-            if reporter is not None:
-                reporter.finish(error)
+    def _finish_generator(self, call: Call, pool, reporter,
+                          error: BaseException | None) -> None:
+        call.abort()
+        if self._generator_call is call:
+            self._generator_call = None
+        self._running = False
+        self._end_call(pool, error)
+        if reporter is not None:
+            reporter.finish(error)
 
     def _run_sequential(self, iterable: Iterable, reporter=None,
                         cleanup: Callable[[], Any] | None = None) -> Any:
@@ -455,16 +449,12 @@ class Parallel:
                 error = exc
                 raise
             finally:
-                if cleanup is not None:
-                    cleanup()
-                if reporter is not None:
-                    reporter.finish(error)
+                _finish_sequential(reporter, cleanup, error)
         source = iter_sequential(iterable, on_result)
         if reporter is None and cleanup is None:
             return source
-        gen = _finish_after(source, reporter, cleanup)
-        next(gen)  # enter the try block so that close() always cleans up
-        return gen
+        return guarded(source, functools.partial(
+            _finish_sequential, reporter, cleanup))
 
     def _print(self, msg: str) -> None:
         """joblib's message hook, used by some backends: ``[Parallel(...)]:
@@ -475,19 +465,31 @@ class Parallel:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
 
 
-def _finish_after(source, reporter, cleanup):
-    error = None
-    try:
-        yield None
-        yield from source
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if cleanup is not None:
-            cleanup()
-        if reporter is not None:
-            reporter.finish(error)
+def guarded(source, finish: Callable[[BaseException | None], Any]):
+    """A generator over ``source`` that calls ``finish(error)`` exactly
+    once however it ends: exhausted, raising, closed or garbage-collected.
+    It is primed (its try block entered) before it is returned, so that
+    even a generator never iterated is cleaned up when closed."""
+    def run():
+        error = None
+        try:
+            yield None
+            yield from source
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            finish(error)
+    gen = run()
+    next(gen)
+    return gen
+
+
+def _finish_sequential(reporter, cleanup, error):
+    if cleanup is not None:
+        cleanup()
+    if reporter is not None:
+        reporter.finish(error)
 
 
 # joblib exposes delayed from this module too.

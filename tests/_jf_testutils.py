@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+from joblib_fast import ParallelBackendBase
 
 BACKENDS = ("threading", "sequential")
 RETURN_AS = ("list", "generator", "generator_unordered")
@@ -45,3 +48,28 @@ def sleep_and_return(value, seconds):
 
 def add(a, b=0, *, c=0):
     return a + b + c
+
+
+class ExecutorBackend(ParallelBackendBase):
+    """A user backend in joblib's ``submit`` + callback style, on a
+    ``concurrent.futures`` thread pool."""
+
+    supports_retrieve_callback = True
+
+    def configure(self, n_jobs=1, parallel=None, **kwargs):
+        self._executor = ThreadPoolExecutor(n_jobs)
+        return n_jobs
+
+    def effective_n_jobs(self, n_jobs):
+        return 2 if n_jobs is None or n_jobs < 0 else n_jobs
+
+    def terminate(self):
+        self._executor.shutdown()
+
+    def submit(self, func, callback):
+        future = self._executor.submit(func)
+        future.add_done_callback(callback)
+        return future
+
+    def retrieve_result_callback(self, future):
+        return future.result()

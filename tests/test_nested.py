@@ -3,13 +3,12 @@ user threads: right results, the documented nested backends, no deadlock
 and no thread explosion."""
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from _jf_testutils import ExecutorBackend
 
 from joblib_fast import (
     Parallel,
-    ParallelBackendBase,
     delayed,
     parallel_config,
 )
@@ -50,28 +49,6 @@ def level3(i, n_jobs=2):
 
 def leaf(j, k):
     return where(), j * 100 + k, worker_threads()
-
-
-class ExecutorBackend(ParallelBackendBase):
-    supports_retrieve_callback = True
-
-    def configure(self, n_jobs=1, parallel=None, **kwargs):
-        self._executor = ThreadPoolExecutor(n_jobs)
-        return n_jobs
-
-    def effective_n_jobs(self, n_jobs):
-        return 2 if n_jobs is None or n_jobs < 0 else n_jobs
-
-    def terminate(self):
-        self._executor.shutdown()
-
-    def submit(self, func, callback):
-        future = self._executor.submit(func)
-        future.add_done_callback(callback)
-        return future
-
-    def retrieve_result_callback(self, future):
-        return future.result()
 
 
 # ------------------------------------------------------------- 2 levels

@@ -4,11 +4,11 @@ import re
 import sys
 import threading
 import types
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from _jf_testutils import ExecutorBackend
 
-from joblib_fast import Parallel, ParallelBackendBase, _progress, delayed
+from joblib_fast import Parallel, _progress, delayed
 
 # The process backend is among the kinds tested here.
 pytestmark = pytest.mark.usefixtures("process_helpers")
@@ -26,28 +26,6 @@ def fail_on(x, bad):
     if x == bad:
         raise MyError(x)
     return x
-
-
-class ExecutorBackend(ParallelBackendBase):
-    supports_retrieve_callback = True
-
-    def configure(self, n_jobs=1, parallel=None, **kwargs):
-        self._executor = ThreadPoolExecutor(n_jobs)
-        return n_jobs
-
-    def effective_n_jobs(self, n_jobs):
-        return n_jobs
-
-    def terminate(self):
-        self._executor.shutdown()
-
-    def submit(self, func, callback):
-        future = self._executor.submit(func)
-        future.add_done_callback(callback)
-        return future
-
-    def retrieve_result_callback(self, future):
-        return future.result()
 
 
 # Every way a call can run: (backend, n_jobs).

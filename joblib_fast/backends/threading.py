@@ -9,7 +9,8 @@ from .base import ParallelBackendBase
 # Seconds an auto batch lasts on threads: long enough that the queue
 # hand-off (a mutex, a condition variable, maybe a wake-up) is noise, short
 # enough that the tail of a call leaves no worker idle for long.
-# Set with `python benchmarks/bench.py` (nogil 10 us and no-op workloads).
+# Chosen, not tuned: `python benchmarks/bench.py --only nogil10us,nogil1ms`
+# shows what it gives.
 THREAD_TARGET_BATCH_SECONDS = 0.002
 
 
