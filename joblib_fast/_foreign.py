@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from . import config as _config
+from . import _context
 from ._core import Call, TaskError
 from .backends.base import ParallelBackendBase
 from .parallel import guarded
@@ -67,7 +67,7 @@ class BatchCall:
 
     def __call__(self) -> BatchResults:
         t0 = time.perf_counter()
-        with _config._nested_config(self.nested_config):
+        with _context.nested_config(self.nested_config):
             out = BatchResults(
                 [func(*args, **kwargs) for func, args, kwargs in self.tasks])
         out.duration = time.perf_counter() - t0
@@ -138,7 +138,7 @@ class ForeignPool:
             tasks = tasks[0][1][0]
         job = _Job(batch, len(tasks), chunk)
         self._pending[batch.id] = job
-        func = BatchCall(tasks, _config._nested_backend_config(self.backend))
+        func = BatchCall(tasks, _context.nested_backend_config(self.backend))
         callback = functools.partial(self._on_done, self._serial, batch.id)
         job.future = self.backend.submit(func, callback=callback)
 

@@ -175,9 +175,11 @@ def main(conn, env: dict, idle_timeout: float, inherited=()) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the parent
     # decides what stops; workers are stopped by it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from .backends.processes import ProcessBackend
-    from .config import _enter_worker
-    _enter_worker(ProcessBackend(nesting_level=0), None)
+    # Nested calls in a worker get threads at the first nesting level (what
+    # ProcessBackend.get_nested_backend gives), sequential beyond.
+    from ._context import DEFAULT_CONFIG, set_config
+    from .backends.base import ThreadingBackend
+    set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,

@@ -1,25 +1,23 @@
 """Configuration: backend registry, parallel_config, backend choice.
 
-Which thread reads what: the active configuration is thread-local, so a
-``parallel_config`` in one user thread never changes another thread's
-``Parallel`` calls.  Worker threads and the tasks of user-registered
-backends run under the configuration of their backend's nested backend
-(:func:`_enter_worker`, :func:`_nested_config`).
+The settings themselves live in :mod:`joblib_fast._context` (thread-local);
+this module is what users call to change them, and the registry of backend
+names.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-import math
-import threading
-from collections.abc import Iterator
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any, Callable
 
+from ._context import (
+    UNSET,
+    check_n_jobs,
+    current_config,
+    set_config,
+)
 from ._cpu import cpu_count
-from .backends.base import ParallelBackendBase
-from .backends.sequential import SequentialBackend
-from .backends.threading import ThreadingBackend
+from .backends.base import ParallelBackendBase, SequentialBackend, ThreadingBackend
 
 # name -> factory(**backend_params); a factory that accepts it also gets
 # nesting_level=...
@@ -43,51 +41,6 @@ DEFAULT_PROCESS_BACKEND = "loky"
 VALID_PREFER = (None, "threads", "processes")
 VALID_REQUIRE = (None, "sharedmem")
 VALID_MMAP_MODES = (None, "r+", "r", "w+", "c")
-
-
-class _Unset:
-    """Marker of a parameter the user did not give (distinct from None)."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "default"
-
-    def __reduce__(self):
-        return (_Unset, ())
-
-
-UNSET: Any = _Unset()
-
-# What a thread that never entered a parallel_config sees.  A value given
-# explicitly, None included, replaces the enclosing one (max_nbytes=None
-# and mmap_mode=None mean "no memmapping", n_jobs=None "the backend's
-# default"), as in joblib; UNSET keeps the enclosing value.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "backend": UNSET,
-    "n_jobs": UNSET,
-    "verbose": 0,
-    "temp_folder": None,
-    "max_nbytes": "1M",
-    "mmap_mode": "r",
-    "prefer": None,
-    "require": None,
-}
-
-_local = threading.local()
-
-
-def _current_config() -> dict[str, Any]:
-    return getattr(_local, "config", DEFAULT_CONFIG)
-
-
-def _set_config(config: dict[str, Any]) -> None:
-    _local.config = config
 
 
 # ------------------------------------------------------------- backends
@@ -129,7 +82,7 @@ def _accepts_keyword(factory: Callable[..., Any], name: str) -> bool:
         for p in params)
 
 
-def _make_backend(name: str, nesting_level: int | None = None,
+def make_backend(name: str, nesting_level: int | None = None,
                   inner_max_num_threads: int | None = None,
                   **params: Any) -> ParallelBackendBase:
     """Instantiate the backend registered as ``name``.
@@ -165,41 +118,10 @@ def _set_inner_max_num_threads(backend: ParallelBackendBase,
     backend.inner_max_num_threads = value
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
+def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(
             f"{name} must be one of {choices}, got {value!r}")
-
-
-def _check_n_jobs(n_jobs: Any, allow_none: bool = True) -> int | None:
-    """Return ``n_jobs`` as an int, or None.
-
-    As documented for joblib, a float is converted to an integer (``2.7``
-    gives 2) and so is a numeric string; 0 has no meaning.
-    """
-    if n_jobs is None and allow_none:
-        return None
-    if isinstance(n_jobs, bool):
-        raise TypeError(f"n_jobs must be an integer or None, got {n_jobs!r}")
-    if isinstance(n_jobs, Integral):
-        value = int(n_jobs)
-    elif isinstance(n_jobs, Real):
-        if not math.isfinite(n_jobs):
-            raise ValueError(f"n_jobs must be finite, got {n_jobs!r}")
-        value = int(n_jobs)
-    elif isinstance(n_jobs, str):
-        try:
-            value = int(n_jobs.strip())
-        except ValueError:
-            raise ValueError(
-                f"n_jobs could not be converted to int: {n_jobs!r}") from None
-    else:
-        raise TypeError(
-            f"n_jobs must be an integer or None, got {n_jobs!r} "
-            f"of type {type(n_jobs).__name__}")
-    if value == 0:
-        raise ValueError("n_jobs == 0 in Parallel has no meaning")
-    return value
 
 
 # ------------------------------------------------------ parallel_config
@@ -252,13 +174,13 @@ class parallel_config:
                  inner_max_num_threads: Any = None,
                  **backend_params: Any) -> None:
         if n_jobs is not UNSET:
-            n_jobs = _check_n_jobs(n_jobs)
+            n_jobs = check_n_jobs(n_jobs)
         if prefer is not UNSET:
-            _check_choice("prefer", prefer, VALID_PREFER)
+            check_choice("prefer", prefer, VALID_PREFER)
         if require is not UNSET:
-            _check_choice("require", require, VALID_REQUIRE)
+            check_choice("require", require, VALID_REQUIRE)
         if mmap_mode is not UNSET:
-            _check_choice("mmap_mode", mmap_mode, VALID_MMAP_MODES)
+            check_choice("mmap_mode", mmap_mode, VALID_MMAP_MODES)
         if verbose is not UNSET and verbose is not None and (
                 isinstance(verbose, bool) or not isinstance(verbose, Integral)):
             raise TypeError(f"verbose must be an integer, got {verbose!r}")
@@ -269,7 +191,7 @@ class parallel_config:
             raise ValueError(
                 "inner_max_num_threads must be a positive integer, got "
                 f"{inner_max_num_threads!r}")
-        self.old_config = _current_config()
+        self.old_config = current_config()
         if backend is not UNSET and backend is not None:
             backend = self._make(backend, inner_max_num_threads,
                                  backend_params)
@@ -289,7 +211,7 @@ class parallel_config:
             "mmap_mode": mmap_mode, "prefer": prefer, "require": require,
         }
         new.update((k, v) for k, v in given.items() if v is not UNSET)
-        _set_config(new)
+        set_config(new)
         self.config = new
 
     def _make(self, backend: Any, inner_max_num_threads: int | None,
@@ -297,7 +219,7 @@ class parallel_config:
         outer = self.old_config["backend"]
         level = 0 if outer is UNSET else outer.nesting_level
         if isinstance(backend, str):
-            return _make_backend(backend, nesting_level=level,
+            return make_backend(backend, nesting_level=level,
                                  inner_max_num_threads=inner_max_num_threads,
                                  **backend_params)
         if isinstance(backend, ParallelBackendBase):
@@ -312,7 +234,7 @@ class parallel_config:
                 backend.nesting_level = level
             return backend
         if hasattr(backend, "Pool") and hasattr(backend, "Lock"):
-            return _make_backend("multiprocessing", nesting_level=level,
+            return make_backend("multiprocessing", nesting_level=level,
                                  inner_max_num_threads=inner_max_num_threads,
                                  context=backend, **backend_params)
         raise ValueError(
@@ -328,7 +250,7 @@ class parallel_config:
 
     def unregister(self) -> None:
         """Restore the configuration in force before this one."""
-        _set_config(self.old_config)
+        set_config(self.old_config)
 
 
 class parallel_backend(parallel_config):
@@ -396,12 +318,12 @@ def get_active_backend(prefer: str | None = None,
                                                   int | None]:
     """Return ``(backend, n_jobs)`` a new ``Parallel()`` would use here
     (``n_jobs`` is None when no configuration sets it)."""
-    backend, config = _resolve_backend(prefer, require)
+    backend, config = resolve_backend(prefer, require)
     n_jobs = config["n_jobs"]
     return backend, (None if n_jobs is UNSET else n_jobs)
 
 
-def _resolve_backend(prefer: str | None = None,
+def resolve_backend(prefer: str | None = None,
                      require: str | None = None):
     """Backend from the active configuration and the soft/hard hints.
 
@@ -410,13 +332,13 @@ def _resolve_backend(prefer: str | None = None,
     ``require="sharedmem"`` and its workers do not share memory; without
     one, ``prefer`` picks the default thread or process backend.
     """
-    config = _current_config()
+    config = current_config()
     if prefer is None:
         prefer = config["prefer"]
     if require is None:
         require = config["require"]
-    _check_choice("prefer", prefer, VALID_PREFER)
-    _check_choice("require", require, VALID_REQUIRE)
+    check_choice("prefer", prefer, VALID_PREFER)
+    check_choice("require", require, VALID_REQUIRE)
     if prefer == "processes" and require == "sharedmem":
         raise ValueError(
             "prefer='processes' and require='sharedmem' are inconsistent: "
@@ -425,80 +347,26 @@ def _resolve_backend(prefer: str | None = None,
     if backend is not UNSET:
         if require == "sharedmem" and not getattr(
                 backend, "supports_sharedmem", False):
-            return _make_backend(DEFAULT_THREAD_BACKEND,
+            return make_backend(DEFAULT_THREAD_BACKEND,
                                  nesting_level=backend.nesting_level), config
         return backend, config
     # The lazily imported defaults (processes, dask) neither use threads nor
     # share memory: no need to import them to know it.
-    backend = None if DEFAULT_BACKEND not in BACKENDS else _make_backend(
+    backend = None if DEFAULT_BACKEND not in BACKENDS else make_backend(
         DEFAULT_BACKEND, nesting_level=0)
     threads = getattr(backend, "uses_threads", False)
     if (require == "sharedmem" and not getattr(
             backend, "supports_sharedmem", False)) or (
             prefer == "threads" and not threads):
-        return _make_backend(DEFAULT_THREAD_BACKEND, nesting_level=0), config
+        return make_backend(DEFAULT_THREAD_BACKEND, nesting_level=0), config
     if prefer == "processes" and threads:
-        return _make_backend(DEFAULT_PROCESS_BACKEND, nesting_level=0), config
+        return make_backend(DEFAULT_PROCESS_BACKEND, nesting_level=0), config
     if backend is None:
-        backend = _make_backend(DEFAULT_BACKEND, nesting_level=0)
+        backend = make_backend(DEFAULT_BACKEND, nesting_level=0)
     return backend, config
 
 
-def _nesting_level() -> int:
-    """Nesting level of this thread: 0 in the user's own threads."""
-    backend = _current_config()["backend"]
-    if backend is not UNSET and backend.nesting_level is not None:
-        return backend.nesting_level
-    return 0
-
-
-def _nested_backend_config(backend: ParallelBackendBase) -> dict[str, Any]:
-    """The configuration tasks of ``backend`` run under: its nested
-    backend (``get_nested_backend`` may return a backend or, as in joblib,
-    a ``(backend, n_jobs)`` pair) and nothing else from the caller."""
-    nested = backend.get_nested_backend()
-    n_jobs = None
-    if isinstance(nested, tuple):
-        nested, n_jobs = nested
-    config = dict(DEFAULT_CONFIG)
-    if nested is not None:
-        config["backend"] = nested
-    if n_jobs is not None:
-        config["n_jobs"] = n_jobs
-    return config
-
-
-def _enter_worker(backend: ParallelBackendBase, n_jobs: int | None) -> None:
-    """Called at the start of each worker thread or process: nested calls
-    there use the backend's nested backend."""
-    _set_config(_nested_backend_config(backend))
-
-
-@contextlib.contextmanager
-def _nested_config(config: dict[str, Any]) -> Iterator[None]:
-    """Run a batch under ``config`` (from :func:`_nested_backend_config`)
-    in whatever thread a user-registered backend runs it, then restore."""
-    old = getattr(_local, "config", None)
-    _local.config = config
-    try:
-        yield
-    finally:
-        if old is None:
-            del _local.config
-        else:
-            _local.config = old
-
-
 # ------------------------------------------------------------- CPU counts
-
-
-def _effective_n_jobs(n_jobs: int | None) -> int:
-    if n_jobs is None:
-        return 1
-    n_jobs = _check_n_jobs(n_jobs)
-    if n_jobs < 0:
-        return max(cpu_count() + 1 + n_jobs, 1)
-    return n_jobs
 
 
 def effective_n_jobs(n_jobs: int | None = -1) -> int:
@@ -518,7 +386,7 @@ def effective_n_jobs(n_jobs: int | None = -1) -> int:
     if n_jobs == 1:
         return 1
     if n_jobs is not None:
-        n_jobs = _check_n_jobs(n_jobs)
+        n_jobs = check_n_jobs(n_jobs)
     backend, config_n_jobs = get_active_backend()
     if n_jobs is None:
         n_jobs = config_n_jobs

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from numbers import Integral, Real
 from typing import Any, Callable
 
-from . import _gc, _progress
+from . import _context, _gc, _progress
 from . import config as _config
 from ._core import Call, delayed, iter_sequential, run_sequential
 from .backends.base import ParallelBackendBase
@@ -190,10 +190,10 @@ class Parallel:
                 f"return_as must be one of {VALID_RETURN_AS}, got {return_as!r}")
         prefer = None if prefer is UNSET else prefer
         require = None if require is UNSET else require
-        _config._check_choice("prefer", prefer, _config.VALID_PREFER)
-        _config._check_choice("require", require, _config.VALID_REQUIRE)
+        _config.check_choice("prefer", prefer, _config.VALID_PREFER)
+        _config.check_choice("require", require, _config.VALID_REQUIRE)
         if n_jobs is not UNSET:
-            n_jobs = _config._check_n_jobs(n_jobs)
+            n_jobs = _context.check_n_jobs(n_jobs)
         if not isinstance(return_shared, bool):
             raise TypeError(
                 f"return_shared must be True or False, got {return_shared!r}")
@@ -217,14 +217,14 @@ class Parallel:
         # its value (which depends on the effective n_jobs) at each call.
         _eval_pre_dispatch(pre_dispatch, 1 << 20)
 
-        config = dict(_config._current_config())
-        level = _config._nesting_level()
+        config = dict(_context.current_config())
+        level = _context.nesting_level()
         for key, value in (("verbose", verbose), ("temp_folder", temp_folder),
                            ("max_nbytes", max_nbytes),
                            ("mmap_mode", mmap_mode)):
             if value is not UNSET:
                 config[key] = value
-        _config._check_choice("mmap_mode", config["mmap_mode"],
+        _config.check_choice("mmap_mode", config["mmap_mode"],
                               _config.VALID_MMAP_MODES)
         verbose = config["verbose"]
         if verbose is None:
@@ -233,15 +233,15 @@ class Parallel:
             raise TypeError(f"verbose must be an integer, got {verbose!r}")
 
         if backend is None or backend is UNSET:
-            backend = _config._resolve_backend(prefer, require)[0]
+            backend = _config.resolve_backend(prefer, require)[0]
         elif isinstance(backend, ParallelBackendBase):
             if backend.nesting_level is None:
                 backend.nesting_level = level
         elif isinstance(backend, str):
-            backend = _config._make_backend(backend, nesting_level=level)
+            backend = _config.make_backend(backend, nesting_level=level)
         elif hasattr(backend, "Pool") and hasattr(backend, "Lock"):
             backend_kwargs["context"] = backend
-            backend = _config._make_backend("multiprocessing",
+            backend = _config.make_backend("multiprocessing",
                                             nesting_level=level)
         else:
             raise ValueError(

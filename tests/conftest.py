@@ -219,19 +219,20 @@ def isolated_config(no_leaks):
     configuration, and fail the test if it left a ``parallel_config``
     active; stop the reusable process pool (it outlives calls by design)
     before ``no_leaks`` looks for leftovers."""
+    from joblib_fast import _context
     from joblib_fast import config as _config
     backends = dict(_config.BACKENDS)
     external = dict(_config.EXTERNAL_BACKENDS)
     default = _config.DEFAULT_BACKEND
-    config = _config._current_config()
+    config = _context.current_config()
     yield
-    leaked_config = _config._current_config() is not config
+    leaked_config = _context.current_config() is not config
     _config.BACKENDS.clear()
     _config.BACKENDS.update(backends)
     _config.EXTERNAL_BACKENDS.clear()
     _config.EXTERNAL_BACKENDS.update(external)
     _config.DEFAULT_BACKEND = default
-    _config._set_config(config)
+    _context.set_config(config)
     processes = sys.modules.get("joblib_fast.backends.processes")
     if processes is not None:
         processes.shutdown_reusable_pools()

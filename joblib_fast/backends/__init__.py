@@ -1,6 +1,4 @@
 """Execution backends: each module holds one kind of worker."""
-from .base import ParallelBackendBase
-from .sequential import SequentialBackend
-from .threading import ThreadingBackend
+from .base import ParallelBackendBase, SequentialBackend, ThreadingBackend
 
 __all__ = ["ParallelBackendBase", "SequentialBackend", "ThreadingBackend"]

@@ -1,18 +1,22 @@
-"""ParallelBackendBase: the backend contract joblib documents.
+"""ParallelBackendBase (the backend contract joblib documents), and the two
+backends that need no machinery of their own: sequential and threading.
 
 A backend written for ``joblib.parallel.ParallelBackendBase`` is written
 against these attribute and method names; ours keep them.  joblib_fast's own
-backends additionally set ``_jf_native = True`` and implement
-:meth:`_jf_make_pool`, which returns the pool the compiled core feeds
-(a :class:`joblib_fast._core.ThreadPool`, or an object with
-``submit(batch)`` and ``wait(call, seconds)``).
+pools implement the contract of :mod:`joblib_fast.backends.native`.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 from abc import ABCMeta, abstractmethod
 from typing import Any
+
+from .. import _cpu
+from .._context import enter_worker, resolve_n_jobs
+from .._core import ThreadPool
 
 # Environment variables that size the thread pools of BLAS/OpenMP libraries
 # inside workers (the same set joblib caps).
@@ -114,13 +118,10 @@ class ParallelBackendBase(metaclass=ABCMeta):
         """Backend (and n_jobs) for a Parallel created inside a task."""
         level = (self.nesting_level or 0) + 1
         if level > 1:
-            from .sequential import SequentialBackend
             return SequentialBackend(nesting_level=level), None
-        from .threading import ThreadingBackend
         return ThreadingBackend(nesting_level=level), None
 
     def retrieval_context(self):
-        import contextlib
         return contextlib.nullcontext()
 
     def _prepare_worker_env(self, n_jobs: int) -> dict:
@@ -130,9 +131,8 @@ class ParallelBackendBase(metaclass=ABCMeta):
         ``max(cpu_count() // n_jobs, 1)`` unless the variable is already set
         in this process's environment.
         """
-        from .._cpu import cpu_count
         explicit = self.inner_max_num_threads
-        default = max(cpu_count() // max(n_jobs, 1), 1)
+        default = max(_cpu.cpu_count() // max(n_jobs, 1), 1)
         env = {}
         for var in self.MAX_NUM_THREADS_VARS:
             if explicit is None:
@@ -150,3 +150,55 @@ class ParallelBackendBase(metaclass=ABCMeta):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class SequentialBackend(ParallelBackendBase):
+    """Runs every task in the calling thread (``n_jobs=1``, debugging)."""
+
+    uses_threads = True
+    supports_sharedmem = True
+    supports_timeout = False  # type: ignore[assignment]
+    supports_return_generator = True  # type: ignore[assignment]
+    _jf_sequential = True
+
+    def effective_n_jobs(self, n_jobs):
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        return 1
+
+    def get_nested_backend(self):
+        # The one upward import of the package (see joblib_fast/__init__):
+        # "whatever backend is active here" is known by config only.
+        from ..config import get_active_backend
+        return get_active_backend()
+
+
+# Seconds an auto batch lasts on threads: long enough that the queue
+# hand-off (a mutex, a condition variable, maybe a wake-up) is noise, short
+# enough that the tail of a call leaves no worker idle for long.
+# Chosen, not tuned: `python benchmarks/bench.py --only nogil10us,nogil1ms`
+# shows what it gives.
+THREAD_TARGET_BATCH_SECONDS = 0.002
+
+
+class ThreadingBackend(ParallelBackendBase):
+    """Worker threads; for code that releases the GIL (Cython, NumPy, I/O)."""
+
+    supports_retrieve_callback = True
+    uses_threads = True
+    supports_sharedmem = True
+    target_batch_duration = THREAD_TARGET_BATCH_SECONDS
+    _jf_native = True
+
+    def effective_n_jobs(self, n_jobs):
+        return resolve_n_jobs(n_jobs)
+
+    def _jf_make_pool(self, n_jobs: int) -> ThreadPool:
+        return ThreadPool(n_jobs, name="joblib_fast-thread",
+                          initializer=functools.partial(enter_worker, self,
+                                                        n_jobs))
+
+    def get_nested_backend(self):
+        # Threads inside threads oversubscribe: nested calls run in place.
+        level = (self.nesting_level or 0) + 1
+        return SequentialBackend(nesting_level=level), None

@@ -29,8 +29,9 @@ from multiprocessing.connection import wait as _mp_wait
 from typing import Any
 
 from .. import _memmap, _results, _wire, _worker
+from .._context import resolve_n_jobs
 from .._core import split_uniform
-from .base import ParallelBackendBase
+from .base import ParallelBackendBase, ThreadingBackend
 
 # Seconds an auto batch lasts on processes: a batch costs a pickle round
 # trip (~50-100 us) and the tail of a call is at most one batch per worker.
@@ -650,11 +651,10 @@ class ProcessBackend(ParallelBackendBase):
         self._call_kwargs: dict[str, Any] = {}
 
     def effective_n_jobs(self, n_jobs):
-        from ..config import _effective_n_jobs
         if n_jobs is not None and self.nesting_level and self.nesting_level > 0:
             # Processes inside workers would oversubscribe: run in place.
             return 1
-        return _effective_n_jobs(n_jobs)
+        return resolve_n_jobs(n_jobs)
 
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None,
                   context=None, **backend_kwargs):
@@ -681,6 +681,5 @@ class ProcessBackend(ParallelBackendBase):
         return pool
 
     def get_nested_backend(self):
-        from .threading import ThreadingBackend
         level = (self.nesting_level or 0) + 1
         return ThreadingBackend(nesting_level=level), None
