@@ -92,6 +92,7 @@ cdef class Call:
     cdef int _notify(self, list batch_ids) except -1
     cdef Batch _make_batch(self)
     cdef int _feed(self) except -1
+    cdef bint _sleep_until(self, int64_t target, double deadline)
     cdef int _wait(self, int64_t need) except -1
     cdef int _check_error(self) except -1
     cdef int _finish_batch(self, Batch batch, object results, double duration,
@@ -102,7 +103,6 @@ cdef class ThreadPool:
     # `lock` guards the queue fields, `closing` and `n_alive`.
     cdef jf_mutex_t lock
     cdef jf_cond_t work              # a batch was queued, or closing
-    cdef jf_cond_t exited            # a worker thread left its loop
     cdef PyObject **queue            # [lock] ring of owned Batch references
     cdef Py_ssize_t head             # [lock]
     cdef Py_ssize_t count            # [lock]

@@ -54,11 +54,6 @@ def in_worker_thread():
     return getattr(_thread_state, "in_worker", False)
 
 
-def clock():
-    """The monotonic clock the core measures with, in seconds."""
-    return jf_clock_now()
-
-
 class TaskError(TypeError):
     """An item of the iterable given to ``Parallel`` is not a task."""
 
@@ -304,13 +299,6 @@ cdef class Call:
         return self.order.n_done
 
     @property
-    def n_in_flight(self):
-        jf_mutex_lock(&self.lock)
-        n = self.order.n_batches - self.order.n_done
-        jf_mutex_unlock(&self.lock)
-        return n
-
-    @property
     def batch_size(self):
         """The size the next auto batch would have (for tests, verbose)."""
         return self.next_size
@@ -442,30 +430,38 @@ cdef class Call:
                     f"{self.timeout:g} s (tasks {batch.start}.."
                     f"{batch.start + len(batch.tasks or ()) - 1} "
                     "in that batch)")
-        timed_out = getattr(self.pool, "timed_out", None)
-        if timed_out is not None:
-            timed_out(self, now)
+        error = self.pool.check_timeout(self, now)
+        if error is not None:
+            raise error
+
+    cdef bint _sleep_until(self, int64_t target, double deadline):
+        """Sleep, GIL released, until `target` batches are done, the call
+        aborts or `deadline` passes.  True when a batch finished beyond the
+        handled ones, or the call aborted."""
+        cdef int64_t seen = self.seen_done
+        cdef bint got
+        with nogil:
+            jf_mutex_lock(&self.lock)
+            self.wake_at = target
+            while self.order.n_done < target and not self.aborted:
+                if jf_cond_wait_until(&self.progress, &self.lock,
+                                      deadline) == JF_TIMEDOUT:
+                    break
+            self.wake_at = 0
+            got = self.order.n_done != seen or self.aborted
+            jf_mutex_unlock(&self.lock)
+        return got
 
     cdef int _wait(self, int64_t need) except -1:
         """Sleep until `need` batches finish beyond the handled ones (or one
         does, when the wait is sliced for Ctrl-C), or the call aborts."""
         cdef int64_t seen = self.seen_done
         cdef int64_t target = seen + (need if need > 0 else 1)
-        cdef double slice_end
         cdef bint got = False
         while True:
             if self.thread_pool:
-                slice_end = jf_clock_now() + SIGNAL_POLL_SECONDS
-                with nogil:
-                    jf_mutex_lock(&self.lock)
-                    self.wake_at = target
-                    while self.order.n_done < target and not self.aborted:
-                        if jf_cond_wait_until(&self.progress, &self.lock,
-                                              slice_end) == JF_TIMEDOUT:
-                            break
-                    self.wake_at = 0
-                    got = self.order.n_done != seen or self.aborted
-                    jf_mutex_unlock(&self.lock)
+                got = self._sleep_until(target,
+                                        jf_clock_now() + SIGNAL_POLL_SECONDS)
             else:
                 self.pool.wait(self, SIGNAL_POLL_SECONDS)
                 jf_mutex_lock(&self.lock)
@@ -631,7 +627,6 @@ cdef class ThreadPool:
     def __cinit__(self):
         jf_mutex_init(&self.lock)
         jf_cond_init(&self.work)
-        jf_cond_init(&self.exited)
         self.queue = NULL
 
     def __dealloc__(self):
@@ -640,7 +635,6 @@ cdef class ThreadPool:
             for i in range(self.count):
                 Py_DECREF(<object>self.queue[(self.head + i) % self.capacity])
             free(self.queue)
-        jf_cond_destroy(&self.exited)
         jf_cond_destroy(&self.work)
         jf_mutex_destroy(&self.lock)
 
@@ -685,6 +679,26 @@ cdef class ThreadPool:
         jf_mutex_unlock(&self.lock)
         return n
 
+    @property
+    def n_jobs(self):
+        return self.n_threads
+
+    def wait(self, Call call, double seconds):
+        """The pool contract's wait: the core waits on a ThreadPool's
+        calls itself (``Call._wait``, GIL released), so this only sleeps
+        until a batch of ``call`` finishes or ``seconds`` pass."""
+        call._sleep_until(call.seen_done + 1, jf_clock_now() + seconds)
+
+    def check_timeout(self, call, double now):
+        """Tasks run here are timed by the core itself (Batch.run)."""
+        return None
+
+    def end_call(self, error):
+        """After a failed call the threads are not reused (a task of
+        the call may still run); a timed-out one is not waited for."""
+        if error is not None:
+            self.shutdown(wait=not isinstance(error, TimeoutError))
+
     cdef int alive(self):
         cdef int n
         jf_mutex_lock(&self.lock)
@@ -717,9 +731,6 @@ cdef class ThreadPool:
         jf_cond_signal(&self.work)
         jf_mutex_unlock(&self.lock)
         return 0
-
-    def submit_batch(self, Batch batch):
-        self.submit(batch)
 
     def _worker_main(self):
         cdef PyObject *item
@@ -759,7 +770,6 @@ cdef class ThreadPool:
         finally:
             jf_mutex_lock(&self.lock)
             self.n_alive -= 1
-            jf_cond_broadcast(&self.exited)
             jf_mutex_unlock(&self.lock)
 
     def shutdown(self, wait=True, timeout=None):

@@ -464,4 +464,4 @@ def test_effective_n_jobs_follows_cpu_count(fake_cgroup):
     fake_cgroup(v2="200000 100000\n")
     with parallel_config(backend="threading"):
         assert effective_n_jobs(-1) == 2
-        assert Parallel(n_jobs=-1)._configure() == 2
+        assert Parallel(n_jobs=-1)._effective_n_jobs() == 2

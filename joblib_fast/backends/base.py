@@ -17,6 +17,7 @@ from typing import Any
 from .. import _cpu
 from .._context import enter_worker, resolve_n_jobs
 from .._core import ThreadPool
+from .native import CallOptions, PoolProvider
 
 # Environment variables that size the thread pools of BLAS/OpenMP libraries
 # inside workers (the same set joblib caps).
@@ -42,7 +43,6 @@ class ParallelBackendBase(metaclass=ABCMeta):
     nesting_level: int | None = None
     # Seconds an auto-sized batch should last on this backend.
     target_batch_duration = 0.002
-    _jf_native = False
     # joblib exposes these on the class; third-party backends use them.
     MAX_NUM_THREADS_VARS = MAX_NUM_THREADS_VARS
     TBB_ENABLE_IPC_VAR = "ENABLE_IPC"
@@ -152,14 +152,14 @@ class ParallelBackendBase(metaclass=ABCMeta):
         return f"{type(self).__name__}()"
 
 
-class SequentialBackend(ParallelBackendBase):
+class SequentialBackend(PoolProvider, ParallelBackendBase):
     """Runs every task in the calling thread (``n_jobs=1``, debugging)."""
 
     uses_threads = True
     supports_sharedmem = True
     supports_timeout = False  # type: ignore[assignment]
     supports_return_generator = True  # type: ignore[assignment]
-    _jf_sequential = True
+    sequential = True
 
     def effective_n_jobs(self, n_jobs):
         if n_jobs == 0:
@@ -181,19 +181,18 @@ class SequentialBackend(ParallelBackendBase):
 THREAD_TARGET_BATCH_SECONDS = 0.002
 
 
-class ThreadingBackend(ParallelBackendBase):
+class ThreadingBackend(PoolProvider, ParallelBackendBase):
     """Worker threads; for code that releases the GIL (Cython, NumPy, I/O)."""
 
     supports_retrieve_callback = True
     uses_threads = True
     supports_sharedmem = True
     target_batch_duration = THREAD_TARGET_BATCH_SECONDS
-    _jf_native = True
 
     def effective_n_jobs(self, n_jobs):
         return resolve_n_jobs(n_jobs)
 
-    def _jf_make_pool(self, n_jobs: int) -> ThreadPool:
+    def make_pool(self, n_jobs: int, options: CallOptions) -> ThreadPool:
         return ThreadPool(n_jobs, name="joblib_fast-thread",
                           initializer=functools.partial(enter_worker, self,
                                                         n_jobs))

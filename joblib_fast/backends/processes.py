@@ -32,6 +32,7 @@ from .. import _memmap, _results, _wire, _worker
 from .._context import resolve_n_jobs
 from .._core import split_uniform
 from .base import ParallelBackendBase, ThreadingBackend
+from .native import CallInput, CallOptions, PoolProvider
 
 # Seconds an auto batch lasts on processes: a batch costs a pickle round
 # trip (~50-100 us) and the tail of a call is at most one batch per worker.
@@ -432,7 +433,9 @@ class ProcessPool:
         self.terminate()
         raise error
 
-    def timed_out(self, call, now: float) -> None:
+    def timed_out(self, call, now: float) -> BaseException | None:
+        """TimeoutError (after terminating the pool) when a worker's batch
+        ran past the call's timeout, else None."""
         timeout = call.timeout_seconds
         mono = time.monotonic()
         for worker in self.workers:
@@ -444,7 +447,8 @@ class ProcessPool:
                     "was terminated")
                 self.broken = error
                 self.terminate()
-                raise error
+                return error
+        return None
 
     # -------------------------------------------------------- lifetime
 
@@ -633,13 +637,50 @@ if hasattr(os, "register_at_fork"):
 # -------------------------------------------------------------- backend
 
 
-class ProcessBackend(ParallelBackendBase):
+class ProcessLease:
+    """The pool contract (``backends.native.Pool``) over a reusable
+    :class:`ProcessPool` leased by one holder: a call, or a ``with`` block.
+    Ending the lease gives the pool back to the registry (or stops it)."""
+
+    def __init__(self, pool: ProcessPool, n_jobs: int) -> None:
+        self.process_pool = pool
+        self.n_jobs = n_jobs
+        self._released = False
+
+    @property
+    def closed(self) -> bool:
+        pool = self.process_pool
+        return self._released or pool.closed or pool.broken is not None
+
+    def submit(self, batch) -> None:
+        self.process_pool.submit(batch)
+
+    def wait(self, call, seconds: float) -> None:
+        self.process_pool.wait(call, seconds)
+
+    def check_timeout(self, call, now: float) -> BaseException | None:
+        return self.process_pool.timed_out(call, now)
+
+    def end_call(self, error: BaseException | None) -> None:
+        if error is None:
+            self.process_pool.end_call()
+        else:
+            # Never carry a failed call's leftovers into the next call; a
+            # task stuck past its timeout is not waited for.
+            self.shutdown(wait=not isinstance(error, TimeoutError))
+
+    def shutdown(self, wait: bool = True) -> None:
+        if not self._released:
+            self._released = True
+            self.process_pool.shutdown(wait)
+
+
+class ProcessBackend(PoolProvider, ParallelBackendBase):
     """Worker processes: for pure-Python CPU-bound work (the default)."""
 
     supports_retrieve_callback = True
     supports_inner_max_num_threads = True
     target_batch_duration = PROCESS_TARGET_BATCH_SECONDS
-    _jf_native = True
 
     def __init__(self, nesting_level: int | None = None,
                  inner_max_num_threads: int | None = None,
@@ -648,7 +689,6 @@ class ProcessBackend(ParallelBackendBase):
                          inner_max_num_threads=inner_max_num_threads,
                          **backend_kwargs)
         self.context = context
-        self._call_kwargs: dict[str, Any] = {}
 
     def effective_n_jobs(self, n_jobs):
         if n_jobs is not None and self.nesting_level and self.nesting_level > 0:
@@ -661,24 +701,27 @@ class ProcessBackend(ParallelBackendBase):
         self.parallel = parallel
         if context is not None:
             self.context = context
-        self._call_kwargs = backend_kwargs
         return self.effective_n_jobs(n_jobs)
 
-    def _jf_make_pool(self, n_jobs: int) -> ProcessPool:
+    def make_pool(self, n_jobs: int, options: CallOptions) -> ProcessLease:
         """A pool leased for one call or ``with`` block, with the arrays
         settings of ``Parallel`` (temp_folder, max_nbytes, mmap_mode,
         return_shared)."""
-        kwargs = self._call_kwargs
         context = resolve_context(self.context)
         arrays = _memmap.ArrayExchange(
-            max_nbytes=kwargs.get("max_nbytes"),
-            mmap_mode=kwargs.get("mmap_mode"),
-            temp_folder=kwargs.get("temp_folder"),
-            return_shared=kwargs.get("return_shared", True))
+            max_nbytes=options.max_nbytes,
+            mmap_mode=options.mmap_mode,
+            temp_folder=options.temp_folder,
+            return_shared=options.return_shared)
         pool = get_pool(n_jobs, context, self._prepare_worker_env(n_jobs),
                         arrays.temp_folder)
         pool.lease(arrays)
-        return pool
+        return ProcessLease(pool, n_jobs)
+
+    def prepare_input(self, pool, iterable, options, on_result) -> CallInput:
+        # A process worker is timed per batch: one task per batch.
+        batch_size = 1 if options.timeout is not None else options.batch_size
+        return CallInput(iterable, batch_size, on_result, options.timeout)
 
     def get_nested_backend(self):
         level = (self.nesting_level or 0) + 1

@@ -7,19 +7,21 @@ list of results either in the callback (``supports_retrieve_callback``:
 ``retrieve_result_callback(out)`` runs in the backend's callback thread) or
 through ``retrieve_result(future)`` in the caller's thread.
 
-:class:`ForeignPool` is the pool the compiled core feeds for such a backend::
+:class:`UserPool` is the pool the compiled core feeds for such a backend::
 
     core (caller thread) --submit(batch)--> BatchCall --> backend.submit
     backend callback thread --> _on_done --> `_done` queue (thread-safe)
     core (caller thread) --wait(call, s)--> drain `_done`, retrieve,
         backend.batch_completed(size, seconds), call.complete(batch, ...)
 
-:func:`run_foreign` is ``Parallel.__call__`` for these backends: it calls
-``configure`` (once per ``with Parallel(...)`` block, else per call),
-``start_call``/``stop_call``, ``abort_everything(ensure_ready=managed)`` on
-an error or an early exit, and ``terminate`` after an unmanaged call, in
-the order joblib does.  When ``batch_size="auto"`` and the backend overrides
-``compute_batch_size``, batches have the sizes it asks for.
+:class:`UserBackendProvider` wraps the backend in the pool contract of
+:mod:`.native`, so that ``joblib_fast._run`` runs its calls like any other:
+``configure`` once per ``with Parallel(...)`` block (else per call),
+``abort_everything(ensure_ready=managed)`` on an error or an early exit
+(:meth:`UserPool.end_call`); ``start_call``/``stop_call`` and ``terminate``
+come from the lifecycle, in the order joblib calls them.  When
+``batch_size="auto"`` and the backend overrides ``compute_batch_size``,
+batches have the sizes it asks for.
 """
 from __future__ import annotations
 
@@ -30,16 +32,16 @@ import queue
 import time
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Callable
 
-from . import _context
-from ._core import Call, TaskError
-from .backends.base import ParallelBackendBase
-from .parallel import guarded
+from .. import _context
+from .._core import Call, TaskError
+from .base import ParallelBackendBase
+from .native import CallInput, CallOptions, PoolProvider
 
 
 # Marker of a task the core receives in place of a backend-sized chunk of
-# user tasks (see _Chunker); ForeignPool unwraps it, nothing calls it.
+# user tasks (see _Chunker); UserPool unwraps it, nothing calls it.
 def _chunk_marker(tasks):  # pragma: no cover - never called
     raise RuntimeError("a joblib_fast chunk was run as a task")
 
@@ -93,7 +95,7 @@ class _Job:
 _NOT_RETRIEVED = object()
 
 
-class ForeignPool:
+class UserPool:
     """The core's pool for a backend that is not joblib_fast's own."""
 
     def __init__(self, backend: ParallelBackendBase, n_jobs: int,
@@ -102,7 +104,6 @@ class ForeignPool:
         self.n_jobs = n_jobs
         self.managed = managed
         self.closed = False
-        self.broken = False
         self.timeout: float | None = None
         self._in_callback = bool(backend.supports_retrieve_callback)
         # (call serial, batch id, result or _NOT_RETRIEVED, error); put by
@@ -172,18 +173,26 @@ class ForeignPool:
         if not delivered and not self._in_callback and self._pending:
             self._poll(call)
 
-    def timed_out(self, call: Call, now: float) -> None:
-        """Raise TimeoutError when the oldest unfinished batch has been
-        waited for longer than ``timeout`` (the core calls this)."""
+    def check_timeout(self, call: Call, now: float) -> BaseException | None:
+        """TimeoutError when the oldest unfinished batch has been waited
+        for longer than ``timeout``."""
         if self.timeout is None or not self._pending:
-            return
+            return None
         job = next(iter(self._pending.values()))
         waited = time.monotonic() - max(job.submitted, self._head_since)
-        if waited > self.timeout:
-            raise TimeoutError(
+        if waited <= self.timeout:
+            return None
+        return TimeoutError(
                 f"a batch of Parallel (tasks {job.batch.start}.."
                 f"{job.batch.start + job.size - 1}) did not finish within "
                 f"timeout={self.timeout:g} s")
+
+    def end_call(self, error: BaseException | None) -> None:
+        """An error, or a generator closed early: cancel what runs (as
+        joblib does); inside a ``with`` block the backend stays usable."""
+        if error is not None or self._pending:
+            with contextlib.suppress(Exception):
+                self.backend.abort_everything(ensure_ready=self.managed)
 
     def shutdown(self, wait: bool = True) -> None:
         """Forget what is in flight; the backend's own resources are
@@ -320,150 +329,62 @@ def _overrides_batch_size(backend: ParallelBackendBase) -> bool:
         ParallelBackendBase.compute_batch_size
 
 
-# ------------------------------------------------------------- the call
+# ------------------------------------------------------------- provider
 
 
-def _configure(parallel: Any, backend: ParallelBackendBase) -> int:
-    """``backend.configure`` with the arguments joblib passes."""
-    kwargs = dict(parallel._backend_kwargs)
-    kwargs.update(prefer=parallel.prefer, require=parallel.require,
-                  verbose=max(0, parallel.verbose - 50))
-    n_jobs = backend.configure(n_jobs=parallel.n_jobs, parallel=parallel,
-                               **kwargs)
-    if n_jobs is None:
-        n_jobs = backend.effective_n_jobs(parallel.n_jobs)
-    return int(n_jobs)
+class UserBackendProvider(PoolProvider):
+    """The pool contract for a user-registered joblib-style backend (the
+    lifecycle calls the backend's own ``start_call``, ``stop_call``,
+    ``terminate`` and ``retrieval_context`` itself)."""
 
+    def __init__(self, backend: ParallelBackendBase) -> None:
+        self._backend = backend
+        self._pool: UserPool | None = None
 
-def _get_pool(parallel: Any, backend: ParallelBackendBase) -> ForeignPool:
-    """The configured pool: kept for the whole ``with Parallel(...)``
-    block (configure once, like joblib), else new for this call."""
-    pool = parallel._pool
-    if parallel._managed and isinstance(pool, ForeignPool) and \
-            not pool.closed and pool.backend is backend:
-        return pool
-    pool = ForeignPool(backend, _configure(parallel, backend),
-                       parallel._managed)
-    if parallel._managed:
-        parallel._pool, parallel._pool_n_jobs = pool, pool.n_jobs
-    return pool
+    @property
+    def backend(self) -> ParallelBackendBase:
+        return self._backend
 
+    def configure_call(self, options: CallOptions) -> int:
+        """``backend.configure`` with the arguments joblib passes, once
+        per ``with Parallel(...)`` block (like joblib), else per call."""
+        pool = self._pool
+        if options.managed and pool is not None and not pool.closed:
+            return pool.n_jobs
+        kwargs = dict(options.backend_kwargs)
+        kwargs.update(prefer=options.prefer, require=options.require,
+                      verbose=max(0, options.verbose - 50))
+        n_jobs = self.backend.configure(n_jobs=options.n_jobs,
+                                        parallel=options.parallel, **kwargs)
+        if n_jobs is None:
+            n_jobs = self.backend.effective_n_jobs(options.n_jobs)
+        self._pool = UserPool(self.backend, int(n_jobs), options.managed)
+        return self._pool.n_jobs
 
-def run_foreign(parallel: Any, iterable: Iterable, reporter: Any) -> Any:
-    """``Parallel.__call__`` for a backend that is not joblib_fast's own."""
-    from .parallel import _eval_pre_dispatch
+    def make_pool(self, n_jobs: int, options: CallOptions) -> UserPool:
+        assert self._pool is not None, "configure_call comes first"
+        return self._pool
 
-    backend = parallel._backend
-    managed = parallel._managed
-    pool = _get_pool(parallel, backend)
-    if pool.n_jobs == 1:
-        cleanup = None if managed else backend.terminate
-        return parallel._run_sequential(iterable, reporter, cleanup)
-    timeout = parallel.timeout
-    if timeout is not None and not backend.supports_timeout:
-        warnings.warn(
-            f"The backend class {type(backend).__name__!r} does not support "
-            f"timeout; timeout={timeout} is not used.", stacklevel=3)
-        timeout = None
+    def reuses(self, pool: Any, n_jobs: int) -> bool:
+        return pool is self._pool and not pool.closed
 
-    on_result = None if reporter is None else reporter.on_result
-    source: Any = iterable
-    chunker = None
-    batch_size = 0 if parallel.batch_size == "auto" else parallel.batch_size
-    if batch_size == 0 and _overrides_batch_size(backend):
-        chunker = source = _Chunker(iterable, backend)
-        batch_size = 1
+    def prepare_input(self, pool: Any, iterable: Iterable,
+                      options: CallOptions,
+                      on_result: Callable[[int, Any], Any] | None
+                      ) -> CallInput:
+        backend = self.backend
+        timeout = options.timeout
+        if timeout is not None and not backend.supports_timeout:
+            warnings.warn(
+                f"The backend class {type(backend).__name__!r} does not "
+                f"support timeout; timeout={timeout} is not used.",
+                stacklevel=5)
+            timeout = None
+        pool.begin_call(timeout)
+        if options.batch_size or not _overrides_batch_size(backend):
+            return CallInput(iterable, options.batch_size, on_result, timeout)
+        chunker = _Chunker(iterable, backend)
         if on_result is not None:
             on_result = chunker.on_result(on_result)
-
-    parallel._running = True
-    pool.begin_call(timeout)
-    state = _CallState(parallel, backend, pool, reporter)
-    try:
-        if reporter is not None:
-            reporter.start(backend, pool.n_jobs)
-        backend.start_call()
-        state.calling = True
-        call = Call(
-            pool, source,
-            pre_dispatch=_eval_pre_dispatch(parallel.pre_dispatch,
-                                            pool.n_jobs),
-            batch_size=batch_size,
-            target_duration=backend.target_batch_duration,
-            timeout=timeout, on_result=on_result)
-        if reporter is not None:
-            reporter.watch(chunker if chunker is not None else call)
-    except BaseException as exc:
-        state.end(exc)
-        raise
-
-    if parallel.return_as == "list":
-        error = None
-        try:
-            with backend.retrieval_context():
-                out = call.run_list()
-            if chunker is not None:
-                out = [value for chunk in out for value in chunk]
-            return out
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            state.end(error)
-
-    try:
-        call.start()
-    except BaseException as exc:
-        call.abort()
-        state.end(exc)
-        raise
-
-    def finish(error):
-        call.abort()
-        state.end(error)
-    return guarded(_results(call, state, chunker is not None), finish)
-
-
-def _results(call: Call, state: _CallState, chunked: bool):
-    source = call.iter_ordered() if state.parallel.return_as == \
-        "generator" else call.iter_unordered()
-    with state.backend.retrieval_context():
-        if chunked:
-            for chunk in source:
-                yield from chunk
-        else:
-            yield from source
-
-
-class _CallState:
-    """Ends one call the way joblib does (caller thread, once)."""
-
-    def __init__(self, parallel: Any, backend: ParallelBackendBase,
-                 pool: ForeignPool, reporter: Any) -> None:
-        self.parallel = parallel
-        self.backend = backend
-        self.pool = pool
-        self.reporter = reporter
-        self.calling = False
-        self.ended = False
-
-    def end(self, error: BaseException | None) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        managed = self.parallel._managed
-        try:
-            # An error, or a generator closed early: cancel what runs.
-            if error is not None or self.pool.n_pending:
-                with contextlib.suppress(Exception):
-                    self.backend.abort_everything(ensure_ready=managed)
-            if not managed or self.pool is not self.parallel._pool:
-                self.pool.shutdown()
-            if self.calling:
-                self.backend.stop_call()
-            if not managed:
-                self.backend.terminate()
-        finally:
-            self.parallel._running = False
-            if self.reporter is not None:
-                self.reporter.finish(error)
+        return CallInput(chunker, 1, on_result, timeout, chunked=True,
+                         counter=chunker)

@@ -1,0 +1,232 @@
+"""One call's lifecycle, the same for every backend.
+
+``Parallel`` owns one :class:`Runner`; each ``Parallel.__call__`` is one
+:meth:`Runner.run`::
+
+    provider.configure_call --n_jobs == 1 or sequential--> run in the caller
+        | n_jobs > 1
+    pool (kept across the calls of a ``with`` block, else new)
+    GC relaxed, reporter started, backend.start_call()
+    provider.prepare_input --> core Call --> list | ordered | unordered
+    end, exactly once however the call ends (returned, raised, generator
+    exhausted, closed or collected):
+        GC restored, pool.end_call(error), pool.shutdown (unmanaged),
+        backend.stop_call(), backend.terminate() (unmanaged),
+        reporter.finish(error)
+
+Threads: everything here runs in the thread that called ``Parallel``
+(a generator's end runs in whichever thread closes it).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Callable
+
+from . import _gc
+from ._args import eval_pre_dispatch, known_length
+from ._core import Call, iter_sequential, run_sequential
+from .backends.native import CallOptions, Pool, PoolProvider
+
+
+class Runner:
+    """Runs the calls of one ``Parallel`` instance; keeps their pool
+    across the calls of a ``with Parallel(...)`` block."""
+
+    def __init__(self, provider: PoolProvider) -> None:
+        self.provider = provider
+        self.backend = provider.backend
+        self.managed = False       # inside `with Parallel(...)`
+        self.pool: Pool | None = None   # kept while managed
+        self.running = False
+        self.generator_call: Call | None = None  # a return_as generator
+
+    # ------------------------------------------------------------ block
+
+    def enter(self) -> None:
+        self.managed = True
+
+    def exit(self) -> None:
+        self.managed = False
+        call, self.generator_call = self.generator_call, None
+        if call is not None:
+            # A return_as generator still open: its workers go with the
+            # block, so it ends with a clear error rather than a broken pool.
+            call.abort(RuntimeError(
+                "the `with Parallel(...)` block exited before this "
+                "return_as generator was consumed"))
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self.backend.terminate()
+
+    # ------------------------------------------------------------- call
+
+    def run(self, iterable: Iterable, options: CallOptions, return_as: str,
+            reporter: Any) -> Any:
+        """Run the tasks of ``iterable``: a list, or a generator."""
+        if self.running:
+            raise RuntimeError(
+                "this Parallel instance is already running a call; nested "
+                "or concurrent calls need their own Parallel instance")
+        if self.provider.sequential:
+            return run_inline(iterable, return_as, reporter)
+        n_jobs = self.provider.configure_call(options)
+        if n_jobs == 1:
+            cleanup = None if self.managed else self.backend.terminate
+            return run_inline(iterable, return_as, reporter, cleanup)
+        self.running = True
+        try:
+            pool = self._get_pool(n_jobs, options)
+        except BaseException:
+            self.running = False
+            raise
+        _gc.relax()  # undone by _End
+        end = _End(self, pool, reporter)
+        try:
+            if reporter is not None:
+                reporter.start(self.backend, n_jobs)
+            self.backend.start_call()
+            end.started = True
+            on_result = None if reporter is None else reporter.on_result
+            feed = self.provider.prepare_input(pool, iterable, options,
+                                               on_result)
+            call = Call(
+                pool, feed.source,
+                pre_dispatch=eval_pre_dispatch(options.pre_dispatch, n_jobs),
+                batch_size=feed.batch_size,
+                target_duration=self.backend.target_batch_duration,
+                timeout=feed.timeout, on_result=feed.on_result,
+                n_workers=n_jobs,
+                total=-1 if feed.chunked else known_length(iterable))
+            if reporter is not None:
+                reporter.watch(call if feed.counter is None else feed.counter)
+        except BaseException as exc:
+            end(exc)
+            raise
+        end.call = call
+        if return_as == "list":
+            error = None
+            try:
+                with self.backend.retrieval_context():
+                    out = call.run_list()
+                if feed.chunked:
+                    out = [value for chunk in out for value in chunk]
+                return out
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                end(error)
+        try:
+            call.start()
+        except BaseException as exc:
+            end(exc)
+            raise
+        source = call.iter_ordered() if return_as == "generator" \
+            else call.iter_unordered()
+        self.generator_call = call
+        return guarded(self._results(source, feed.chunked), end)
+
+    def _results(self, source, chunked: bool):
+        with self.backend.retrieval_context():
+            if chunked:
+                for chunk in source:
+                    yield from chunk
+            else:
+                yield from source
+
+    def _get_pool(self, n_jobs: int, options: CallOptions) -> Pool:
+        pool = self.pool
+        if pool is not None and self.provider.reuses(pool, n_jobs):
+            return pool
+        self.pool = None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        pool = self.provider.make_pool(n_jobs, options)
+        if self.managed:
+            self.pool = pool
+        return pool
+
+
+class _End:
+    """Ends one call (caller thread, exactly once)."""
+
+    def __init__(self, runner: Runner, pool: Pool, reporter: Any) -> None:
+        self.runner = runner
+        self.pool = pool
+        self.reporter = reporter
+        self.call: Call | None = None
+        self.started = False   # backend.start_call() ran
+        self.ended = False
+
+    def __call__(self, error: BaseException | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        runner, pool = self.runner, self.pool
+        try:
+            _gc.restore()
+            if self.call is not None:
+                self.call.abort()   # a generator closed early: stop feeding
+            if runner.generator_call is self.call:
+                runner.generator_call = None
+            pool.end_call(error)
+            if pool is not runner.pool:
+                # A task stuck past its timeout may never end: no waiting.
+                pool.shutdown(wait=not isinstance(error, TimeoutError))
+            elif pool.closed:
+                runner.pool = None
+            if self.started:
+                runner.backend.stop_call()
+            if not runner.managed:
+                runner.backend.terminate()
+        finally:
+            runner.running = False
+            if self.reporter is not None:
+                self.reporter.finish(error)
+
+
+def run_inline(iterable: Iterable, return_as: str, reporter: Any = None,
+               cleanup: Callable[[], Any] | None = None) -> Any:
+    """The tasks run in the caller, one after the other (``n_jobs=1``)."""
+    on_result = None if reporter is None else reporter.on_result
+
+    def finish(error: BaseException | None) -> None:
+        if cleanup is not None:
+            cleanup()
+        if reporter is not None:
+            reporter.finish(error)
+
+    if return_as == "list":
+        error = None
+        try:
+            return run_sequential(iterable, on_result)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            finish(error)
+    source = iter_sequential(iterable, on_result)
+    if reporter is None and cleanup is None:
+        return source
+    return guarded(source, finish)
+
+
+def guarded(source, finish: Callable[[BaseException | None], Any]):
+    """A generator over ``source`` that calls ``finish(error)`` exactly
+    once however it ends: exhausted, raising, closed or garbage-collected.
+    It is primed (its try block entered) before it is returned, so that
+    even a generator never iterated is cleaned up when closed."""
+    def run():
+        error = None
+        try:
+            yield None
+            yield from source
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            finish(error)
+    gen = run()
+    next(gen)
+    return gen
