@@ -18,8 +18,8 @@ from joblib_fast import (
     parallel_config,
     register_parallel_backend,
 )
-from joblib_fast.backends.user import BatchCall
 from joblib_fast.backends import SequentialBackend, ThreadingBackend
+from joblib_fast.backends.user import BatchCall
 from joblib_fast.config import get_active_backend
 
 
