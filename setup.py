@@ -1,5 +1,10 @@
-"""Build declarations for the compiled parts; metadata is in pyproject.toml."""
-import numpy
+"""Build declarations for the compiled parts; metadata is in pyproject.toml.
+
+Cython compiler directives are set here, once, for every extension (no
+``# cython:`` header lines in the .pyx files).
+"""
+from glob import glob
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -7,20 +12,26 @@ DIRECTIVES = {
     "language_level": "3",
     "embedsignature": True,
     "initializedcheck": False,
+    "cdivision": True,
 }
+
+# Every extension includes the plain C headers: editing one rebuilds them.
+HEADERS = sorted(glob("src_c/*.h"))
 
 extensions = [
     Extension(
         "joblib_fast._core",
         ["joblib_fast/_core.pyx"],
         include_dirs=["src_c"],
+        depends=HEADERS,
         extra_compile_args=["-O2"],
     ),
     # GIL-releasing kernels used by the tests and benchmarks/bench.py.
     Extension(
         "joblib_fast._kernels",
         ["joblib_fast/_kernels.pyx"],
-        include_dirs=["src_c", numpy.get_include()],
+        include_dirs=["src_c"],
+        depends=HEADERS,
         extra_compile_args=["-O2"],
     ),
 ]

@@ -4,6 +4,31 @@
 >>> from joblib_fast import Parallel, delayed
 >>> Parallel(n_jobs=2, backend="threading")(delayed(sqrt)(i ** 2) for i in range(3))
 [0.0, 1.0, 2.0]
+
+Layers
+------
+Imports point down this list, never up, never in a cycle, and never at
+another module's private (``_``) names; ``tests/test_layers.py`` keeps it
+so.  A module may import its own layer or any layer below it::
+
+    joblib_fast/__init__.py         public names only
+    parallel, joblib_backend        Parallel: arguments, backend choice
+    _run                            one call's lifecycle, for every backend
+    config                          parallel_config, the backend registry
+    backends                        (the package: re-exports)
+    backends.user, backends.processes, backends.dask
+                                    one room per kind of pool
+    backends.base                   ParallelBackendBase, sequential, threading
+    backends.native                 the pool contract (CallOptions, Pool)
+    _core, _kernels                 compiled: dispatch core, test kernels
+    _context                        thread-local settings, n_jobs rules
+    _cpu, _gc, _progress, _args, errors
+                                    leaves: no package imports but these
+
+Imports of the package itself are at module level; function-level imports
+are for optional third-party packages (numpy, cloudpickle, tqdm, dask,
+joblib).  One documented exception: ``SequentialBackend.get_nested_backend``
+imports ``config`` (its nested backend is "whatever is active here").
 """
 from ._core import TaskError, delayed
 from .backends.base import ParallelBackendBase

@@ -1,4 +1,3 @@
-# cython: language_level=3, cdivision=True
 """The dispatch core of joblib_fast.
 
 One ``Parallel.__call__`` is one :class:`Call`.  Its data flow::

@@ -1,4 +1,3 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
 """Small GIL-releasing kernels for the tests and benchmarks/bench.py.
 
 ``burn(n)`` does ``n`` dependent floating-point steps without the GIL: a
