@@ -571,6 +571,10 @@ cdef class Call:
                 jf_mutex_lock(&self.lock)
                 prefix = self.order.prefix
                 jf_mutex_unlock(&self.lock)
+                # Report every batch finished so far before any is released
+                # (released batches are dropped): `prefix` was read first,
+                # so all its batches are among those reported here.
+                self._notify(self._newly_done())
                 while self.released < prefix:
                     self._check_error()
                     batch = <Batch>self.batches[self.released]
