@@ -7,6 +7,7 @@ names.
 from __future__ import annotations
 
 import inspect
+from multiprocessing.context import BaseContext
 from numbers import Integral
 from typing import Any, Callable
 
@@ -110,7 +111,7 @@ def make_backend(name: str, nesting_level: int | None = None,
 
 def _set_inner_max_num_threads(backend: ParallelBackendBase,
                                value: int) -> None:
-    if not getattr(backend, "supports_inner_max_num_threads", False):
+    if not backend.supports_inner_max_num_threads:
         raise ValueError(
             f"{type(backend).__name__} does not accept setting the "
             "inner_max_num_threads argument (its "
@@ -233,7 +234,7 @@ class parallel_config:
             if backend.nesting_level is None:
                 backend.nesting_level = level
             return backend
-        if hasattr(backend, "Pool") and hasattr(backend, "Lock"):
+        if isinstance(backend, BaseContext):
             return make_backend("multiprocessing", nesting_level=level,
                                  inner_max_num_threads=inner_max_num_threads,
                                  context=backend, **backend_params)
@@ -345,8 +346,7 @@ def resolve_backend(prefer: str | None = None,
             "processes do not share memory")
     backend = config["backend"]
     if backend is not UNSET:
-        if require == "sharedmem" and not getattr(
-                backend, "supports_sharedmem", False):
+        if require == "sharedmem" and not backend.supports_sharedmem:
             return make_backend(DEFAULT_THREAD_BACKEND,
                                  nesting_level=backend.nesting_level), config
         return backend, config
@@ -354,9 +354,9 @@ def resolve_backend(prefer: str | None = None,
     # share memory: no need to import them to know it.
     backend = None if DEFAULT_BACKEND not in BACKENDS else make_backend(
         DEFAULT_BACKEND, nesting_level=0)
-    threads = getattr(backend, "uses_threads", False)
-    if (require == "sharedmem" and not getattr(
-            backend, "supports_sharedmem", False)) or (
+    threads = backend is not None and backend.uses_threads
+    sharedmem = backend is not None and backend.supports_sharedmem
+    if (require == "sharedmem" and not sharedmem) or (
             prefer == "threads" and not threads):
         return make_backend(DEFAULT_THREAD_BACKEND, nesting_level=0), config
     if prefer == "processes" and threads:

@@ -7,6 +7,7 @@ itself happens in the compiled core (``_core.pyx``).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from multiprocessing.context import BaseContext
 from numbers import Integral, Real
 from typing import Any, Callable
 
@@ -156,7 +157,7 @@ class Parallel:
                 backend.nesting_level = level
         elif isinstance(backend, str):
             backend = _config.make_backend(backend, nesting_level=level)
-        elif hasattr(backend, "Pool") and hasattr(backend, "Lock"):
+        elif isinstance(backend, BaseContext):
             backend_kwargs["context"] = backend
             backend = _config.make_backend("multiprocessing",
                                             nesting_level=level)
@@ -164,8 +165,7 @@ class Parallel:
             raise ValueError(
                 f"Invalid backend: {backend!r}, expected a backend name, a "
                 "ParallelBackendBase instance or a multiprocessing context")
-        if require == "sharedmem" and not getattr(
-                backend, "supports_sharedmem", False):
+        if require == "sharedmem" and not backend.supports_sharedmem:
             raise ValueError(
                 f"Backend {backend!r} does not support shared memory "
                 "(require='sharedmem')")
