@@ -161,9 +161,13 @@ class Reporter:
 
     def __init__(self, name: str, verbose: int, progress_bar: bool,
                  callback: Callable[[int, Any], Any] | None,
-                 total: int | None) -> None:
+                 total: int | None,
+                 printer: Callable[[str], Any] | None = None) -> None:
         self.name = name
         self.verbose = verbose
+        # Where verbose lines go: Parallel._print (a hook subclasses
+        # override, as in joblib), else print_message.
+        self.printer = printer
         self.callback = callback
         self.total = total
         self.width = len(str(total)) if total else 3
@@ -177,8 +181,7 @@ class Reporter:
 
     def start(self, backend: Any, n_jobs: int) -> None:
         """Before the first task of a call that uses workers."""
-        print_message(
-            self.name, self.verbose,
+        self._print(
             f"Using backend {type(backend).__name__} with {n_jobs} "
             "concurrent workers.")
 
@@ -207,8 +210,7 @@ class Reporter:
             bar, self.bar = self.bar, None
             bar.close()
         if error is None:
-            print_message(
-                self.name, self.verbose,
+            self._print(
                 f"Done {self.done:{self.width}d} out of "
                 f"{self.done:{self.width}d} | elapsed: "
                 f"{format_elapsed(time.monotonic() - self.start_time)} "
@@ -242,15 +244,25 @@ class Reporter:
             message = (f"Done {self.done:{w}d} out of {self.total:{w}d} | "
                        f"elapsed: {format_elapsed(elapsed)} remaining: "
                        f"{format_elapsed(remaining)}")
-        print_message(self.name, self.verbose, message)
+        self._print(message)
+
+    def _print(self, message: str) -> None:
+        if not self.verbose:
+            return
+        if self.printer is not None:
+            self.printer(message)
+        else:
+            print_message(self.name, self.verbose, message)
 
 
 def make_reporter(name: str, verbose: int, progress_bar: bool,
                   callback: Callable[[int, Any], Any] | None,
-                  iterable: Any) -> Reporter | None:
+                  iterable: Any,
+                  printer: Callable[[str], Any] | None = None
+                  ) -> Reporter | None:
     """A :class:`Reporter`, or None when nothing is to be reported (then
     the core runs without a per-task hook)."""
     if not verbose and not progress_bar and callback is None:
         return None
     return Reporter(name, verbose, progress_bar, callback,
-                    known_length(iterable))
+                    known_length(iterable), printer)

@@ -19,6 +19,7 @@ Threads: everything here runs in the thread that called ``Parallel``
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -65,15 +66,28 @@ class Runner:
             reporter: Any) -> Any:
         """Run the tasks of ``iterable``: a list, or a generator."""
         if self.running:
+            # joblib's wording first: code matches on it.
+            message = "This Parallel instance is already running !"
+            if return_as != "list":
+                message += (
+                    " Before submitting new tasks, you must wait for the "
+                    "completion of all the previous tasks, or clean all "
+                    "references to the output generator.")
             raise RuntimeError(
-                "this Parallel instance is already running a call; nested "
-                "or concurrent calls need their own Parallel instance")
+                message + " (nested or concurrent calls need their own "
+                "Parallel instance)")
         if self.provider.sequential:
-            return run_inline(iterable, return_as, reporter)
+            return self._run_inline(iterable, return_as, reporter, None,
+                                    options.batch_size)
         n_jobs = self.provider.configure_call(options)
+        if n_jobs is not None and n_jobs < 1:
+            raise RuntimeError(
+                f"{type(self.backend).__name__} has no active worker. (its "
+                f"configure() returned n_jobs={n_jobs})")
         if n_jobs == 1:
             cleanup = None if self.managed else self.backend.terminate
-            return run_inline(iterable, return_as, reporter, cleanup)
+            return self._run_inline(iterable, return_as, reporter, cleanup,
+                                    options.batch_size)
         self.running = True
         try:
             pool = self._get_pool(n_jobs, options)
@@ -126,6 +140,29 @@ class Runner:
             else call.iter_unordered()
         self.generator_call = call
         return guarded(self._results(source, feed.chunked), end)
+
+    def _run_inline(self, iterable: Iterable, return_as: str, reporter: Any,
+                    cleanup: Callable[[], Any] | None,
+                    batch_size: int = 0) -> Any:
+        """A call in the caller; an open generator keeps the instance
+        running (as in joblib) until it ends.  An explicit ``batch_size``
+        is honoured as joblib does: the input is read ``batch_size`` tasks
+        ahead of their execution."""
+        self.running = True
+        if batch_size > 1:
+            iterable = _read_ahead(iterable, batch_size)
+
+        def finish() -> None:
+            self.running = False
+            if cleanup is not None:
+                cleanup()
+
+        try:
+            out = run_inline(iterable, return_as, reporter, finish)
+        except BaseException:
+            self.running = False
+            raise
+        return out
 
     def _results(self, source, chunked: bool):
         with self.backend.retrieval_context():
@@ -210,6 +247,16 @@ def run_inline(iterable: Iterable, return_as: str, reporter: Any = None,
     if reporter is None and cleanup is None:
         return source
     return guarded(source, finish)
+
+
+def _read_ahead(iterable: Iterable, batch_size: int):
+    """The items of ``iterable``, pulled ``batch_size`` at a time."""
+    iterator = iter(iterable)
+    while True:
+        batch = list(itertools.islice(iterator, batch_size))
+        if not batch:
+            return
+        yield from batch
 
 
 def guarded(source, finish: Callable[[BaseException | None], Any]):

@@ -228,7 +228,7 @@ class Parallel:
         """Run the tasks of ``iterable`` (``delayed(f)(*args)`` items)."""
         reporter = _progress.make_reporter(
             repr(self), self.verbose, self.progress_bar, self.callback,
-            iterable)
+            iterable, self._print)
         return self._runner.run(iterable, self._options(), self.return_as,
                                 reporter)
 
