@@ -698,9 +698,11 @@ cdef class ThreadPool:
 
     def end_call(self, error):
         """After a failed call the threads are not reused (a task of
-        the call may still run); a timed-out one is not waited for."""
+        the call may still run); a timed-out one is not waited for, nor
+        the tasks of a return_as generator closed early (GeneratorExit)."""
         if error is not None:
-            self.shutdown(wait=not isinstance(error, TimeoutError))
+            self.shutdown(
+                wait=not isinstance(error, (TimeoutError, GeneratorExit)))
 
     cdef int alive(self):
         cdef int n

@@ -26,6 +26,7 @@ from typing import Any, Callable
 from . import _gc
 from ._args import eval_pre_dispatch, known_length
 from ._core import Call, iter_sequential, run_sequential
+from .backends.base import warn_timeout_unsupported
 from .backends.native import CallOptions, Pool, PoolProvider
 
 
@@ -78,7 +79,7 @@ class Runner:
                 "Parallel instance)")
         if self.provider.sequential:
             return self._run_inline(iterable, return_as, reporter, None,
-                                    options.batch_size)
+                                    options.batch_size, options.timeout)
         n_jobs = self.provider.configure_call(options)
         if n_jobs is not None and n_jobs < 1:
             raise RuntimeError(
@@ -87,7 +88,7 @@ class Runner:
         if n_jobs == 1:
             cleanup = None if self.managed else self.backend.terminate
             return self._run_inline(iterable, return_as, reporter, cleanup,
-                                    options.batch_size)
+                                    options.batch_size, options.timeout)
         self.running = True
         try:
             pool = self._get_pool(n_jobs, options)
@@ -143,11 +144,14 @@ class Runner:
 
     def _run_inline(self, iterable: Iterable, return_as: str, reporter: Any,
                     cleanup: Callable[[], Any] | None,
-                    batch_size: int = 0) -> Any:
+                    batch_size: int = 0, timeout: float | None = None) -> Any:
         """A call in the caller; an open generator keeps the instance
         running (as in joblib) until it ends.  An explicit ``batch_size``
         is honoured as joblib does: the input is read ``batch_size`` tasks
-        ahead of their execution."""
+        ahead of their execution; a ``timeout`` cannot be enforced on the
+        caller's own thread: joblib's warning says so."""
+        if timeout is not None:
+            warn_timeout_unsupported("SequentialBackend", timeout)
         self.running = True
         if batch_size > 1:
             iterable = _read_ahead(iterable, batch_size)
@@ -209,8 +213,11 @@ class _End:
                 runner.generator_call = None
             pool.end_call(error)
             if pool is not runner.pool:
-                # A task stuck past its timeout may never end: no waiting.
-                pool.shutdown(wait=not isinstance(error, TimeoutError))
+                # A task stuck past its timeout may never end, and the
+                # tasks of a generator closed early are abandoned (as in
+                # joblib): no waiting for either.
+                pool.shutdown(
+                    wait=not isinstance(error, (TimeoutError, GeneratorExit)))
             elif pool.closed:
                 runner.pool = None
             if self.started:

@@ -119,10 +119,17 @@ def _set_inner_max_num_threads(backend: ParallelBackendBase,
     backend.inner_max_num_threads = value
 
 
+# What joblib calls each setting in its error messages.
+_CHOICE_KINDS = {"prefer": "backend hint", "require": "backend constraint"}
+
+
 def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
+        # joblib's wording first (code matches on it), then ours.
         raise ValueError(
-            f"{name} must be one of {choices}, got {value!r}")
+            f"{name}={value} is not a valid "
+            f"{_CHOICE_KINDS.get(name, 'value')}, expected one of "
+            f"{choices} ({name} must be one of {choices}, got {value!r})")
 
 
 # ------------------------------------------------------ parallel_config
@@ -201,8 +208,10 @@ class parallel_config:
             if inner_max_num_threads is not None:
                 given.insert(0, "inner_max_num_threads")
             raise ValueError(
-                f"{', '.join(given)}: backend parameters are only accepted "
-                "together with a backend")
+                "inner_max_num_threads and other constructor parameters "
+                "backend_params are only supported when backend is not "
+                f"None. ({', '.join(given)}: backend parameters are only "
+                "accepted together with a backend)")
         else:
             backend = UNSET
         new = dict(self.old_config)
@@ -223,12 +232,13 @@ class parallel_config:
             return make_backend(backend, nesting_level=level,
                                  inner_max_num_threads=inner_max_num_threads,
                                  **backend_params)
+        if backend_params:
+            raise ValueError(
+                "Constructor parameters backend_params are only supported "
+                f"when backend is a string. (backend parameters "
+                f"{sorted(backend_params)} are only accepted with a backend "
+                f"name, not with {backend!r})")
         if isinstance(backend, ParallelBackendBase):
-            if backend_params:
-                raise ValueError(
-                    f"backend parameters {sorted(backend_params)} are only "
-                    "accepted with a backend name, not with a backend "
-                    "instance")
             if inner_max_num_threads is not None:
                 _set_inner_max_num_threads(backend, inner_max_num_threads)
             if backend.nesting_level is None:
@@ -319,19 +329,20 @@ def get_active_backend(prefer: str | None = None,
                                                   int | None]:
     """Return ``(backend, n_jobs)`` a new ``Parallel()`` would use here
     (``n_jobs`` is None when no configuration sets it)."""
-    backend, config = resolve_backend(prefer, require)
+    backend, config = resolve_backend(prefer, require, verbose)
     n_jobs = config["n_jobs"]
     return backend, (None if n_jobs is UNSET else n_jobs)
 
 
 def resolve_backend(prefer: str | None = None,
-                     require: str | None = None):
+                     require: str | None = None, verbose: int = 0):
     """Backend from the active configuration and the soft/hard hints.
 
     ``prefer`` and ``require`` given to ``Parallel`` win over the
     configured ones.  A configured backend is used as is, unless
     ``require="sharedmem"`` and its workers do not share memory; without
-    one, ``prefer`` picks the default thread or process backend.
+    one, ``prefer`` picks the default thread or process backend.  With
+    ``verbose >= 10``, replacing a configured backend is reported.
     """
     config = current_config()
     if prefer is None:
@@ -347,8 +358,14 @@ def resolve_backend(prefer: str | None = None,
     backend = config["backend"]
     if backend is not UNSET:
         if require == "sharedmem" and not backend.supports_sharedmem:
-            return make_backend(DEFAULT_THREAD_BACKEND,
-                                 nesting_level=backend.nesting_level), config
+            threads = make_backend(DEFAULT_THREAD_BACKEND,
+                                   nesting_level=backend.nesting_level)
+            if verbose >= 10:
+                # joblib's words, on stdout as joblib prints them.
+                print(f"Using {type(threads).__name__} as joblib backend "
+                      f"instead of {type(backend).__name__} as the latter "
+                      "does not provide shared memory semantics.")
+            return threads, config
         return backend, config
     # The lazily imported defaults (processes, dask) neither use threads nor
     # share memory: no need to import them to know it.

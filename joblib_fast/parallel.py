@@ -151,7 +151,7 @@ class Parallel:
             raise TypeError(f"verbose must be an integer, got {verbose!r}")
 
         if backend is None or backend is UNSET:
-            backend = _config.resolve_backend(prefer, require)[0]
+            backend = _config.resolve_backend(prefer, require, verbose)[0]
         elif isinstance(backend, ParallelBackendBase):
             if backend.nesting_level is None:
                 backend.nesting_level = level

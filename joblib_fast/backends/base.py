@@ -11,8 +11,9 @@ import contextlib
 import functools
 import os
 import threading
+import warnings
 from abc import ABCMeta, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 from .. import _cpu
 from .._context import enter_worker, resolve_n_jobs
@@ -152,6 +153,40 @@ class ParallelBackendBase(metaclass=ABCMeta):
         return f"{type(self).__name__}()"
 
 
+def warn_timeout_unsupported(backend_name: str, timeout: float) -> None:
+    """joblib's warning (its exact words: code filters on them)."""
+    warnings.warn(
+        f"The backend class {backend_name!r} does not support timeout. "
+        f"You have set 'timeout={timeout}' in Parallel but the 'timeout' "
+        "parameter will not be used.", UserWarning, stacklevel=5)
+
+
+def worker_initializer(backend: ParallelBackendBase, options: CallOptions
+                       ) -> tuple[Callable[..., Any] | None, tuple]:
+    """The ``initializer`` and ``initargs`` each worker runs once when it
+    starts (joblib's keyword arguments): those given to ``Parallel`` win
+    over those of the backend (``parallel_config(initializer=...)``)."""
+    kwargs = dict(backend.backend_kwargs or {})
+    kwargs.update(options.backend_kwargs)
+    initializer = kwargs.get("initializer")
+    initargs = kwargs.get("initargs") or ()
+    if initializer is not None and not callable(initializer):
+        raise TypeError(
+            f"initializer must be a callable or None, got {initializer!r}")
+    if not isinstance(initargs, (tuple, list)):
+        raise TypeError(f"initargs must be a tuple, got {initargs!r}")
+    return initializer, tuple(initargs)
+
+
+def _start_thread(backend: ParallelBackendBase, n_jobs: int,
+                  initializer: Callable[..., Any] | None,
+                  initargs: tuple) -> None:
+    """First thing a worker thread runs (in that thread)."""
+    enter_worker(backend, n_jobs)
+    if initializer is not None:
+        initializer(*initargs)
+
+
 class SequentialBackend(PoolProvider, ParallelBackendBase):
     """Runs every task in the calling thread (``n_jobs=1``, debugging)."""
 
@@ -193,9 +228,11 @@ class ThreadingBackend(PoolProvider, ParallelBackendBase):
         return resolve_n_jobs(n_jobs)
 
     def make_pool(self, n_jobs: int, options: CallOptions) -> ThreadPool:
+        initializer, initargs = worker_initializer(self, options)
         return ThreadPool(n_jobs, name="joblib_fast-thread",
-                          initializer=functools.partial(enter_worker, self,
-                                                        n_jobs))
+                          initializer=functools.partial(
+                              _start_thread, self, n_jobs, initializer,
+                              initargs))
 
     def get_nested_backend(self):
         # Threads inside threads oversubscribe: nested calls run in place.

@@ -30,13 +30,12 @@ import functools
 import itertools
 import queue
 import time
-import warnings
 from collections.abc import Iterable
 from typing import Any, Callable
 
 from .. import _context
 from .._core import Call, TaskError
-from .base import ParallelBackendBase
+from .base import ParallelBackendBase, warn_timeout_unsupported
 from .native import CallInput, CallOptions, PoolProvider
 
 
@@ -375,10 +374,7 @@ class UserBackendProvider(PoolProvider):
         backend = self.backend
         timeout = options.timeout
         if timeout is not None and not backend.supports_timeout:
-            warnings.warn(
-                f"The backend class {type(backend).__name__!r} does not "
-                f"support timeout; timeout={timeout} is not used.",
-                stacklevel=5)
+            warn_timeout_unsupported(type(backend).__name__, timeout)
             timeout = None
         pool.begin_call(timeout)
         if options.batch_size or not _overrides_batch_size(backend):

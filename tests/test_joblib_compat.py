@@ -1,0 +1,248 @@
+"""Behaviours joblib's own test suite checks (issue 14), one test each here
+too: the wording code matches on, the warnings joblib gives, and the
+arguments joblib honours (initializer, batch_size with n_jobs=1)."""
+import contextlib
+import os
+import threading
+import warnings
+
+import pytest
+
+from joblib_fast import (
+    Parallel,
+    delayed,
+    parallel_config,
+    register_parallel_backend,
+)
+from joblib_fast.backends.base import ParallelBackendBase, ThreadingBackend
+
+ALREADY_RUNNING = "This Parallel instance is already running"
+
+
+def square(x):
+    return x * x
+
+
+# ------------------------------------------------------ already running
+
+
+@pytest.mark.parametrize("backend,n_jobs", [
+    ("sequential", 1), ("threading", 1), ("threading", 2), ("loky", 1)])
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_second_call_while_a_generator_is_open_raises(backend, n_jobs,
+                                                      return_as):
+    parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as=return_as)
+    gen = parallel(delayed(square)(i) for i in range(4))
+    with pytest.raises(RuntimeError, match=ALREADY_RUNNING):
+        parallel(delayed(square)(i) for i in range(4))
+    assert sorted(gen) == [0, 1, 4, 9]
+    # Once the generator is done the instance runs again.
+    assert parallel(delayed(square)(i) for i in range(2)) is not None
+
+
+def test_closed_sequential_generator_frees_the_instance():
+    parallel = Parallel(n_jobs=1, return_as="generator")
+    gen = parallel(delayed(square)(i) for i in range(4))
+    gen.close()
+    assert list(parallel(delayed(square)(i) for i in range(3))) == [0, 1, 4]
+
+
+def test_nested_call_of_the_same_instance_raises_joblibs_words():
+    parallel = Parallel(n_jobs=1)
+
+    def inner():
+        return parallel(delayed(square)(i) for i in range(2))
+
+    with pytest.raises(RuntimeError, match=ALREADY_RUNNING):
+        parallel([delayed(inner)()])
+
+
+# ----------------------------------------------------- n_jobs=1 details
+
+
+def test_batch_size_reads_input_ahead_with_one_job():
+    events = []
+
+    def produce():
+        for i in range(6):
+            events.append(f"P{i}")
+            yield delayed(events.append)(f"C{i}")
+
+    Parallel(n_jobs=1, batch_size=3)(produce())
+    assert events == ["P0", "P1", "P2", "C0", "C1", "C2",
+                      "P3", "P4", "P5", "C3", "C4", "C5"]
+
+
+def test_auto_batch_size_with_one_job_is_one_at_a_time():
+    events = []
+
+    def produce():
+        for i in range(3):
+            events.append(f"P{i}")
+            yield delayed(events.append)(f"C{i}")
+
+    Parallel(n_jobs=1)(produce())
+    assert events == ["P0", "C0", "P1", "C1", "P2", "C2"]
+
+
+def test_timeout_with_one_job_warns_as_joblib():
+    with pytest.warns(UserWarning) as record:
+        Parallel(n_jobs=1, timeout=1)(delayed(square)(i) for i in range(3))
+    assert [str(w.message) for w in record] == [
+        "The backend class 'SequentialBackend' does not support timeout. "
+        "You have set 'timeout=1' in Parallel but the 'timeout' parameter "
+        "will not be used."]
+
+
+# --------------------------------------------------------- backends
+
+
+class ZeroWorkerBackend(ThreadingBackend):
+    def configure(self, *args, **kwargs):
+        return 0
+
+
+def test_backend_with_zero_workers_raises_runtime_error():
+    with pytest.raises(RuntimeError,
+                       match="ZeroWorkerBackend has no active worker"):
+        Parallel(n_jobs=2, backend=ZeroWorkerBackend())(
+            delayed(square)(i) for i in range(3))
+
+
+class ProcessLike(ParallelBackendBase):
+    supports_sharedmem = False
+
+    def effective_n_jobs(self, n_jobs):
+        return n_jobs
+
+
+def test_sharedmem_replacing_a_configured_backend_is_reported(capsys):
+    with parallel_config(ProcessLike()):
+        p = Parallel(n_jobs=2, require="sharedmem", verbose=10)
+        assert type(p._backend) is ThreadingBackend
+        quiet = Parallel(n_jobs=2, require="sharedmem")
+        assert type(quiet._backend) is ThreadingBackend
+    out, err = capsys.readouterr()
+    assert out.strip() == (
+        "Using ThreadingBackend as joblib backend instead of ProcessLike as "
+        "the latter does not provide shared memory semantics.")
+    assert err == ""
+
+
+def test_retrieval_context_of_a_threading_subclass_is_entered():
+    entered = []
+
+    class Counting(ThreadingBackend):
+        @contextlib.contextmanager
+        def retrieval_context(self):
+            entered.append(1)
+            yield
+
+    register_parallel_backend("jf-test-retrieval", Counting)
+    with parallel_config("jf-test-retrieval"):
+        Parallel(n_jobs=2)(delayed(square)(i) for i in range(5))
+        assert list(Parallel(n_jobs=2, return_as="generator")(
+            delayed(square)(i) for i in range(3))) == [0, 1, 4]
+    assert entered == [1, 1]
+
+
+# ------------------------------------------------------------ messages
+
+
+def test_print_hook_receives_the_verbose_lines():
+    class Logged(Parallel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.messages = []
+
+        def _print(self, msg):
+            self.messages.append(msg)
+
+    for n_jobs in (1, 2):
+        p = Logged(n_jobs=n_jobs, backend="threading", verbose=100)
+        p(delayed(square)(i) for i in range(12))
+        done = [m for m in p.messages if m.startswith("Done")]
+        assert done and done[-1].startswith("Done 12 out of 12")
+
+
+@pytest.mark.parametrize("param,kind", [("prefer", "backend hint"),
+                                        ("require", "backend constraint")])
+def test_bad_hint_error_has_joblibs_words(param, kind):
+    with pytest.raises(ValueError, match=f"{param}=wrong is not a valid "
+                                         f"{kind}"):
+        parallel_config(**{param: "wrong"})
+
+
+def test_backend_params_without_backend_error_has_joblibs_words():
+    with pytest.raises(ValueError,
+                       match="only supported when backend is not None"):
+        parallel_config(inner_max_num_threads=1)
+    with pytest.raises(ValueError,
+                       match="only supported when backend is a string"):
+        parallel_config(backend=ThreadingBackend(), backend_param=1)
+
+
+# --------------------------------------------------------- initializer
+
+
+_thread_state = threading.local()
+
+
+def _init_thread(tag, seen):
+    _thread_state.tag = tag
+    seen.append(threading.get_ident())
+
+
+def _read_tag(_):
+    return getattr(_thread_state, "tag", None)
+
+
+def test_initializer_runs_once_in_each_worker_thread():
+    seen = []
+    out = Parallel(n_jobs=2, backend="threading", initializer=_init_thread,
+                   initargs=("ready", seen))(
+        delayed(_read_tag)(i) for i in range(20))
+    assert out == ["ready"] * 20
+    assert len(seen) == 2 and len(set(seen)) == 2
+
+
+def test_initializer_from_parallel_config_for_threads():
+    seen = []
+    with parallel_config("threading", n_jobs=2, initializer=_init_thread,
+                         initargs=("configured", seen)):
+        out = Parallel()(delayed(_read_tag)(i) for i in range(6))
+    assert out == ["configured"] * 6
+
+
+def test_threads_of_a_with_block_are_initialized_once():
+    seen = []
+    with Parallel(n_jobs=2, backend="threading", initializer=_init_thread,
+                  initargs=("block", seen)) as p:
+        for _ in range(3):
+            assert p(delayed(_read_tag)(i) for i in range(4)) == ["block"] * 4
+    assert len(seen) == 2
+
+
+def test_bad_initializer_is_a_clear_error():
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        Parallel(n_jobs=2, backend="threading", initializer=3)(
+            delayed(square)(i) for i in range(2))
+
+
+def _set_env_marker(value):
+    os.environ["JF_TEST_INIT_MARKER"] = value
+
+
+def _get_env_marker(_):
+    return os.environ.get("JF_TEST_INIT_MARKER"), os.getpid()
+
+
+def test_initializer_runs_in_process_workers():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = Parallel(n_jobs=2, backend="loky", initializer=_set_env_marker,
+                       initargs=("set",))(
+            delayed(_get_env_marker)(i) for i in range(8))
+    assert {marker for marker, _ in out} == {"set"}
+    assert os.getpid() not in {pid for _, pid in out}
+    assert "JF_TEST_INIT_MARKER" not in os.environ
