@@ -5,7 +5,7 @@
 >>> Parallel(n_jobs=2, backend="threading")(delayed(sqrt)(i ** 2) for i in range(3))
 [0.0, 1.0, 2.0]
 """
-from ._core import TaskError, delayed
+from ._core import delayed
 from .backends.base import ParallelBackendBase
 from .config import (
     cpu_count,
@@ -14,6 +14,7 @@ from .config import (
     parallel_config,
     register_parallel_backend,
 )
+from .errors import RemoteTraceback, TaskError, TerminatedWorkerError
 from .parallel import Parallel
 
 __version__ = "0.1.0"
@@ -28,4 +29,6 @@ __all__ = [
     "cpu_count",
     "effective_n_jobs",
     "TaskError",
+    "TerminatedWorkerError",
+    "RemoteTraceback",
 ]

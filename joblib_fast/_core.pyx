@@ -30,6 +30,8 @@ relying on the GIL.
 
 import threading
 
+from .errors import TaskError
+
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject, PyObject_Call
@@ -57,10 +59,6 @@ def in_worker_thread():
 def clock():
     """The monotonic clock the core measures with, in seconds."""
     return jf_clock_now()
-
-
-class TaskError(TypeError):
-    """An item of the iterable given to ``Parallel`` is not a task."""
 
 
 cdef object _bad_task(object item, Py_ssize_t index):

@@ -1,29 +1,12 @@
 """The process-worker main loop (runs inside each worker process).
 
-Protocol, over one socket pair per worker (framing in ``_wire``):
+Messages and framing: ``wire``.  A reader thread drains the inbound socket
+into a queue so that the parent never blocks on a full socket while this
+process is busy sending results (that would deadlock when both directions
+fill up).
 
-parent -> worker   ``TASK_HEAD (key, kind, out_threshold, n_buffers)``
-    followed, in the same frame, by the pickled payload, then
-    ``n_buffers`` out-of-band buffer frames (pickle protocol 5); the head
-    is unpacked apart so that a payload that cannot be unpickled is still
-    reported against its batch;
-    kind ``UNIFORM``: ``payload = (func, [args, ...])`` (one function, no
-    keyword arguments: the common ``delayed(f)(x)`` case, smaller to send);
-    kind ``GENERAL``: ``payload = [(func, args, kwargs), ...]``;
-    ``out_threshold``: result arrays larger than this many bytes go back
-    through shared memory (``_results.ResultPacker``); -1: never.
-worker -> parent   ``REPLY_HEAD (key, status, duration, n_buffers, n_fds)``
-    followed by the pickled data, then ``n_fds`` descriptors (shared-memory
-    results), then ``n_buffers`` buffer frames;
-    ``OK``: ``data`` = list of results;
-    ``TASK_ERROR``: ``data = (index in batch, pickled exception or None,
-    exception type name, message, worker traceback text)``;
-    ``SEND_ERROR``: ``data = (index in batch or -1, message)`` when the
-    batch could not be unpickled or a result could not be pickled.
-
-A reader thread drains the inbound socket into a queue so that the parent
-never blocks on a full socket while this process is busy sending results
-(that would deadlock when both directions fill up).
+This module imports nothing of the parent side: only the wire, pickling
+and array modules, ``joblib_fast._context`` and ``backends.base``.
 """
 from __future__ import annotations
 
@@ -31,38 +14,21 @@ import os
 import pickle
 import queue
 import signal
-import struct
 import sys
 import threading
 import time
 import traceback
 
-from . import _wire
-
-UNIFORM, GENERAL = 0, 1
-OK, TASK_ERROR, SEND_ERROR = 0, 1, 2
-TASK_HEAD = struct.Struct("<qBqI")
-REPLY_HEAD = struct.Struct("<qBdII")
-PROTOCOL = 5
-
-
-def _dumps(obj) -> bytes:
-    """Plain pickle on the fast path; cloudpickle for what it cannot do."""
-    try:
-        return pickle.dumps(obj, protocol=PROTOCOL)
-    except Exception:  # noqa: BLE001 - any pickling failure
-        import cloudpickle
-        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+from . import wire
+from .pickling import dumps, dumps_any, find_unpicklable
+from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
 
 
 def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
     """Queue each whole message as (head frame, buffers); None at the end."""
     try:
         while True:
-            frame = _wire.recv_frame(fd)
-            n_buffers = TASK_HEAD.unpack_from(frame)[3]
-            buffers = [_wire.recv_buffer(fd) for _ in range(n_buffers)]
-            inbox.put((frame, buffers))
+            inbox.put(wire.recv_task(fd))
     except (EOFError, OSError):
         pass
     finally:
@@ -72,7 +38,7 @@ def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
 def _error_message(index: int, exc: BaseException):
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        blob = _dumps(exc)
+        blob = dumps_any(exc, passthrough=())[0]
         pickle.loads(blob)  # an exception that cannot come back is described
     except Exception:  # noqa: BLE001 - any pickling failure
         blob = None
@@ -106,66 +72,55 @@ class _Replier:
         self._sock = None
         self._packer = None
 
-    def _pack(self, data, threshold: int, cloud: bool):
+    def _pack(self, data, threshold: int):
         if "numpy" not in sys.modules:
-            if not cloud:
-                return pickle.dumps(data, protocol=PROTOCOL), [], []
-            import cloudpickle
-            return cloudpickle.dumps(data, protocol=PROTOCOL), [], []
-        from . import _memmap, _results
+            blob, buffers = dumps_any(data, passthrough=())
+            return blob, buffers, []
+        from .arrays_out import ResultPacker
         if self._packer is None:
-            self._packer = _results.ResultPacker()
+            self._packer = ResultPacker()
         packer = self._packer
         packer.threshold = threshold
         try:
-            blob, buffers = _memmap.dumps(data, packer, cloud)
+            blob, buffers = dumps_any(data, packer, passthrough=())
         except BaseException:
             packer.discard()
             raise
         fds, packer.fds = packer.fds, []
         return blob, buffers, fds
 
+    def _socket(self):
+        if self._sock is None:
+            self._sock = wire.socket_for(self.conn)
+        return self._sock
+
     def reply(self, key: int, status: int, data, duration: float,
               threshold: int = -1) -> None:
         try:
-            blob, buffers, fds = self._pack(data, threshold, False)
-        except Exception:  # noqa: BLE001 - any pickling failure
-            try:
-                blob, buffers, fds = self._pack(data, threshold, True)
-            except Exception as exc:  # noqa: BLE001 - any pickling failure
-                status, data = SEND_ERROR, _unpicklable_result(status, data, exc)
-                blob, buffers, fds = pickle.dumps(data, protocol=PROTOCOL), [], []
+            blob, buffers, fds = self._pack(data, threshold)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure
+            status, data = SEND_ERROR, _unpicklable_result(status, data, exc)
+            (blob, buffers), fds = dumps(data), []
         try:
-            head = REPLY_HEAD.pack(key, status, duration, len(buffers), len(fds))
-            if not fds:
-                _wire.send_message(self.fd, head, blob, buffers)
-            else:
-                _wire.send_message(self.fd, head, blob)
-                if self._sock is None:
-                    self._sock = _wire.socket_for(self.conn)
-                _wire.send_fds(self._sock, fds)
-                for buf in buffers:
-                    _wire.send_frame(self.fd, buf)
+            wire.send_reply(self.fd, self._socket, key, status, duration,
+                            blob, buffers, fds)
         finally:
-            _wire.close_fds(fds)
+            wire.close_fds(fds)
 
 
 def _unpicklable_result(status: int, data, exc: BaseException):
     index = -1
     if status == OK:
-        for i, value in enumerate(data):
-            try:
-                _dumps(value)
-            except Exception:  # noqa: BLE001 - any pickling failure
-                index = i
-                break
+        found = find_unpicklable(data)
+        if found is not None:
+            index = found[0]
     message = (f"the result could not be pickled back to the parent: "
                f"{type(exc).__name__}: {exc}")
     return (index, message)
 
 
-def main(conn, env: dict, idle_timeout: float, inherited=()) -> None:
-    """Serve batches from ``conn`` until it closes or stays idle too long.
+def main(conn, env: dict, inherited=()) -> None:
+    """Serve batches from ``conn`` until it closes.
 
     ``inherited``: the parent's ends of other workers' pipes that a forked
     child got a copy of; closed at once."""
@@ -177,8 +132,8 @@ def main(conn, env: dict, idle_timeout: float, inherited=()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Nested calls in a worker get threads at the first nesting level (what
     # ProcessBackend.get_nested_backend gives), sequential beyond.
-    from ._context import DEFAULT_CONFIG, set_config
-    from .backends.base import ThreadingBackend
+    from ..._context import DEFAULT_CONFIG, set_config
+    from ..base import ThreadingBackend
     set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -187,22 +142,18 @@ def main(conn, env: dict, idle_timeout: float, inherited=()) -> None:
     replier = _Replier(conn)
     while True:
         if inbox.empty():
-            memmap = sys.modules.get("joblib_fast._memmap")
-            if memmap is not None:
-                memmap.worker_idle()  # nothing queued: unmap the inputs
-        try:
-            message = inbox.get(timeout=idle_timeout)
-        except queue.Empty:
-            break
+            arrays_in = sys.modules.get(f"{__package__}.arrays_in")
+            if arrays_in is not None:
+                arrays_in.worker_idle()  # nothing queued: unmap the inputs
+        message = inbox.get()
         if message is None:
             break
         frame, buffers = message
         del message
-        key, kind, threshold, _ = TASK_HEAD.unpack_from(frame)
+        key, kind, threshold = wire.task_head(frame)
         start = time.perf_counter()
         try:
-            payload = pickle.loads(memoryview(frame)[TASK_HEAD.size:],
-                                   buffers=buffers)
+            payload = wire.task_payload(frame, buffers)
         except BaseException as exc:  # noqa: BLE001
             replier.reply(
                 key, SEND_ERROR,
