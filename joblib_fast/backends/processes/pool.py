@@ -277,7 +277,7 @@ class ProcessPool:
         return wire.recv_reply(worker.fd, worker.socket)
 
     def _deliver(self, batch, key: int, frame, buffers, fds) -> None:
-        (rkey, status, duration), data = wire.reply_head(frame)
+        (rkey, status, duration), data = wire.split_reply(frame)
         try:
             payload = loads_reply(data, buffers, fds)
         except Exception as exc:  # noqa: BLE001 - any pickling failure

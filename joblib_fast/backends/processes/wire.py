@@ -267,7 +267,7 @@ def recv_reply(fd: int, sock_for_fds):
     return frame, buffers, fds
 
 
-def reply_head(frame):
+def split_reply(frame):
     """(key, status, duration) of a reply, and its pickled data."""
     return (REPLY_HEAD.unpack_from(frame)[:3],
             memoryview(frame)[REPLY_HEAD.size:])

@@ -100,7 +100,8 @@ class _Replier:
             blob, buffers, fds = self._pack(data, threshold)
         except Exception as exc:  # noqa: BLE001 - any pickling failure
             status, data = SEND_ERROR, _unpicklable_result(status, data, exc)
-            (blob, buffers), fds = dumps(data), []
+            blob, buffers = dumps(data)
+            fds = []
         try:
             wire.send_reply(self.fd, self._socket, key, status, duration,
                             blob, buffers, fds)
