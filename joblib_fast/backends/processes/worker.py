@@ -19,7 +19,11 @@ import threading
 import time
 import traceback
 
+from ..._context import DEFAULT_CONFIG, set_config
+from ..base import ThreadingBackend
 from . import wire
+from .arrays_in import worker_idle
+from .arrays_out import ResultPacker
 from .pickling import dumps, dumps_any, find_unpicklable
 from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
 
@@ -76,7 +80,6 @@ class _Replier:
         if "numpy" not in sys.modules:
             blob, buffers = dumps_any(data, passthrough=())
             return blob, buffers, []
-        from .arrays_out import ResultPacker
         if self._packer is None:
             self._packer = ResultPacker()
         packer = self._packer
@@ -133,8 +136,6 @@ def main(conn, env: dict, inherited=()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Nested calls in a worker get threads at the first nesting level (what
     # ProcessBackend.get_nested_backend gives), sequential beyond.
-    from ..._context import DEFAULT_CONFIG, set_config
-    from ..base import ThreadingBackend
     set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -143,9 +144,7 @@ def main(conn, env: dict, inherited=()) -> None:
     replier = _Replier(conn)
     while True:
         if inbox.empty():
-            arrays_in = sys.modules.get(f"{__package__}.arrays_in")
-            if arrays_in is not None:
-                arrays_in.worker_idle()  # nothing queued: unmap the inputs
+            worker_idle()  # nothing queued: unmap the inputs
         message = inbox.get()
         if message is None:
             break
