@@ -29,7 +29,7 @@ relying on the GIL.
 
 import threading
 
-from .errors import TaskError
+from .errors import ParallelTimeoutError, TaskError
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
@@ -422,7 +422,7 @@ cdef class Call:
         for batch in self.pending_batches():
             started = (<Batch>batch).task_started
             if started > 0.0 and now - started > self.timeout:
-                raise TimeoutError(
+                raise ParallelTimeoutError(
                     f"a task of Parallel ran longer than timeout="
                     f"{self.timeout:g} s (tasks {batch.start}.."
                     f"{batch.start + len(batch.tasks or ()) - 1} "

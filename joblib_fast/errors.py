@@ -1,6 +1,8 @@
 """The public exceptions of joblib_fast (re-exported by the package)."""
 from __future__ import annotations
 
+import multiprocessing
+
 
 class TaskError(TypeError):
     """An item of the iterable given to ``Parallel`` is not a task."""
@@ -24,3 +26,10 @@ class RemoteTraceback(Exception):
 
 class TaskFailedError(RuntimeError):
     """A task raised an exception that could not be sent back as itself."""
+
+
+class ParallelTimeoutError(TimeoutError, multiprocessing.TimeoutError):
+    """A task ran past ``Parallel``'s ``timeout``.
+
+    Both the builtin ``TimeoutError`` and ``multiprocessing.TimeoutError``
+    (what joblib raises, and what code written for joblib catches)."""

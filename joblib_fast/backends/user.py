@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from .. import _context
 from .._core import Call, TaskError
+from ..errors import ParallelTimeoutError
 from .base import ParallelBackendBase, warn_timeout_unsupported
 from .native import CallInput, CallOptions, PoolProvider
 
@@ -181,7 +182,7 @@ class UserPool:
         waited = now - max(job.submitted, self._head_since)
         if waited <= self.timeout:
             return None
-        return TimeoutError(
+        return ParallelTimeoutError(
                 f"a batch of Parallel (tasks {job.batch.start}.."
                 f"{job.batch.start + job.size - 1}) did not finish within "
                 f"timeout={self.timeout:g} s")

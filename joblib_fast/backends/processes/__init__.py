@@ -15,14 +15,16 @@ One module per concern:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ..._context import resolve_n_jobs
 from ...errors import RemoteTraceback, TaskFailedError, TerminatedWorkerError
-from ..base import ParallelBackendBase, ThreadingBackend
+from ..base import ParallelBackendBase, ThreadingBackend, worker_initializer
 from ..native import CallInput, CallOptions, PoolProvider
 from .arrays_in import ArrayExchange
 from .context import resolve_context
+from .pickling import dumps_any
 from .pool import ProcessLease, ProcessPool
 from .registry import get_pool, reusable_pool_pids, shutdown_reusable_pools
 
@@ -63,7 +65,13 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
 
     def effective_n_jobs(self, n_jobs):
         if n_jobs is not None and self.nesting_level and self.nesting_level > 0:
-            # Processes inside workers would oversubscribe: run in place.
+            # Processes inside workers would oversubscribe: run in place,
+            # and say so in joblib's words (code filters on them).
+            if n_jobs != 1:
+                where = "" if self.in_main_thread() else " below threads"
+                warnings.warn(
+                    "Multiprocessing-backed parallel loops cannot be nested"
+                    f"{where}, setting n_jobs=1", stacklevel=3)
             return 1
         return resolve_n_jobs(n_jobs)
 
@@ -84,8 +92,13 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
             mmap_mode=options.mmap_mode,
             temp_folder=options.temp_folder,
             return_shared=options.return_shared)
+        initializer, initargs = worker_initializer(self, options)
+        blob = None
+        if initializer is not None:
+            # By value when defined in __main__ (spawned workers lack it).
+            blob = dumps_any((initializer, initargs), refuse_main=True)[0]
         pool = get_pool(n_jobs, context, self._prepare_worker_env(n_jobs),
-                        arrays.temp_folder)
+                        arrays.temp_folder, initializer=blob)
         pool.lease(arrays)
         return ProcessLease(pool, n_jobs)
 

@@ -5,8 +5,9 @@ The caller thread does everything on this side: ``ProcessPool.submit``
 pickles a batch and sends it, ``ProcessPool.wait`` sleeps in ``select``
 (GIL released) on the pipes and on the process sentinels, hands each
 result to the core with ``call.complete`` and refills the worker at once.
-A worker holds at most ``MAX_OUTSTANDING`` batches so that it never idles
-waiting for the caller; a worker that dies makes the call fail with
+A worker holds at most ``MAX_OUTSTANDING`` batch: batches go to idle
+workers only, so none waits behind a long task while another worker idles;
+a worker that dies makes the call fail with
 :class:`TerminatedWorkerError` and the pool is discarded.
 
 A reusable pool is leased out by ``registry``, and handed back to it (its
@@ -24,7 +25,12 @@ from multiprocessing.connection import wait as _mp_wait
 from typing import Any, Protocol
 
 from ..._core import split_uniform
-from ...errors import RemoteTraceback, TaskFailedError, TerminatedWorkerError
+from ...errors import (
+    ParallelTimeoutError,
+    RemoteTraceback,
+    TaskFailedError,
+    TerminatedWorkerError,
+)
 from . import wire
 from .arrays_in import ArrayExchange
 from .arrays_out import loads_reply
@@ -32,9 +38,14 @@ from .context import WORKER_NAME, install
 from .pickling import dumps, dumps_any, find_unpicklable
 from .worker import main as worker_main
 
-# Batches sent ahead to one worker: 2 means the next one is already in its
-# pipe when it finishes, so it never waits for the caller thread.
-MAX_OUTSTANDING = 2
+# Batches sent ahead to one worker.  1: a batch only goes to an idle
+# worker, never queued behind one that may be running a long task while
+# another worker idles (with 2, 10 tasks of which one sleeps 2 s gave the 9
+# fast results after 2 s instead of at once; issue 14).  The round trip
+# it adds, measured side by side in one process (ProcessPool._max_outstanding
+# patched), 3 runs on 2 cores, 2 vs 1: no-op x 100 000 0.055-0.066 s vs
+# 0.066-0.106 s; 1 ms x 400 and uneven 0.1-10 ms x 300 within the noise.
+MAX_OUTSTANDING = 1
 # Seconds a stopping worker gets to exit before it is killed.
 SHUTDOWN_GRACE = 1.0
 
@@ -98,10 +109,16 @@ def _unpicklable_task(tasks: list, start: int,
         i, inner = found
         task = tasks[i]
         name = getattr(task[0], "__qualname__", repr(task[0]))
+        # joblib's (loky's) words first: code matches on them.
         return pickle.PicklingError(
-            f"task {start + i} ({name}) cannot be pickled to send it "
-            f"to a worker process: {type(inner).__name__}: {inner}")
-    return pickle.PicklingError(f"a batch cannot be pickled: {exc}")
+            f"{_NOT_PICKLED} (task {start + i} ({name}) cannot be pickled "
+            f"to send it to a worker process: {type(inner).__name__}: "
+            f"{inner})")
+    return pickle.PicklingError(
+        f"{_NOT_PICKLED} (a batch cannot be pickled: {exc})")
+
+
+_NOT_PICKLED = "Could not pickle the task to send it to the workers."
 
 
 class _Worker:
@@ -143,10 +160,13 @@ class ProcessPool:
 
     def __init__(self, n_workers: int, context, env: dict[str, str],
                  reusable: bool = False,
-                 owner: PoolOwner | None = None) -> None:
+                 owner: PoolOwner | None = None,
+                 initializer: bytes | None = None) -> None:
         self.n_workers = n_workers
         self.context = context
         self.env = env
+        # Pickled (initializer, initargs) each worker runs when it starts.
+        self.initializer = initializer
         self.reusable = reusable
         self.owner = owner  # given with reusable=True
         self.workers: list[_Worker] = []
@@ -174,7 +194,8 @@ class ProcessPool:
         inherited = [w.conn for w in self.workers] \
             if self.context.get_start_method() == "fork" else []
         process = self.context.Process(
-            target=worker_main, args=(child_conn, self.env, inherited),
+            target=worker_main,
+            args=(child_conn, self.env, inherited, self.initializer),
             name=WORKER_NAME, daemon=True)
         try:
             process.start()
@@ -335,7 +356,7 @@ class ProcessPool:
         for worker in self.workers:
             if worker.batches and now - worker.started > timeout:
                 batch = worker.batches[0][1]
-                error = TimeoutError(
+                error = ParallelTimeoutError(
                     f"task {batch.start} of Parallel ran longer than "
                     f"timeout={timeout:g} s; its worker (pid {worker.pid}) "
                     "was terminated")

@@ -24,18 +24,23 @@ _REUSABLE: dict[tuple, ProcessPool] = {}
 _HOOKS_INSTALLED = False
 
 
-def _pool_key(n_workers: int, context, env: dict[str, str]) -> tuple:
-    return (n_workers, context.get_start_method(), tuple(sorted(env.items())))
+def _pool_key(n_workers: int, context, env: dict[str, str],
+              initializer: bytes | None) -> tuple:
+    # Workers started with another initializer, or other initargs, are not
+    # reused (joblib's rule); "the same" is "pickles to the same bytes".
+    return (n_workers, context.get_start_method(), tuple(sorted(env.items())),
+            initializer)
 
 
 def get_pool(n_workers: int, context, env: dict[str, str],
-             temp_folder: str | None = None) -> ProcessPool:
+             temp_folder: str | None = None,
+             initializer: bytes | None = None) -> ProcessPool:
     """Lease the reusable pool for this configuration, or make one.
 
     Starting a pool also removes the memmap folders that killed
     joblib_fast processes left behind (in ``temp_folder`` too)."""
     _install_hooks()
-    key = _pool_key(n_workers, context, env)
+    key = _pool_key(n_workers, context, env, initializer)
     stale = []
     with _REGISTRY_LOCK:
         pool = _REUSABLE.get(key)
@@ -62,7 +67,7 @@ def get_pool(n_workers: int, context, env: dict[str, str],
         old.terminate()
     sweep_stale(temp_folder)
     pool = ProcessPool(n_workers, context, env, reusable=reusable,
-                       owner=_OWNER)
+                       owner=_OWNER, initializer=initializer)
     pool.in_use = True
     if reusable:
         with _REGISTRY_LOCK:

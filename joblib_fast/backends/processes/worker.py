@@ -123,11 +123,15 @@ def _unpicklable_result(status: int, data, exc: BaseException):
     return (index, message)
 
 
-def main(conn, env: dict, inherited=()) -> None:
+def main(conn, env: dict, inherited=(), initializer: bytes | None = None
+         ) -> None:
     """Serve batches from ``conn`` until it closes.
 
     ``inherited``: the parent's ends of other workers' pipes that a forked
-    child got a copy of; closed at once."""
+    child got a copy of; closed at once.  ``initializer``: the pickled
+    ``(initializer, initargs)`` of ``Parallel``, run once before the first
+    batch (an error there ends the worker: the call fails with
+    ``TerminatedWorkerError``, as a broken pool does in joblib)."""
     for other in inherited:
         other.close()
     os.environ.update(env)
@@ -137,6 +141,9 @@ def main(conn, env: dict, inherited=()) -> None:
     # Nested calls in a worker get threads at the first nesting level (what
     # ProcessBackend.get_nested_backend gives), sequential beyond.
     set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
+    if initializer is not None:
+        func, args = pickle.loads(initializer)
+        func(*args)
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
