@@ -39,7 +39,12 @@ from .config import (
     parallel_config,
     register_parallel_backend,
 )
-from .errors import RemoteTraceback, TaskError, TerminatedWorkerError
+from .errors import (
+    ParallelTimeoutError,
+    RemoteTraceback,
+    TaskError,
+    TerminatedWorkerError,
+)
 from .parallel import Parallel
 
 __version__ = "0.1.0"
@@ -56,4 +61,5 @@ __all__ = [
     "TaskError",
     "TerminatedWorkerError",
     "RemoteTraceback",
+    "ParallelTimeoutError",
 ]

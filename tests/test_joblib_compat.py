@@ -247,3 +247,97 @@ def test_initializer_runs_in_process_workers():
     assert {marker for marker, _ in out} == {"set"}
     assert os.getpid() not in {pid for _, pid in out}
     assert "JF_TEST_INIT_MARKER" not in os.environ
+
+
+# -------------------------------------------------------------- timeout
+
+
+def _sleep(seconds):
+    import time
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_timeout_is_both_timeout_errors(backend):
+    import multiprocessing
+    with pytest.raises(TimeoutError) as info:
+        Parallel(n_jobs=2, backend=backend, timeout=0.05)(
+            delayed(_sleep)(s) for s in (0.0, 1.0))
+    assert isinstance(info.value, multiprocessing.TimeoutError)
+
+
+# --------------------------------------------------------------- nesting
+
+
+def _nested_processes(n_jobs):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = Parallel(n_jobs=n_jobs, backend="loky")(
+            delayed(square)(i) for i in range(3))
+    return out, [str(w.message) for w in record]
+
+
+def test_processes_nested_below_threads_warn_and_run_in_place():
+    results = Parallel(n_jobs=2, backend="threading")(
+        delayed(_nested_processes)(n) for n in (2, 1))
+    (out2, messages2), (out1, messages1) = results
+    assert out2 == out1 == [0, 1, 4]
+    assert messages2 == ["Multiprocessing-backed parallel loops cannot be "
+                         "nested below threads, setting n_jobs=1"]
+    assert messages1 == []  # n_jobs=1 asked for: nothing to say
+
+
+# ------------------------------------------------- generators and workers
+
+
+def _wait_for_file(path, i):
+    import time
+    if i == 1:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                return "gave up"
+            time.sleep(0.01)
+        return "released"
+    return i
+
+
+def test_unordered_generator_on_processes_does_not_queue_behind_a_busy_worker(
+        tmp_path):
+    # Task 1 runs until the test has received every other result: if a
+    # batch were queued on its worker, the 9 results could not all arrive.
+    flag = str(tmp_path / "release")
+    gen = Parallel(n_jobs=2, backend="loky", batch_size=1,
+                   return_as="generator_unordered")(
+        delayed(_wait_for_file)(flag, i) for i in range(10))
+    fast = [next(gen) for _ in range(9)]
+    open(flag, "w").close()
+    assert "gave up" not in fast
+    assert sorted(fast) == [0, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert list(gen) == ["released"]
+
+
+def _wait_event(event, i):
+    event.wait(30)
+    return i
+
+
+def test_dropped_thread_generator_does_not_hold_up_another_call():
+    release = threading.Event()
+    # Ends the blocked tasks if the test fails (a call waiting for them).
+    watchdog = threading.Timer(5.0, release.set)
+    watchdog.start()
+    try:
+        gen = Parallel(n_jobs=2, backend="threading", return_as="generator")(
+            delayed(_wait_event)(release, i) for i in range(4))
+        del gen  # its two running tasks still wait on `release`
+        out = list(Parallel(n_jobs=2, backend="threading",
+                            return_as="generator")(
+            delayed(square)(i) for i in range(4)))
+        # Reached while the dropped call's tasks are still blocked.
+        assert not release.is_set()
+        assert out == [0, 1, 4, 9]
+    finally:
+        watchdog.cancel()
+        release.set()

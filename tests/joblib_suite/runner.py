@@ -13,12 +13,13 @@ By hand (prints the outcomes by class and what fails unexpectedly)::
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -66,8 +67,9 @@ def prepare(folder: str) -> None:
 def run(folder: str, extra_args: tuple = ()) -> dict[str, list[str]]:
     """Run the prepared modules; ``{nodeid: [outcome, message]}``."""
     outcomes_path = os.path.join(folder, "outcomes.json")
-    tmp = os.path.join(folder, "tmp")
-    os.makedirs(tmp, exist_ok=True)
+    # The inner run's temp folder: short (a forkserver's socket path must
+    # fit in 108 bytes) and removed afterwards.
+    tmp = tempfile.mkdtemp(prefix="jfs")
     env = dict(os.environ)
     env.update(JF_SUITE_OUTCOMES=outcomes_path, TMPDIR=tmp,
                PYTHONPATH=os.pathsep.join(
@@ -75,9 +77,14 @@ def run(folder: str, extra_args: tuple = ()) -> dict[str, list[str]]:
     cmd = [sys.executable, "-P", "-m", "pytest", "-c", "pytest.ini",
            "--rootdir", folder, "-q", "-p", "outcomes_plugin",
            "-p", "no:randomly", f"--timeout={PER_TEST_TIMEOUT}",
-           "--timeout-method=thread", *MODULES, *extra_args]
-    proc = subprocess.run(cmd, cwd=folder, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+           "--timeout-method=thread", "--durations=10", *MODULES,
+           *extra_args]
+    try:
+        proc = subprocess.run(cmd, cwd=folder, env=env,
+                              stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     with open(os.path.join(folder, "pytest_output.txt"), "w") as f:
         f.write(proc.stdout)
     if not os.path.exists(outcomes_path):
@@ -88,10 +95,17 @@ def run(folder: str, extra_args: tuple = ()) -> dict[str, list[str]]:
         return json.load(f)
 
 
+def _matches(nodeid: str, pattern: str) -> bool:
+    """``*`` in ``pattern`` stands for any text; everything else, brackets
+    of parametrized ids included, is literal."""
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    return re.fullmatch(regex, nodeid) is not None
+
+
 def expected_reason(nodeid: str) -> str | None:
     """The reason ``nodeid`` may fail, or None when it must not."""
     for pattern, reason in EXPECTED_FAILURES.items():
-        if fnmatch.fnmatchcase(nodeid, pattern):
+        if _matches(nodeid, pattern):
             return reason
     return None
 
@@ -104,7 +118,7 @@ def unexpected_failures(outcomes: dict) -> dict[str, str]:
 def unused_patterns(outcomes: dict) -> list[str]:
     """Entries of the expected-failure list that match no test at all."""
     return [p for p in EXPECTED_FAILURES
-            if not any(fnmatch.fnmatchcase(n, p) for n in outcomes)]
+            if not any(_matches(n, p) for n in outcomes)]
 
 
 def summary(outcomes: dict) -> dict[str, int]:
@@ -122,7 +136,6 @@ def main(argv: list[str]) -> int:
     if "--" in argv:
         extra = argv[argv.index("--") + 1:]
         argv = argv[:argv.index("--")]
-    import tempfile
     folder = argv[0] if argv else tempfile.mkdtemp(prefix="jf-joblib-suite-")
     prepare(folder)
     outcomes = run(folder, tuple(extra))
