@@ -73,3 +73,37 @@ class ExecutorBackend(ParallelBackendBase):
 
     def retrieve_result_callback(self, future):
         return future.result()
+
+
+# ------------------------------------------------------ shared tasks
+# Defined here, in an importable module, so that process workers (spawn,
+# forkserver) can unpickle them by reference.
+
+
+class CustomError(Exception):
+    """An exception with extra state and a two-argument constructor."""
+
+    def __init__(self, message, code):
+        super().__init__(message, code)
+        self.message = message
+        self.code = code
+
+    def __str__(self):
+        return f"{self.message} (code {self.code})"
+
+
+def fail_on(i, bad, exc_type=ValueError):
+    """Return ``i``, or raise ``exc_type("task <i> failed")`` when
+    ``i == bad`` (``CustomError`` gets its own message and a code)."""
+    if i == bad:
+        if exc_type is CustomError:
+            raise CustomError(f"custom failure in task {i}", 42)
+        raise exc_type(f"task {i} failed")
+    return i
+
+
+def where_am_i(x):
+    """(x, pid, thread id) of the worker running the task."""
+    import os
+
+    return x, os.getpid(), threading.get_ident()
