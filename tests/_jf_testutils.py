@@ -1,10 +1,15 @@
 """Helpers shared by the test modules (imported as ``_jf_testutils``)."""
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
+
+import joblib_fast
 from joblib_fast import ParallelBackendBase
 
 BACKENDS = ("threading", "sequential")
@@ -107,3 +112,53 @@ def where_am_i(x):
     import os
 
     return x, os.getpid(), threading.get_ident()
+
+
+# ------------------------------------------------- process backend helpers
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+# The folder holding the INSTALLED joblib_fast (first on a child's path).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(joblib_fast.__file__)))
+START_METHODS = [m for m in ("fork", "spawn", "forkserver")
+                 if m in multiprocessing.get_all_start_methods()]
+# Seconds a failing call may take before we call it a hang (a working one
+# needs well under a second): a hang guard, not a speed check.
+NO_HANG = 15.0
+# Seconds given to processes and threads to go away after a call.
+PROC_GRACE = 5.0
+
+
+def alive(pid):
+    """True while process ``pid`` exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until(predicate, seconds=PROC_GRACE):
+    """Poll ``predicate`` until it is true (True) or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def subprocess_env(**extra):
+    """Environment for a child Python that imports the installed package
+    and the test helpers (proc_tasks)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [REPO_ROOT, TESTS_DIR]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("JOBLIB_START_METHOD", None)
+    env.update(extra)
+    return env
+
+
+def pids_of(results):
+    """The pids of ``(value, pid)`` results."""
+    return {pid for _, pid in results}

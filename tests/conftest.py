@@ -239,6 +239,18 @@ def isolated_config(no_leaks):
     assert not leaked_config, "the test left a parallel_config active"
 
 
+@pytest.fixture
+def warm_pool():
+    """Make sure the default reusable process pool (2 workers) exists;
+    return its pids."""
+    from joblib_fast import Parallel, delayed
+    from joblib_fast.backends.processes import reusable_pool_pids
+    Parallel(n_jobs=2)(delayed(_jf_testutils.square)(i) for i in range(4))
+    pids = set(reusable_pool_pids())
+    assert len(pids) == 2
+    return pids
+
+
 @pytest.fixture(scope="session", autouse=True)
 def process_helpers():
     """Start the process backend's process-lifetime helpers (the

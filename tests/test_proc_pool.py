@@ -1,0 +1,94 @@
+"""The process backend's reusable pool: reuse across calls, the idle
+reaper, worker names, shutdown, context managers and load balance.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import proc_tasks
+from _jf_testutils import (
+    alive,
+    pids_of,
+    wait_until,
+)
+
+from joblib_fast import Parallel, delayed
+from joblib_fast.backends.processes import (
+    reusable_pool_pids,
+    shutdown_reusable_pools,
+)
+
+REAPER_NAME = "joblib_fast-pool-reaper"
+
+
+# ------------------------------------------------------------ pool reuse
+
+
+def test_consecutive_plain_calls_reuse_workers():
+    tasks = [delayed(proc_tasks.timed)(i, 0.01) for i in range(20)]
+    first = {pid for _, pid, _, _ in Parallel(n_jobs=2)(tasks)}
+    pool = set(reusable_pool_pids())
+    second = {pid for _, pid, _, _ in Parallel(n_jobs=2)(tasks)}
+    assert len(pool) == 2
+    assert first <= pool and second <= pool
+    assert first == second == pool
+    assert set(reusable_pool_pids()) == pool
+    assert os.getpid() not in pool
+
+
+def test_idle_pool_has_a_daemon_reaper_thread(warm_pool):
+    reapers = [t for t in threading.enumerate() if t.name == REAPER_NAME]
+    assert len(reapers) == 1
+    assert reapers[0].daemon
+
+
+def test_workers_are_named():
+    infos = Parallel(n_jobs=2)(
+        delayed(proc_tasks.worker_info)() for _ in range(4))
+    assert {info["name"] for info in infos} == {"joblib_fast-worker"}
+
+
+def test_shutdown_reusable_pools_stops_idle_workers(warm_pool):
+    shutdown_reusable_pools()
+    assert reusable_pool_pids() == []
+    assert wait_until(lambda: not any(alive(pid) for pid in warm_pool))
+    # And the next call builds a fresh pool.
+    out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(10))
+    assert [x for x, _ in out] == list(range(10))
+    assert not pids_of(out) & warm_pool
+
+
+def test_context_manager_keeps_the_same_workers():
+    with Parallel(n_jobs=2) as parallel:
+        seen = []
+        for _ in range(3):
+            out = parallel(delayed(proc_tasks.timed)(i, 0.01) for i in range(20))
+            assert [r[0] for r in out] == list(range(20))
+            seen.append({pid for _, pid, _, _ in out})
+    assert len(seen[0]) == 2
+    assert seen[0] == seen[1] == seen[2]
+
+# -------------------------------------------------------- load balance
+
+
+def test_uneven_durations_keep_both_workers_busy(warm_pool):
+    rng = random.Random(42)
+    durations = [0.001 + 0.049 * i / 59 for i in range(60)]
+    rng.shuffle(durations)
+    out = Parallel(n_jobs=2)(
+        delayed(proc_tasks.timed)(i, d) for i, d in enumerate(durations))
+    assert [r[0] for r in out] == list(range(60))
+    first_start = min(r[2] for r in out)
+    last_end = max(r[3] for r in out)
+    total = last_end - first_start
+    by_worker = {}
+    for _, pid, start, end in out:
+        by_worker.setdefault(pid, []).append((start, end))
+    assert len(by_worker) == 2, by_worker.keys()
+    for pid, spans in by_worker.items():
+        idle_at_end = last_end - max(end for _, end in spans)
+        idle_at_start = min(start for start, _ in spans) - first_start
+        assert idle_at_end < 0.3 * total, (pid, idle_at_end, total)
+        assert idle_at_start < 0.3 * total, (pid, idle_at_start, total)
