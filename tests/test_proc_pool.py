@@ -74,21 +74,19 @@ def test_context_manager_keeps_the_same_workers():
 
 
 def test_uneven_durations_keep_both_workers_busy(warm_pool):
+    # Structure, not timing: with uneven task durations, both workers keep
+    # taking tasks to the end of the input (neither one idles while the
+    # other works through the second half), and the work is shared.
     rng = random.Random(42)
     durations = [0.001 + 0.049 * i / 59 for i in range(60)]
     rng.shuffle(durations)
     out = Parallel(n_jobs=2)(
         delayed(proc_tasks.timed)(i, d) for i, d in enumerate(durations))
     assert [r[0] for r in out] == list(range(60))
-    first_start = min(r[2] for r in out)
-    last_end = max(r[3] for r in out)
-    total = last_end - first_start
     by_worker = {}
-    for _, pid, start, end in out:
-        by_worker.setdefault(pid, []).append((start, end))
-    assert len(by_worker) == 2, by_worker.keys()
-    for pid, spans in by_worker.items():
-        idle_at_end = last_end - max(end for _, end in spans)
-        idle_at_start = min(start for start, _ in spans) - first_start
-        assert idle_at_end < 0.3 * total, (pid, idle_at_end, total)
-        assert idle_at_start < 0.3 * total, (pid, idle_at_start, total)
+    for i, pid, _, _ in out:
+        by_worker.setdefault(pid, []).append(i)
+    assert set(by_worker) == warm_pool, by_worker.keys()
+    for pid, indices in by_worker.items():
+        assert any(i >= 30 for i in indices), (pid, indices)
+        assert len(indices) >= 10, (pid, indices)
