@@ -56,22 +56,47 @@ def add(a, b=0, *, c=0):
 
 
 class ExecutorBackend(ParallelBackendBase):
-    """A user backend in joblib's ``submit`` + callback style, on a
-    ``concurrent.futures`` thread pool."""
+    """The user guide's minimal backend (ThreadPoolExecutor), recording
+    every hook joblib calls."""
 
     supports_retrieve_callback = True
 
-    def configure(self, n_jobs=1, parallel=None, **kwargs):
+    def __init__(self, nesting_level=None, **kwargs):
+        super().__init__(nesting_level=nesting_level, **kwargs)
+        self.events = []
+        self.submitted = []
+        self._executor = None
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        self.events.append("configure")
+        self.configure_kwargs = backend_kwargs
+        self.parallel = parallel
+        n_jobs = self.effective_n_jobs(n_jobs)
         self._executor = ThreadPoolExecutor(n_jobs)
         return n_jobs
 
     def effective_n_jobs(self, n_jobs):
-        return 2 if n_jobs is None or n_jobs < 0 else n_jobs
+        if n_jobs is None:
+            return 1
+        return 2 if n_jobs < 0 else n_jobs
+
+    def start_call(self):
+        self.events.append("start_call")
+
+    def stop_call(self):
+        self.events.append("stop_call")
 
     def terminate(self):
-        self._executor.shutdown()
+        self.events.append("terminate")
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def abort_everything(self, ensure_ready=True):
+        self.events.append(("abort_everything", ensure_ready))
 
     def submit(self, func, callback):
+        self.submitted.append(len(func))
         future = self._executor.submit(func)
         future.add_done_callback(callback)
         return future

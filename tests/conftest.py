@@ -68,6 +68,11 @@ def pytest_configure(config):
         "allow_leaks(*kinds): skip the leak checks of the given kinds "
         "('threads', 'processes', 'files') for this test; only where a "
         "leak is unavoidable, with a comment saying why")
+    config.addinivalue_line(
+        "markers",
+        "slow: takes more than about 2 s (measured with --durations); "
+        "`pytest -m \"not slow\"` is the quick loop, plain `pytest` (CI) "
+        "runs everything")
 
 
 def pytest_report_header(config):

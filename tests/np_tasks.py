@@ -93,7 +93,7 @@ def sleep_then(a, seconds):
     return float(a.sum())
 
 
-def fail_on(a, bad, index):
+def fail_at_index(a, bad, index):
     if index == bad:
         raise ValueError(f"task {index} fails on purpose")
     return float(a[0])

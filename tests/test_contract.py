@@ -189,15 +189,20 @@ class PullLog:
             yield delayed(square)(i)
 
 
+@pytest.mark.parametrize("batch_size", [1, "auto"])
 @pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
-def test_first_result_needs_only_a_bounded_prefix(kind, return_as):
-    source = PullLog(2000)
-    gen = make(kind, return_as=return_as)(iter(source))
+def test_first_result_needs_only_a_bounded_prefix(kind, return_as, batch_size):
+    source = PullLog(10_000)
+    gen = make(kind, return_as=return_as, batch_size=batch_size)(iter(source))
     first = next(gen)
     pulled_at_first = source.pulled
     rest = list(gen)
-    assert sorted([first] + rest) == [i * i for i in range(2000)]
-    assert 1 <= pulled_at_first <= 1000, pulled_at_first
+    assert sorted([first] + rest) == [i * i for i in range(10_000)]
+    # A handful of batches on an idle machine. On a loaded one the caller
+    # may handle many completions (each refilling pre_dispatch, with "auto"
+    # batches growing) before it yields: the bound only says "not the
+    # whole input up front".
+    assert 1 <= pulled_at_first <= 5_000, pulled_at_first
 
 
 @pytest.mark.parametrize("pre_dispatch", [1, 3, "2*n_jobs"])

@@ -355,7 +355,7 @@ def test_cleanup_after_task_exception(folder, return_as):
     a = np.ones(BIG)
     with pytest.raises(ValueError, match="fails on purpose"):
         out = par(temp_folder=folder, return_as=return_as)(
-            delayed(np_tasks.fail_on)(a, 3, i) for i in range(8))
+            delayed(np_tasks.fail_at_index)(a, 3, i) for i in range(8))
         list(out)
     assert os.listdir(folder) == []
 
@@ -364,7 +364,7 @@ def test_cleanup_after_exception_in_with_block(folder):
     a = np.ones(BIG)
     with par(temp_folder=folder) as p:
         with pytest.raises(ValueError):
-            p(delayed(np_tasks.fail_on)(a, 1, i) for i in range(4))
+            p(delayed(np_tasks.fail_at_index)(a, 1, i) for i in range(4))
         assert os.listdir(folder) == []
         assert p(delayed(np_tasks.first)(a) for _ in range(2)) == [1.0, 1.0]
     assert os.listdir(folder) == []
