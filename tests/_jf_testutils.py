@@ -12,6 +12,9 @@ import psutil
 import joblib_fast
 from joblib_fast import ParallelBackendBase
 
+# The in-process kinds, for suites whose tasks share state with the test
+# (counters, events); tests/test_contract.py runs the backend contract over
+# every kind, the process backend and a user backend included.
 BACKENDS = ("threading", "sequential")
 RETURN_AS = ("list", "generator", "generator_unordered")
 WORKER_THREAD_PREFIX = "joblib_fast-thread"

@@ -256,6 +256,14 @@ def warm_pool():
     return pids
 
 
+@pytest.fixture
+def folder(tmp_path):
+    """A fresh folder for memory-mapped copies (``temp_folder=``)."""
+    path = tmp_path / "mm"
+    path.mkdir()
+    return str(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def process_helpers():
     """Start the process backend's process-lifetime helpers (the
