@@ -190,3 +190,15 @@ def subprocess_env(**extra):
 def pids_of(results):
     """The pids of ``(value, pid)`` results."""
     return {pid for _, pid in results}
+
+
+def readme_python_blocks(title):
+    """The python code blocks of the README section ``## <title>`` (the
+    checkout's README, next to the tests folder: never skipped)."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(TESTS_DIR).resolve().parent / "README.md").read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], re.DOTALL)

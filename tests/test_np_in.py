@@ -16,7 +16,7 @@ import pytest
 np = pytest.importorskip("numpy")
 
 import np_tasks
-from _jf_testutils import TESTS_DIR
+from _jf_testutils import readme_python_blocks
 from np_tasks import (
     BIG,
     MID,
@@ -295,20 +295,9 @@ def test_threading_backend_copies_nothing():
 # -------------------------------------------------------------- README
 
 
-def _readme_blocks(title):
-    import pathlib
-    import re
-    # The checkout's README, next to the tests folder (never skipped).
-    readme = pathlib.Path(TESTS_DIR).resolve().parent / "README.md"
-    text = readme.read_text()
-    start = text.index(f"## {title}")
-    end = text.find("\n## ", start + 1)
-    return re.findall(r"```python\n(.*?)```", text[start:end], re.DOTALL)
-
-
 @pytest.mark.parametrize("index", range(2))
 def test_readme_numpy_examples_run(index):
-    blocks = _readme_blocks("NumPy arrays")
+    blocks = readme_python_blocks("NumPy arrays")
     assert len(blocks) == 2
     code = compile(blocks[index], f"README NumPy block {index}", "exec")
     exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own examples
