@@ -189,8 +189,16 @@ class PullLog:
             yield delayed(square)(i)
 
 
-@pytest.mark.parametrize("batch_size", [1, "auto"])
-@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+# Not ("generator", "auto"): while an ordered generator waits for result 0
+# (its worker descheduled on a loaded machine), every other completion
+# refills pre_dispatch with "auto" batches that double, and the loky kind
+# was seen pulling the whole input before result 0 came. Within the
+# contract (pre_dispatch counts batches, the batch size is the backend's
+# call), so no bound on the prefix is asserted there; the pulled-but-not-
+# done bound is test_at_most_pre_dispatch_tasks_ahead.
+@pytest.mark.parametrize("return_as, batch_size", [
+    ("generator", 1), ("generator_unordered", 1),
+    ("generator_unordered", "auto")])
 def test_first_result_needs_only_a_bounded_prefix(kind, return_as, batch_size):
     source = PullLog(10_000)
     gen = make(kind, return_as=return_as, batch_size=batch_size)(iter(source))
@@ -198,10 +206,9 @@ def test_first_result_needs_only_a_bounded_prefix(kind, return_as, batch_size):
     pulled_at_first = source.pulled
     rest = list(gen)
     assert sorted([first] + rest) == [i * i for i in range(10_000)]
-    # A handful of batches on an idle machine. On a loaded one the caller
-    # may handle many completions (each refilling pre_dispatch, with "auto"
-    # batches growing) before it yields: the bound only says "not the
-    # whole input up front".
+    # A handful of tasks on an idle machine; on a loaded one the caller
+    # may handle completions (each refilling pre_dispatch) before it
+    # yields: the bound says "not the whole input up front".
     assert 1 <= pulled_at_first <= 5_000, pulled_at_first
 
 
