@@ -47,7 +47,11 @@ def test_large_results_come_back_through_shared_memory():
     assert big.sum() == 5.0 * BIG
     assert type(small) is np.ndarray and small.flags.writeable
     if os.path.isdir(SHM):
-        assert set(os.listdir(SHM)) - before == set()  # never a file
+        # Never a file. /dev/shm is shared with whatever else runs on the
+        # machine (other processes' sem.mp-* appear there): only entries
+        # named like ours count, as in conftest's leak fixture.
+        new = set(os.listdir(SHM)) - before
+        assert {n for n in new if "joblib" in n.lower()} == set(), new
 
 
 def test_shared_results_are_freed_when_collected():
