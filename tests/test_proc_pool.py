@@ -95,18 +95,7 @@ def test_uneven_durations_keep_both_workers_busy(warm_pool):
         assert len(indices) >= 10, (pid, indices)
 
 
-FORK_KEEPS_OWN_PIPE = pytest.mark.xfail(
-    strict=True,
-    reason="defect of the process backend: a fork worker inherits the "
-           "parent's end of its own pipe (ProcessPool._spawn closes only the "
-           "earlier workers' ends), so closing the pool gives it no "
-           "end-of-file; every fork worker is killed after SHUTDOWN_GRACE "
-           "(1 s per pool shutdown) instead of exiting by itself")
-
-
-@pytest.mark.parametrize("method", [
-    pytest.param(m, marks=FORK_KEEPS_OWN_PIPE) if m == "fork" else m
-    for m in START_METHODS])
+@pytest.mark.parametrize("method", START_METHODS)
 def test_shutdown_lets_workers_exit_by_themselves(method, tmp_path):
     # A worker that exits by itself runs multiprocessing's exit finalizers
     # (each leaves <pid>.exit); a killed one leaves nothing.
