@@ -9,6 +9,7 @@ import pytest
 from _jf_testutils import (
     RETURN_AS,
     WORKER_THREAD_PREFIX,
+    fail_on,
     square,
     wait_no_worker_threads,
     worker_threads,
@@ -169,12 +170,6 @@ def test_no_thread_left_after_with_block_exits_on_exception():
         p(delayed(square)(i) for i in range(10))
         raise KeyError("user code failed")
     assert worker_threads() == []
-
-
-def fail_on(i, bad):
-    if i == bad:
-        raise ValueError(f"task {i} failed")
-    return i
 
 
 @pytest.mark.parametrize("return_as", RETURN_AS)
