@@ -28,6 +28,7 @@ from ._args import eval_pre_dispatch, known_length
 from ._core import Call, iter_sequential, run_sequential
 from .backends.base import warn_timeout_unsupported
 from .backends.native import CallOptions, Pool, PoolProvider
+from .errors import abandons_running_tasks
 
 
 class Runner:
@@ -213,11 +214,7 @@ class _End:
                 runner.generator_call = None
             pool.end_call(error)
             if pool is not runner.pool:
-                # A task stuck past its timeout may never end, and the
-                # tasks of a generator closed early are abandoned (as in
-                # joblib): no waiting for either.
-                pool.shutdown(
-                    wait=not isinstance(error, (TimeoutError, GeneratorExit)))
+                pool.shutdown(wait=not abandons_running_tasks(error))
             elif pool.closed:
                 runner.pool = None
             if self.started:

@@ -194,8 +194,7 @@ def test_no_thread_left_after_generator_closed_early(return_as):
         delayed(square)(i) for i in range(1000))
     next(gen)
     gen.close()
-    # Closing does not wait for the running tasks (as in joblib, issue 14):
-    # the threads end with them.
+    # Closing returns at once; the threads end with their task.
     assert wait_no_worker_threads() == []
 
 
@@ -204,6 +203,7 @@ def test_no_thread_left_after_generator_dropped_unconsumed(return_as):
     gen = Parallel(n_jobs=2, backend="threading", return_as=return_as)(
         delayed(square)(i) for i in range(1000))
     del gen
+    # Closing returns at once; the threads end with their task.
     assert wait_no_worker_threads() == []
 
 
