@@ -341,3 +341,41 @@ def test_dropped_thread_generator_does_not_hold_up_another_call():
     finally:
         watchdog.cancel()
         release.set()
+
+
+# ------------------------------------------------------ process workers
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("not today")
+
+
+def test_unpicklable_task_error_starts_with_joblibs_words():
+    import pickle
+    with pytest.raises(pickle.PicklingError) as info:
+        Parallel(n_jobs=2, backend="loky")(
+            delayed(id)(_Unpicklable()) for _ in range(4))
+    message = str(info.value)
+    assert message.startswith(
+        "Could not pickle the task to send it to the workers.")
+    assert "not today" in message  # ours: which task, and why
+
+
+def _pid_after_init(marker, _):
+    return os.environ.get("JF_TEST_INIT_MARKER") == marker, os.getpid()
+
+
+def test_process_workers_reused_only_for_the_same_initializer_arguments():
+    def run(marker):
+        out = Parallel(n_jobs=2, backend="loky", batch_size=1,
+                       initializer=_set_env_marker, initargs=(marker,))(
+            delayed(_pid_after_init)(marker, i) for i in range(8))
+        assert all(ok for ok, _ in out), out
+        return {pid for _, pid in out}
+
+    first = run("a")
+    again = run("a")
+    other = run("b")
+    assert again <= first       # same arguments: the same workers
+    assert not other & first    # other arguments: fresh workers
