@@ -379,3 +379,22 @@ def test_process_workers_reused_only_for_the_same_initializer_arguments():
     other = run("b")
     assert again <= first       # same arguments: the same workers
     assert not other & first    # other arguments: fresh workers
+
+
+def _failing_initializer():
+    raise ValueError("initializer failed on purpose")
+
+
+def test_failing_initializer_ends_the_process_call_with_a_clear_error():
+    from joblib_fast import TerminatedWorkerError
+    with pytest.raises(TerminatedWorkerError, match="died unexpectedly"):
+        Parallel(n_jobs=2, backend="loky", initializer=_failing_initializer)(
+            delayed(square)(i) for i in range(4))
+
+
+def test_unpicklable_initargs_for_processes_is_a_clear_error():
+    import pickle
+    with pytest.raises(pickle.PicklingError, match="initializer=.*initargs"):
+        Parallel(n_jobs=2, backend="loky", initializer=_set_env_marker,
+                 initargs=(threading.Lock(),))(
+            delayed(square)(i) for i in range(4))

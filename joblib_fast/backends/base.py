@@ -42,6 +42,9 @@ class ParallelBackendBase(metaclass=ABCMeta):
     supports_sharedmem = False
     uses_threads = False
     nesting_level: int | None = None
+    # The keyword arguments the backend was made with (set by __init__;
+    # None for a subclass whose __init__ does not call ours).
+    backend_kwargs: dict[str, Any] | None = None
     # Seconds an auto-sized batch should last on this backend.
     target_batch_duration = 0.002
     # joblib exposes these on the class; third-party backends use them.

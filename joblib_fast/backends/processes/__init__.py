@@ -15,6 +15,7 @@ One module per concern:
 """
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any
 
@@ -96,7 +97,13 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
         blob = None
         if initializer is not None:
             # By value when defined in __main__ (spawned workers lack it).
-            blob = dumps_any((initializer, initargs), refuse_main=True)[0]
+            try:
+                blob = dumps_any((initializer, initargs), refuse_main=True)[0]
+            except Exception as exc:  # noqa: BLE001 - any pickling failure
+                raise pickle.PicklingError(
+                    f"initializer={initializer!r} with initargs cannot be "
+                    "pickled to send them to the worker processes: "
+                    f"{type(exc).__name__}: {exc}") from exc
         pool = get_pool(n_jobs, context, self._prepare_worker_env(n_jobs),
                         arrays.temp_folder, initializer=blob)
         pool.lease(arrays)
