@@ -71,7 +71,7 @@ class Runner:
         if self.provider.sequential:
             return run_inline(iterable, return_as, reporter)
         n_jobs = self.provider.configure_call(options)
-        if n_jobs == 1:
+        if n_jobs == 1 and self.provider.runs_one_job_inline:
             cleanup = None if self.managed else self.backend.terminate
             return run_inline(iterable, return_as, reporter, cleanup)
         self.running = True
