@@ -20,6 +20,14 @@ _POLL_SECONDS = 0.02
 # every later test that looks for worker threads.
 BASELINE_THREADS = frozenset()
 
+# Functions returning the pids of processes a module fixture keeps alive
+# across its tests (the workers of test_dask.py's LocalCluster, restarted
+# by their nanny when a test kills one): conftest's leak check ignores
+# them.
+INFRASTRUCTURE_PIDS = []
+# The same for threads (functions returning thread objects).
+INFRASTRUCTURE_THREADS = []
+
 
 def worker_threads():
     """joblib_fast worker threads alive now and started during this test."""

@@ -8,7 +8,8 @@ of ``LEAK_GRACE_SECONDS`` has passed, one of these is still around:
 
 * a thread that did not exist before the test (``threading.enumerate()``);
 * a child process of this process that did not exist before the test
-  (``psutil``, recursive);
+  (``psutil``, recursive), except the long-lived helpers a fixture
+  declares (``_infrastructure_pids``);
 * a new entry whose name contains ``joblib`` in ``tempfile.gettempdir()``
   or in ``/dev/shm`` (entries named with the pid of another live process,
   one that is not a descendant of this one, belong to someone else and are
@@ -86,17 +87,29 @@ def pytest_unconfigure(config):
 # The idle reusable process pool owns this timer thread (it stops the pool
 # after its idle timeout); it is not a leak of the test that released it.
 _POOL_THREADS = ("joblib_fast-pool-reaper",)
+# Name prefixes of threads that distributed starts once per process, when
+# first needed, and keeps until exit (its offload executor and the thread
+# running Future callbacks), and of the threads with which a nanny of
+# test_dask.py's module-scoped LocalCluster watches the worker process it
+# restarted after a test killed one: they live as long as the cluster.
+_DASK_THREADS = ("Dask-Offload", "Dask-Callback-Thread",
+                 "AsyncProcess Dask Worker process (from Nanny)")
 
 
 def _threads():
+    keep = {t for source in _jf_testutils.INFRASTRUCTURE_THREADS
+            for t in source()}
     return {t for t in threading.enumerate()
-            if t.is_alive() and t.name not in _POOL_THREADS}
+            if t.is_alive() and t.name not in _POOL_THREADS
+            and not t.name.startswith(_DASK_THREADS) and t not in keep}
 
 
 def _infrastructure_pids():
     """Processes meant to outlive a test: the workers of the process-wide
     reusable pool, multiprocessing's fork server and resource tracker."""
     pids = set()
+    for source in _jf_testutils.INFRASTRUCTURE_PIDS:
+        pids.update(source())
     processes = sys.modules.get("joblib_fast.backends.processes")
     if processes is not None:
         pids.update(processes.reusable_pool_pids())

@@ -61,6 +61,9 @@ DASK_TARGET_BATCH_SECONDS = 0.05
 # Arguments larger than this (dask.sizeof) are scattered once per call
 # instead of being pickled into every batch that uses them (joblib: 1 kB).
 SCATTER_MIN_BYTES = 1000
+# Containers (tuple, list, dict arguments) longer than this are looked at
+# as a whole, not item by item (a long list is data, not a bundle of args).
+MAX_INSPECTED_ITEMS = 32
 # Times one batch is resubmitted after losing a scattered argument.
 MAX_RESUBMITS = 3
 # Seconds the caller waits for the bytes of a finished batch.
@@ -71,6 +74,10 @@ SWEEP_SECONDS = 1.0
 # Seconds an ended future may wait for its callback before the sweep
 # handles it.
 CALLBACK_GRACE = 2.0
+
+# Never worth scattering (checked before dask.sizeof, for speed).
+_SMALL_TYPES = frozenset({int, float, bool, complex, type(None), range,
+                          slice})
 
 # client=_LAZY: the client is looked up when first needed.
 _LAZY = object()
@@ -193,6 +200,8 @@ class _Scatter:
 
     def lookup(self, obj: Any) -> _Data | None:
         """The scattered copy of ``obj``, scattering it if it is large."""
+        if type(obj) in _SMALL_TYPES:
+            return None
         key = id(obj)
         data = self.fixed.get(key)
         if data is not None and data.obj is obj:
@@ -333,23 +342,27 @@ class DaskPool:
         refs: dict[int, int] = {}
         data: list[_Data] = []
 
-        def swap(value: Any) -> None:
+        def swap(value: Any) -> bool:
             if id(value) in refs:
-                return
+                return True
             found = self.scatter.lookup(value)
-            if found is not None:
-                refs[id(value)] = len(data)
-                data.append(found)
+            if found is None:
+                return False
+            refs[id(value)] = len(data)
+            data.append(found)
+            return True
 
+        # Top-level arguments, and one level inside tuples, lists and
+        # dicts: a container holding a large object is pickled with a
+        # reference to it, not scattered itself (it is often made per task).
         for _, args, kwargs in tasks:
             for value in itertools.chain(args, kwargs.values()):
-                if type(value) in (tuple, list):
-                    for item in value:
-                        swap(item)
-                elif type(value) is dict:
-                    for item in value.values():
-                        swap(item)
-                swap(value)
+                kind = type(value)
+                items = value if kind is tuple or kind is list else \
+                    value.values() if kind is dict else None
+                if items is None or len(items) > MAX_INSPECTED_ITEMS or \
+                        sum(map(swap, list(items))) == 0:
+                    swap(value)
         for item in data:
             self.scatter.use(item, job.size)
         buffer = io.BytesIO()
