@@ -92,7 +92,8 @@ class Pool(Protocol):
 
     def check_timeout(self, call: Any, now: float) -> BaseException | None:
         """The error to end the call with when a batch has run past the
-        call's timeout, else None (``now``: the core's monotonic clock)."""
+        call's timeout, else None (``now``: CLOCK_MONOTONIC seconds, the
+        clock of ``time.monotonic()``)."""
 
     def end_call(self, error: BaseException | None) -> None:
         """End of the call (once, also after an error): release per-call

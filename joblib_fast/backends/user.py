@@ -179,7 +179,7 @@ class UserPool:
         if self.timeout is None or not self._pending:
             return None
         job = next(iter(self._pending.values()))
-        waited = time.monotonic() - max(job.submitted, self._head_since)
+        waited = now - max(job.submitted, self._head_since)
         if waited <= self.timeout:
             return None
         return TimeoutError(
