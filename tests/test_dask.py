@@ -441,13 +441,22 @@ def test_unchanged_object_not_scattered_again_in_a_with_block(
             assert scatter_calls["client"] == 2
 
 
-def test_widely_used_data_is_replicated_so_tasks_spread(client):
+def test_widely_used_data_is_replicated_so_tasks_spread(client, monkeypatch):
+    replicated = []
+    original = client.replicate
+
+    def counting(futures, *args, **kwargs):
+        replicated.extend(futures)
+        return original(futures, *args, **kwargs)
+
+    monkeypatch.setattr(client, "replicate", counting)
     data = np.zeros(50 * 2**20, dtype=np.uint8)
     with parallel_config(backend="dask", client=client):
         where = Parallel()(
             delayed(dask_tasks.sleep_on)(data, 0.2) for _ in range(20))
     counts = {a: where.count(a) for a in set(where)}
     assert len(counts) == 2 and min(counts.values()) >= 5, counts
+    assert len(replicated) == 1     # once 2 tasks (2 workers) used it
 
 
 # --------------------------------------------------------------- README
