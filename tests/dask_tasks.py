@@ -126,3 +126,16 @@ def identity(x):
 
 def first(x, *rest, **kwargs):
     return x if not isinstance(x, (tuple, list, dict)) else 0
+
+
+class BigWorkerCannotLoad:
+    """Large (scattered), pickles fine, unpickling raises."""
+
+    def __init__(self):
+        self.payload = b"x" * 10_000
+
+    def __sizeof__(self):
+        return 10_100
+
+    def __reduce__(self):
+        return (_explode, ())

@@ -206,6 +206,22 @@ def test_no_worker_errors():
         cluster.close()
 
 
+def test_waits_for_a_first_worker():
+    cluster = distributed.LocalCluster(n_workers=0, threads_per_worker=1,
+                                       processes=True, host="127.0.0.1",
+                                       dashboard_address=None,
+                                       scheduler_kwargs=NO_HTTP_PORT)
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        cluster.scale(1)    # returns before the worker is up
+        with parallel_config(backend="dask", client=client,
+                             wait_for_workers_timeout=60):
+            assert Parallel()(delayed(square)(i) for i in range(3)) == [0, 1, 4]
+    finally:
+        client.close()
+        cluster.close()
+
+
 def test_batches_are_auto_sized(client):
     with parallel_config(backend="dask", client=client):
         keys = Parallel()(delayed(dask_tasks.batch_key)(i) for i in range(2000))
@@ -251,8 +267,11 @@ def test_progress_bar_and_callback(client, capsys):
 
 
 # ----------------------------------------------------------- bad futures
+# Each ends the call with an exception naming the cause; a hang fails the
+# test after 30 s (pytest-timeout).
 
 
+@pytest.mark.timeout(30)
 def test_task_error_cancels_the_rest(client, scheduler, tmp_path):
     with parallel_config(backend="dask", client=client):
         with pytest.raises(ValueError, match="task 3 failed on purpose"):
@@ -309,6 +328,7 @@ def test_ctrl_c_cancels(client, scheduler, tmp_path):
     assert_nothing_starts_later(tmp_path, started)
 
 
+@pytest.mark.timeout(30)
 def test_future_cancelled_by_someone_else(client, scheduler):
     def cancel_the_rest(index, result):
         if index == 0:
@@ -323,6 +343,7 @@ def test_future_cancelled_by_someone_else(client, scheduler):
     assert wait_forgotten(scheduler) == []
 
 
+@pytest.mark.timeout(30)
 def test_worker_killed_past_allowed_failures(client):
     with parallel_config(backend="dask", client=client):
         with pytest.raises(distributed.scheduler.KilledWorker):
@@ -330,6 +351,7 @@ def test_worker_killed_past_allowed_failures(client):
                 delayed(dask_tasks.kill_always)(i) for i in range(1))
 
 
+@pytest.mark.timeout(30)
 def test_argument_that_fails_to_unpickle_on_the_worker(client):
     with parallel_config(backend="dask", client=client):
         with pytest.raises(RuntimeError,
@@ -339,6 +361,19 @@ def test_argument_that_fails_to_unpickle_on_the_worker(client):
                 for i in range(1))
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("arg, cause", [
+    (dask_tasks.BigWorkerCannotLoad(), "cannot be unpickled here"),
+    ([threading.Lock()] * 1000, "lock"),
+], ids=["unpickle", "pickle"])
+def test_scattered_argument_that_cannot_travel(client, arg, cause):
+    with parallel_config(backend="dask", client=client):
+        with pytest.raises(RuntimeError, match=f"could not be sent to the "
+                           f"dask workers: .*{cause}"):
+            Parallel()(delayed(dask_tasks.identity)(arg) for i in range(2))
+
+
+@pytest.mark.timeout(30)
 def test_result_that_fails_to_unpickle_in_the_caller(client):
     with parallel_config(backend="dask", client=client):
         with pytest.raises(RuntimeError,
@@ -350,6 +385,7 @@ def test_result_that_fails_to_unpickle_in_the_caller(client):
 # ---------------------------------------------------------- dead workers
 
 
+@pytest.mark.timeout(30)
 def test_worker_killed_mid_call_loses_nothing(client, tmp_path):
     with parallel_config(backend="dask", client=client):
         out = Parallel(batch_size=1, timeout=60)(
@@ -359,6 +395,7 @@ def test_worker_killed_mid_call_loses_nothing(client, tmp_path):
     assert (tmp_path / "killed").exists()
 
 
+@pytest.mark.timeout(30)
 def test_lost_scattered_argument_is_scattered_again(client, tmp_path):
     data = np.ones(10_000, dtype=np.uint8)   # scattered (> 1 kB)
     # Used by one task only: held by one worker, which that task kills.

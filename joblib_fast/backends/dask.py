@@ -231,8 +231,14 @@ class _Scatter:
         # hash=False: nested scatters with hashed keys can be cancelled by
         # the scheduler (dask/distributed#3703, which joblib works around
         # the same way).
-        [future] = self.client.scatter([obj], direct=True, hash=False,
-                                       broadcast=broadcast)
+        try:
+            [future] = self.client.scatter([obj], direct=True, hash=False,
+                                           broadcast=broadcast)
+        except Exception as exc:
+            raise RuntimeError(
+                f"a {type(obj).__name__} argument (scattered, being larger "
+                f"than {SCATTER_MIN_BYTES} bytes) could not be sent to the "
+                f"dask workers: {type(exc).__name__}: {exc}") from exc
         return future
 
     def use(self, data: _Data, n_tasks: int) -> None:
