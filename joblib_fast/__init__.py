@@ -30,7 +30,7 @@ are for optional third-party packages (numpy, cloudpickle, tqdm, dask,
 joblib).  One documented exception: ``SequentialBackend.get_nested_backend``
 imports ``config`` (its nested backend is "whatever is active here").
 """
-from ._core import TaskError, delayed
+from ._core import delayed
 from .backends.base import ParallelBackendBase
 from .config import (
     cpu_count,
@@ -39,6 +39,7 @@ from .config import (
     parallel_config,
     register_parallel_backend,
 )
+from .errors import RemoteTraceback, TaskError, TerminatedWorkerError
 from .parallel import Parallel
 
 __version__ = "0.1.0"
@@ -53,4 +54,6 @@ __all__ = [
     "cpu_count",
     "effective_n_jobs",
     "TaskError",
+    "TerminatedWorkerError",
+    "RemoteTraceback",
 ]
