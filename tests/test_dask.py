@@ -255,7 +255,13 @@ def test_nested_calls_run_on_the_same_cluster(client):
     assert names == ["DaskDistributedBackend", "ThreadingBackend"]
 
 
-def test_progress_bar_and_callback(client, capsys):
+def test_progress_bar_and_callback(client, capsys, monkeypatch):
+    try:
+        import tqdm
+    except ImportError:
+        pass
+    else:  # its monitor thread would outlive the test
+        monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
     seen = []
     with parallel_config(backend="dask", client=client):
         out = Parallel(progress_bar=True,
@@ -263,7 +269,7 @@ def test_progress_bar_and_callback(client, capsys):
             delayed(square)(i) for i in range(30))
     assert out == [i * i for i in range(30)]
     assert sorted(seen) == [(i, i * i) for i in range(30)]
-    assert "30/30" in capsys.readouterr().err
+    assert "30/30" in capsys.readouterr().err   # tqdm's or ours
 
 
 # ----------------------------------------------------------- bad futures
