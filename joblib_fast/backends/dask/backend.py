@@ -83,6 +83,7 @@ class DaskDistributedBackend(PoolProvider, ParallelBackendBase):
         self.wait_for_workers_timeout = wait_for_workers_timeout
         self.submit_kwargs = submit_kwargs
         self.data_futures: dict[int, ScatteredData] = {}
+        self.n_workers = 0      # as of the last effective_n_jobs
         if client is _LAZY:
             self._client = None     # the worker's client, when first used
         elif client is None:
@@ -123,7 +124,7 @@ class DaskDistributedBackend(PoolProvider, ParallelBackendBase):
         """Every thread of the cluster (``n_jobs`` is ignored, as in
         joblib); waits ``wait_for_workers_timeout`` for a first worker."""
         import distributed
-        n = sum(self.client.ncores().values())
+        n = self._count_threads()
         if n or not self.wait_for_workers_timeout:
             return n
         try:
@@ -138,7 +139,12 @@ class DaskDistributedBackend(PoolProvider, ParallelBackendBase):
                 "joblib/dask connection timeout with:\n\n"
                 "parallel_config(backend='dask', wait_for_workers_timeout="
                 f"{max(10, 2 * timeout)})") from exc
-        return sum(self.client.ncores().values())
+        return self._count_threads()
+
+    def _count_threads(self) -> int:
+        ncores = self.client.ncores()
+        self.n_workers = len(ncores)
+        return sum(ncores.values())
 
     def configure(self, n_jobs: Any = -1, parallel: Any = None,
                   **backend_kwargs: Any) -> int:
@@ -186,8 +192,7 @@ class DaskDistributedBackend(PoolProvider, ParallelBackendBase):
                       options: CallOptions,
                       on_result: Callable[[int, Any], Any] | None
                       ) -> CallInput:
-        n_workers = len(self.client.ncores())
-        pool.begin_call(options.timeout, n_workers)
+        pool.begin_call(options.timeout, self.n_workers)
         return CallInput(iterable, options.batch_size, on_result,
                          options.timeout)
 

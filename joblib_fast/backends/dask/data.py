@@ -128,8 +128,9 @@ class Scatter:
             # scheduler.  hash=False: scatters with hashed keys from inside
             # tasks can be cancelled by the scheduler (dask/distributed
             # #3703, which joblib works around the same way).
-            [future] = self.client.scatter([obj], direct=True, hash=False,
-                                           broadcast=broadcast)
+            [future] = self.client.scatter(
+                [obj], direct=self.client.direct_to_workers is not False,
+                hash=False, broadcast=broadcast)
         except Exception as exc:
             raise RuntimeError(
                 f"a {type(obj).__name__} argument (scattered, being larger "

@@ -101,6 +101,9 @@ class DaskPool:
         self.client = backend.client
         self.nested = backend.get_nested_backend()[0]
         self.submit_kwargs = backend.submit_kwargs
+        # Talk to the workers directly (scatter, gather) unless the client
+        # was made with direct_to_workers=False.
+        self.direct = self.client.direct_to_workers is not False
         self.n_jobs = n_jobs
         self.closed = False
         self.timeout: float | None = None
@@ -170,12 +173,15 @@ class DaskPool:
             item = self._done.get(timeout=seconds)
         except queue.Empty:
             item = None
+        finished: list[Job] = []
         while item is not None:
-            self._handle(call, *item)
+            self._handle(call, *item, finished)
             try:
                 item = self._done.get_nowait()
             except queue.Empty:
                 item = None
+        if finished:
+            self._fetch(call, finished)
         now = time.monotonic()
         if self._pending and now >= self._next_sweep:
             self._next_sweep = now + SWEEP_SECONDS
@@ -217,8 +223,10 @@ class DaskPool:
 
     # ---------------------------------------------------- internals
 
-    def _handle(self, call: Any, serial: int, batch_id: int,
-                attempt: int) -> None:
+    def _handle(self, call: Any, serial: int, batch_id: int, attempt: int,
+                finished: list[Job]) -> None:
+        """A future ended: a finished one goes on ``finished`` (fetched
+        together), the others are handled now."""
         if serial != self._serial:
             return
         job = self._pending.get(batch_id)
@@ -227,7 +235,7 @@ class DaskPool:
         status = job.future.status
         if status == "finished":
             self._take(batch_id)
-            self._deliver(call, job)
+            finished.append(job)
         elif status == "error":
             self._take(batch_id)
             self._fail(call, job, self._remote_error(job))
@@ -241,9 +249,22 @@ class DaskPool:
             self._head_since = time.monotonic()
         del self._pending[batch_id]
 
-    def _deliver(self, call: Any, job: Job) -> None:
+    def _fetch(self, call: Any, jobs: list[Job]) -> None:
+        """Fetch the results of finished batches in one request, straight
+        from the workers that hold them; one by one (through the
+        scheduler, with a timeout) if that fails."""
+        blobs: list[Any] = [None] * len(jobs)
+        if self.direct:
+            with contextlib.suppress(Exception):
+                blobs = self.client.gather([job.future for job in jobs],
+                                           direct=True)
+        for job, blob in zip(jobs, blobs):
+            self._deliver(call, job, blob)
+
+    def _deliver(self, call: Any, job: Job, blob: Any) -> None:
         try:
-            blob = job.future.result(timeout=FETCH_SECONDS)
+            if blob is None:
+                blob = job.future.result(timeout=FETCH_SECONDS)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -326,4 +347,8 @@ class DaskPool:
             if job.ended_at == 0.0:
                 job.ended_at = now
             elif now - job.ended_at >= CALLBACK_GRACE:
-                self._handle(call, self._serial, batch_id, job.attempt)
+                finished: list[Job] = []
+                self._handle(call, self._serial, batch_id, job.attempt,
+                             finished)
+                if finished:
+                    self._fetch(call, finished)
