@@ -35,6 +35,10 @@ BASELINE_THREADS = frozenset()
 INFRASTRUCTURE_PIDS = []
 # The same for threads (functions returning thread objects).
 INFRASTRUCTURE_THREADS = []
+# scheduler_kwargs of a test LocalCluster: the scheduler's HTTP server
+# (metrics; the dashboard is off) on a free port of 127.0.0.1 rather than
+# 8787, which another cluster on the machine may hold.
+DASK_NO_HTTP_PORT = {"dashboard_address": "127.0.0.1:0"}
 
 
 def worker_threads():

@@ -1,9 +1,8 @@
 """backend="dask" on a dask.distributed LocalCluster (issue 12).
 
-One LocalCluster for the module (2 worker processes x 1 thread, on
-127.0.0.1, no dashboard), started before the first test's leak baseline;
-its worker processes (restarted by their nanny after a test kills one) are
-declared to the leak fixture as infrastructure.
+The cluster is conftest's ``dask_cluster`` (2 worker processes x 1 thread,
+on 127.0.0.1, no dashboard, one per session), started before this module's
+first leak baseline.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import pytest
 distributed = pytest.importorskip("distributed")  # the test extra has it
 
 import _jf_testutils
-import dask
 import dask_tasks
 import numpy as np
 from dask_tasks import square
@@ -27,62 +25,20 @@ from dask_tasks import square
 from joblib_fast import Parallel, delayed, parallel_config
 from joblib_fast.backends.base import ThreadingBackend
 
-# A worker killed twice running the same task ends its future with
-# KilledWorker (dask's default, 3, would make that test slower).
-ALLOWED_FAILURES = 1
-# The scheduler's HTTP server (metrics; the dashboard is off) on a free port
-# of 127.0.0.1 rather than 8787, which another cluster may hold.
-NO_HTTP_PORT = {"dashboard_address": "127.0.0.1:0"}
 # Seconds the scheduler may take to forget a cancelled call's tasks.
 FORGET_SECONDS = 5.0
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with dask.config.set({
-            "distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
-        cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True,
-            host="127.0.0.1", dashboard_address=None,
-            scheduler_kwargs=NO_HTTP_PORT)
-    client = distributed.Client(cluster, set_as_default=False)
-
-    def worker_pids():
-        return [n.pid for n in list(cluster.workers.values()) if n.pid]
-
-    def feeder_threads():
-        # The thread feeding each nanny's queue to its worker process (one
-        # per worker, started again when a test kills a worker).
-        for nanny in list(cluster.workers.values()):
-            process = nanny.process
-            for q in (getattr(process, "init_result_q", None),
-                      getattr(process, "child_stop_q", None)):
-                thread = getattr(q, "_thread", None)
-                if thread is not None:
-                    yield thread
-
-    _jf_testutils.INFRASTRUCTURE_PIDS.append(worker_pids)
-    _jf_testutils.INFRASTRUCTURE_THREADS.append(feeder_threads)
-    # Start dask's lazily created threads (callback, offload) now, before
-    # a test's leak baseline.
-    with parallel_config(backend="dask", client=client):
-        Parallel()(delayed(square)(i) for i in range(4))
-        Parallel()(delayed(len)(np.ones(1000)) for i in range(4))
-    try:
-        yield cluster, client
-    finally:
-        _jf_testutils.INFRASTRUCTURE_PIDS.remove(worker_pids)
-        _jf_testutils.INFRASTRUCTURE_THREADS.remove(feeder_threads)
-        client.close()
-        cluster.close()
+@pytest.fixture(scope="module", autouse=True)
+def cluster(dask_cluster):
+    """The session's cluster, started before the first test's leak
+    baseline when this module runs first."""
+    return dask_cluster
 
 
 @pytest.fixture
-def client(cluster):
-    cluster, client = cluster
-    client.wait_for_workers(2, timeout=30)
-    yield client
-    client.wait_for_workers(2, timeout=30)
+def client(dask_client):
+    return dask_client
 
 
 @pytest.fixture
@@ -188,7 +144,7 @@ def test_no_worker_errors():
     cluster = distributed.LocalCluster(n_workers=0, processes=True,
                                        host="127.0.0.1",
                                        dashboard_address=None,
-                                       scheduler_kwargs=NO_HTTP_PORT)
+                                       scheduler_kwargs=_jf_testutils.DASK_NO_HTTP_PORT)
     client = distributed.Client(cluster, set_as_default=False)
     try:
         with parallel_config(backend="dask", client=client,
@@ -210,7 +166,7 @@ def test_waits_for_a_first_worker():
     cluster = distributed.LocalCluster(n_workers=0, threads_per_worker=1,
                                        processes=True, host="127.0.0.1",
                                        dashboard_address=None,
-                                       scheduler_kwargs=NO_HTTP_PORT)
+                                       scheduler_kwargs=_jf_testutils.DASK_NO_HTTP_PORT)
     client = distributed.Client(cluster, set_as_default=False)
     try:
         cluster.scale(1)    # returns before the worker is up
@@ -500,16 +456,3 @@ def test_widely_used_data_is_replicated_so_tasks_spread(client, monkeypatch):
     counts = {a: where.count(a) for a in set(where)}
     assert len(counts) == 2 and min(counts.values()) >= 5, counts
     assert len(replicated) == 1     # once 2 tasks (2 workers) used it
-
-
-# --------------------------------------------------------------- README
-
-
-def test_readme_example_runs(capsys):
-    import test_readme
-    blocks = test_readme.section_blocks("Running on a dask cluster")
-    assert len(blocks) == 1
-    code = compile(blocks[0], "README dask block", "exec")
-    exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own
-    assert "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" in capsys.readouterr().out
-

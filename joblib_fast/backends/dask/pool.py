@@ -5,9 +5,11 @@
     core (caller thread) --submit(batch)--> DaskPool._send: scattered
         arguments found (data.Scatter), the batch pickled with references
         to them (pickling.dumps), client.submit(worker.run_batch, ...)
-    a future ends (dask's callback thread) --> _on_done --> `_done` queue
+    a future ends (dask's callback thread) --> _on_done --> finished:
+        _prefetch on the client's event loop gets the pickled results
+        straight from the worker --> `_done` queue; other ends: `_done`
     core (caller thread) --wait(call, s)--> drain `_done` (blocking up to
-        s), fetch the pickled results, call.complete(batch, ...)
+        s), unpickle the results, call.complete(batch, ...)
 
 How each end of a future is handled (a call never hangs on one):
 
@@ -30,7 +32,8 @@ the batch elsewhere.  ``end_call`` cancels every outstanding future of the
 call (first error, timeout, Ctrl-C, a closed generator).
 
 Threads: everything runs in the caller thread except ``_on_done`` (dask's
-callback thread), which only puts on the ``_done`` queue.
+callback thread) and ``_prefetch`` (the client's event loop), which only
+read the future and put on the ``_done`` queue (thread-safe).
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ from .worker import run_batch
 MAX_RESUBMITS = 3
 # Seconds the caller waits for the bytes of a finished batch.
 FETCH_SECONDS = 20.0
+# In place of results not fetched yet (the caller fetches them).
+NOT_FETCHED = object()
 # Every this many seconds the caller looks at the status of its futures
 # (local attributes, no network) in case a callback never came.
 SWEEP_SECONDS = 1.0
@@ -163,8 +168,28 @@ class DaskPool:
 
     def _on_done(self, serial: int, batch_id: int, attempt: int,
                  future: Any) -> None:
-        """dask's callback thread: hand the ended future to the caller."""
-        self._done.put((serial, batch_id, attempt))
+        """dask's callback thread: a finished batch has its results
+        fetched on the client's event loop (concurrently with the others);
+        any other end goes to the caller now.  Never raises."""
+        key = (serial, batch_id, attempt)
+        if future.status == "finished":
+            try:
+                self.client.loop.add_callback(self._prefetch, key, future)
+                return
+            except Exception:  # noqa: BLE001 - the caller fetches it
+                pass
+        self._done.put((*key, NOT_FETCHED))
+
+    async def _prefetch(self, key: tuple, future: Any) -> None:
+        """The client's event loop: fetch the pickled results (straight
+        from the worker), then hand them to the caller.  Never raises: on
+        any failure the caller fetches them itself and says why."""
+        try:
+            [blob] = await self.client.gather([future], direct=self.direct,
+                                              asynchronous=True)
+        except BaseException:  # noqa: BLE001 - see the docstring
+            blob = NOT_FETCHED
+        self._done.put((*key, blob))
 
     def wait(self, call: Any, seconds: float) -> None:
         """Deliver ended batches to ``call``, blocking up to ``seconds``
@@ -173,15 +198,12 @@ class DaskPool:
             item = self._done.get(timeout=seconds)
         except queue.Empty:
             item = None
-        finished: list[Job] = []
         while item is not None:
-            self._handle(call, *item, finished)
+            self._handle(call, *item)
             try:
                 item = self._done.get_nowait()
             except queue.Empty:
                 item = None
-        if finished:
-            self._fetch(call, finished)
         now = time.monotonic()
         if self._pending and now >= self._next_sweep:
             self._next_sweep = now + SWEEP_SECONDS
@@ -224,9 +246,7 @@ class DaskPool:
     # ---------------------------------------------------- internals
 
     def _handle(self, call: Any, serial: int, batch_id: int, attempt: int,
-                finished: list[Job]) -> None:
-        """A future ended: a finished one goes on ``finished`` (fetched
-        together), the others are handled now."""
+                blob: Any) -> None:
         if serial != self._serial:
             return
         job = self._pending.get(batch_id)
@@ -235,7 +255,7 @@ class DaskPool:
         status = job.future.status
         if status == "finished":
             self._take(batch_id)
-            finished.append(job)
+            self._deliver(call, job, blob)
         elif status == "error":
             self._take(batch_id)
             self._fail(call, job, self._remote_error(job))
@@ -249,21 +269,9 @@ class DaskPool:
             self._head_since = time.monotonic()
         del self._pending[batch_id]
 
-    def _fetch(self, call: Any, jobs: list[Job]) -> None:
-        """Fetch the results of finished batches in one request, straight
-        from the workers that hold them; one by one (through the
-        scheduler, with a timeout) if that fails."""
-        blobs: list[Any] = [None] * len(jobs)
-        if self.direct:
-            with contextlib.suppress(Exception):
-                blobs = self.client.gather([job.future for job in jobs],
-                                           direct=True)
-        for job, blob in zip(jobs, blobs):
-            self._deliver(call, job, blob)
-
     def _deliver(self, call: Any, job: Job, blob: Any) -> None:
         try:
-            if blob is None:
+            if blob is NOT_FETCHED:
                 blob = job.future.result(timeout=FETCH_SECONDS)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
             if isinstance(exc, KeyboardInterrupt):
@@ -347,8 +355,5 @@ class DaskPool:
             if job.ended_at == 0.0:
                 job.ended_at = now
             elif now - job.ended_at >= CALLBACK_GRACE:
-                finished: list[Job] = []
                 self._handle(call, self._serial, batch_id, job.attempt,
-                             finished)
-                if finished:
-                    self._fetch(call, finished)
+                             NOT_FETCHED)
