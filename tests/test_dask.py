@@ -125,6 +125,28 @@ def test_scheduler_host(client):
             own.close()
 
 
+def test_dask_missing_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import fails
+    with pytest.raises(ValueError, match="You are trying to use 'dask' as "
+                       "a joblib parallel backend but dask is not installed"):
+        Parallel(backend="dask")
+
+
+def test_results_come_through_future_callbacks(client, monkeypatch):
+    callbacks = []
+    original = distributed.Future.add_done_callback
+
+    def counting(future, fn):
+        callbacks.append(future.key)
+        return original(future, fn)
+
+    monkeypatch.setattr(distributed.Future, "add_done_callback", counting)
+    with parallel_config(backend="dask", client=client):
+        keys = Parallel()(delayed(dask_tasks.batch_key)(i) for i in range(200))
+    # One callback per batch: the batches that ran are those called back.
+    assert sorted(set(keys)) == sorted(callbacks)
+
+
 def test_scatter_must_be_a_list(client):
     with pytest.raises(TypeError, match="scatter must be a list/tuple, got `int`"):
         with parallel_config(backend="dask", client=client, scatter=1):
