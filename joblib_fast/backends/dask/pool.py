@@ -118,7 +118,7 @@ class DaskPool:
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         # The rest is touched by the caller thread only.
         self._serial = 0
-        self._prefix = ""
+        self._call_id = ""
         self._pending: dict[int, Job] = {}
         self._head_since = 0.0
         self._next_sweep = 0.0
@@ -130,7 +130,7 @@ class DaskPool:
     def begin_call(self, timeout: float | None, n_workers: int) -> None:
         """Forget the previous call; late callbacks of it are ignored."""
         self._serial += 1
-        self._prefix = f"joblib_fast-{uuid.uuid4().hex[:12]}"
+        self._call_id = uuid.uuid4().hex[:12]
         self._pending = {}
         self.keys = []
         self._head_since = time.monotonic()
@@ -157,7 +157,10 @@ class DaskPool:
             blob = dumps(tasks, refs)
         except Exception as exc:
             raise unpicklable(tasks, job.batch.start, exc) from exc
-        key = f"{self._prefix}-{job.batch.id}-{job.attempt}"
+        # The dashboard groups tasks by the part before the hex id.
+        name = getattr(tasks[0][0], "__name__", "task").replace("-", "_")
+        key = f"joblib_fast-{name}-{self._call_id}-{job.batch.id}-" \
+            f"{job.attempt}"
         job.future = self.client.submit(
             run_batch, blob, self.nested, job.batch.start,
             *[item.future for item in job.data], key=key, pure=False,
