@@ -328,6 +328,18 @@ def test_future_cancelled_by_someone_else(client, scheduler):
 
 
 @pytest.mark.timeout(30)
+def test_ended_future_whose_callback_never_comes(client, monkeypatch,
+                                                 tmp_path):
+    # The sweep (local future states, every second) ends the call.
+    from joblib_fast.backends.dask.pool import DaskPool
+    monkeypatch.setattr(DaskPool, "_on_done", lambda *args: None)
+    with parallel_config(backend="dask", client=client):
+        with pytest.raises(ValueError, match="task 0 failed on purpose"):
+            Parallel()(delayed(dask_tasks.fail_at)(i, 0, str(tmp_path))
+                       for i in range(1))
+
+
+@pytest.mark.timeout(30)
 def test_worker_killed_past_allowed_failures(client):
     with parallel_config(backend="dask", client=client):
         with pytest.raises(distributed.scheduler.KilledWorker):

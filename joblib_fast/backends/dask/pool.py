@@ -113,8 +113,9 @@ class DaskPool:
         self.closed = False
         self.timeout: float | None = None
         self.scatter = Scatter(self.client, backend.data_futures)
-        # (call serial, batch id, attempt): put by dask's callback thread,
-        # taken by the caller thread.
+        # (call serial, batch id, attempt, pickled results or NOT_FETCHED):
+        # put by dask's callback thread or the client's event loop, taken
+        # by the caller thread.
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         # The rest is touched by the caller thread only.
         self._serial = 0
@@ -123,7 +124,6 @@ class DaskPool:
         self._head_since = 0.0
         self._next_sweep = 0.0
         self.n_resubmitted = 0      # batches resubmitted (for tests)
-        self.keys: list[str] = []   # keys of the last call (for tests)
 
     # ---------------------------------------------------- per call
 
@@ -132,7 +132,6 @@ class DaskPool:
         self._serial += 1
         self._call_id = uuid.uuid4().hex[:12]
         self._pending = {}
-        self.keys = []
         self._head_since = time.monotonic()
         self._next_sweep = self._head_since + SWEEP_SECONDS
         self.timeout = timeout
@@ -165,7 +164,6 @@ class DaskPool:
             run_batch, blob, self.nested, job.batch.start,
             *[item.future for item in job.data], key=key, pure=False,
             **self.submit_kwargs)
-        self.keys.append(key)
         job.future.add_done_callback(functools.partial(
             self._on_done, self._serial, job.batch.id, job.attempt))
 
@@ -352,11 +350,14 @@ class DaskPool:
                 f"{len(self._pending) + 1} batches of this call were running"))
             return
         for batch_id, job in list(self._pending.items()):
-            if job.future.status in ("pending", "lost"):
+            status = job.future.status
+            if status in ("pending", "lost"):
                 job.ended_at = 0.0
                 continue
+            # A finished one may have its results on the way (_prefetch).
+            grace = FETCH_SECONDS if status == "finished" else CALLBACK_GRACE
             if job.ended_at == 0.0:
                 job.ended_at = now
-            elif now - job.ended_at >= CALLBACK_GRACE:
+            elif now - job.ended_at >= grace:
                 self._handle(call, self._serial, batch_id, job.attempt,
                              NOT_FETCHED)
