@@ -51,9 +51,11 @@ class Scatter:
     their content (``dask.base.tokenize``) is unchanged.
     """
 
-    def __init__(self, client: Any, fixed: dict[int, ScatteredData]) -> None:
+    def __init__(self, client: Any, fixed: dict[int, ScatteredData],
+                 keep: bool) -> None:
         self.client = client
         self.fixed = fixed
+        self.keep = keep        # kept across calls (a `with` block)
         self.auto: dict[int, ScatteredData] = {}
         self.serial = 0
         self.n_workers = 1
@@ -116,7 +118,8 @@ class Scatter:
         from dask.sizeof import sizeof
         if isinstance(obj, type) or sizeof(obj) <= SCATTER_MIN_BYTES:
             return None
-        data = ScatteredData(obj, self.scatter(obj), token(obj))
+        data = ScatteredData(obj, self.scatter(obj),
+                             token(obj) if self.keep else None)
         data.serial = self.serial
         self.auto[key] = data
         return data

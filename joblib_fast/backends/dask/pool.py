@@ -112,7 +112,7 @@ class DaskPool:
         self.n_jobs = n_jobs
         self.closed = False
         self.timeout: float | None = None
-        self.scatter = Scatter(self.client, backend.data_futures)
+        self.scatter = Scatter(self.client, backend.data_futures, managed)
         # (call serial, batch id, attempt, pickled results or NOT_FETCHED):
         # put by dask's callback thread or the client's event loop, taken
         # by the caller thread.
