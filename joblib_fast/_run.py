@@ -3,7 +3,8 @@
 ``Parallel`` owns one :class:`Runner`; each ``Parallel.__call__`` is one
 :meth:`Runner.run`::
 
-    provider.configure_call --n_jobs == 1 or sequential--> run in the caller
+    provider.configure_call --n_jobs == 1 (and runs_one_job_inline) or
+        sequential--> run in the caller
         | n_jobs > 1
     pool (kept across the calls of a ``with`` block, else new)
     GC relaxed, reporter started, backend.start_call()

@@ -40,7 +40,7 @@ def sleep_on(data, seconds):
     return get_worker().address
 
 
-def fail_at(i, bad, folder, seconds=0.0):
+def fail_at(i, bad, folder, seconds=0.0, data=None):
     """Leave a marker file, sleep, raise ValueError when i == bad."""
     open(os.path.join(folder, f"started-{i}"), "w").close()
     if i == bad:

@@ -474,6 +474,25 @@ def test_unchanged_object_not_scattered_again_in_a_with_block(
             assert scatter_calls["client"] == 2
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_scattered_data_released_when_the_call_ends(client, scheduler,
+                                                    tmp_path, fails):
+    before = set(scheduler.tasks)
+    data = np.ones(10_000, dtype=np.uint8)
+    with parallel_config(backend="dask", client=client):
+        if fails:
+            with pytest.raises(ValueError, match="failed on purpose"):
+                Parallel()(delayed(dask_tasks.fail_at)(i, 2, str(tmp_path),
+                                                       0.2, data)
+                           for i in range(10))
+        else:
+            Parallel()(delayed(dask_tasks.nbytes_on)(data) for _ in range(4))
+    deadline = time.monotonic() + FORGET_SECONDS
+    while set(scheduler.tasks) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(scheduler.tasks) - before == set()
+
+
 def test_widely_used_data_is_replicated_so_tasks_spread(client, monkeypatch):
     replicated = []
     original = client.replicate
