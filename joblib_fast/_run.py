@@ -3,7 +3,8 @@
 ``Parallel`` owns one :class:`Runner`; each ``Parallel.__call__`` is one
 :meth:`Runner.run`::
 
-    provider.configure_call --n_jobs == 1 or sequential--> run in the caller
+    provider.configure_call --n_jobs == 1 (and runs_one_job_inline) or
+        sequential--> run in the caller
         | n_jobs > 1
     pool (kept across the calls of a ``with`` block, else new)
     GC relaxed, reporter started, backend.start_call()
@@ -86,7 +87,7 @@ class Runner:
             raise RuntimeError(
                 f"{type(self.backend).__name__} has no active worker. (its "
                 f"configure() returned n_jobs={n_jobs})")
-        if n_jobs == 1:
+        if n_jobs == 1 and self.provider.runs_one_job_inline:
             cleanup = None if self.managed else self.backend.terminate
             return self._run_inline(iterable, return_as, reporter, cleanup,
                                     options.batch_size, options.timeout)

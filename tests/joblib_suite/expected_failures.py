@@ -60,8 +60,4 @@ EXPECTED_FAILURES: dict[str, str] = {
     "test_parallel.py::test_backend_hinting_and_constraints[*]":
         "README: prefer='threads' / require='sharedmem' keep the n_jobs set "
         "by parallel_config (joblib resets it to 1 when it swaps backends)",
-    # --- waiting for another issue
-    "test_parallel.py::test_dask_backend_when_dask_not_installed[*]":
-        "the 'dask' backend name arrives with issue 10 (helper dask); its "
-        "'Please install dask' message makes this pass: remove then",
 }
