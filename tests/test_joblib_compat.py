@@ -398,3 +398,23 @@ def test_unpicklable_initargs_for_processes_is_a_clear_error():
         Parallel(n_jobs=2, backend="loky", initializer=_set_env_marker,
                  initargs=(threading.Lock(),))(
             delayed(square)(i) for i in range(4))
+
+
+def _recurse(n):
+    return _recurse(n + 1)
+
+
+def _deep_recursion_with_traceback_pickling():
+    # What importing dask.distributed does in a worker: exceptions then
+    # pickle their traceback, which is too deep to pickle here.
+    from tblib import pickling_support
+    pickling_support.install()
+    _recurse(0)
+
+
+def test_error_with_an_unpicklable_traceback_comes_back_as_itself():
+    pytest.importorskip("tblib")
+    with pytest.raises(RecursionError):
+        Parallel(n_jobs=2, backend="loky")(
+            delayed(_deep_recursion_with_traceback_pickling)()
+            for _ in range(2))

@@ -41,12 +41,37 @@ def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
 
 def _error_message(index: int, exc: BaseException):
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    blob = _exception_blob(exc)
+    if blob is None:
+        # Pickling support for tracebacks (tblib's, installed by importing
+        # dask.distributed) also pickles the traceback and the chained
+        # exceptions, and a deep one (a RecursionError) cannot be: the
+        # exception goes back without them (their text is in `tb`).
+        bare = _without_traceback(exc)
+        if bare is not None:
+            blob = _exception_blob(bare)
+    return (index, blob, type(exc).__qualname__, str(exc), tb)
+
+
+def _exception_blob(exc: BaseException) -> bytes | None:
+    """``exc`` pickled, or None when it cannot come back as itself."""
     try:
         blob = dumps_any(exc, passthrough=())[0]
         pickle.loads(blob)  # an exception that cannot come back is described
     except Exception:  # noqa: BLE001 - any pickling failure
-        blob = None
-    return (index, blob, type(exc).__qualname__, str(exc), tb)
+        return None
+    return blob
+
+
+def _without_traceback(exc: BaseException) -> BaseException | None:
+    """A copy of ``exc`` with no traceback and no chained exceptions."""
+    try:
+        bare = type(exc).__new__(type(exc))
+        bare.args = exc.args
+        bare.__dict__.update(getattr(exc, "__dict__", {}))
+    except Exception:  # noqa: BLE001 - an exception type we cannot copy
+        return None
+    return bare
 
 
 def _run(kind: int, payload):
