@@ -511,6 +511,52 @@ cdef class Call:
                     self.on_result(batch.start + k, value)
         return 0
 
+    # ------------------------------------------------------ push-style
+
+    def push(self, list tasks):
+        """Make one batch of ``tasks`` and submit it to the pool, for a
+        caller that hands batches over itself instead of giving an
+        iterable (``joblib_backend``: joblib's Parallel decides the
+        batches).  Returns the :class:`Batch`; :meth:`take_done` reports
+        it once it has finished.  Any thread, one at a time."""
+        cdef int64_t batch_id
+        cdef Batch batch
+        cdef int rc
+        jf_mutex_lock(&self.lock)
+        rc = jf_order_add(&self.order, &batch_id)
+        jf_mutex_unlock(&self.lock)
+        if rc:
+            raise MemoryError()
+        batch = Batch(self, batch_id, self.n_tasks, tasks)
+        self.n_tasks += len(tasks)
+        self.batches.append(batch)
+        if self.thread_pool:
+            (<ThreadPool>self.pool).submit(batch)
+        else:
+            self.pool.submit(batch)
+        return batch
+
+    def take_done(self):
+        """The pushed batches finished since the last call, in completion
+        order, as ``(batch, results, error)``: ``results`` is None when the
+        batch did not run to the end, and ``error`` is then the first error
+        of the call (None when the call was aborted without one).  The
+        batches are released.  One thread at a time."""
+        cdef list out = []
+        cdef Batch batch
+        cdef object error
+        for b in self._newly_done():
+            batch = <Batch>self.batches[b]
+            self.batches[b] = None
+            results, batch.results = batch.results, None
+            error = None
+            if results is None:
+                jf_mutex_lock(&self.lock)
+                error = self.error
+                jf_mutex_unlock(&self.lock)
+            out.append((batch, results, error))
+        return out
+
     def start(self):
         """Dispatch the first batches (before the user asks for results)."""
         self._feed()
