@@ -37,12 +37,12 @@ from typing import Any, Callable
 
 try:
     import joblib
+    from joblib.disk import memstr_to_bytes
     from joblib.parallel import (
         FallbackToBackend,
         ParallelBackendBase,
         SequentialBackend,
     )
-    from joblib.disk import memstr_to_bytes
 except ImportError as exc:  # pragma: no cover - exercised without joblib
     raise ImportError(
         "joblib_fast.register_joblib_backend needs joblib (>= 1.3), which is "
