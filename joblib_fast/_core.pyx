@@ -152,6 +152,7 @@ cdef class Batch:
         self.start = start
         self.tasks = tasks
         self.results = None
+        self.error = None
         self.task_started = 0.0
 
     @cython.boundscheck(False)
@@ -219,7 +220,7 @@ cdef class Call:
     def __init__(self, pool, iterable, *, Py_ssize_t pre_dispatch,
                  Py_ssize_t batch_size=0, double target_duration=0.002,
                  timeout=None, on_result=None, Py_ssize_t n_workers=0,
-                 Py_ssize_t total=-1):
+                 Py_ssize_t total=-1, bint stop_on_error=True):
         if pre_dispatch < 1:
             raise ValueError("pre_dispatch must be at least 1")
         if batch_size < 0:
@@ -238,6 +239,7 @@ cdef class Call:
         self.error_index = -1
         self.n_workers = n_workers
         self.total = total
+        self.stop_on_error = stop_on_error
 
     # ----------------------------------------------------------- workers
 
@@ -247,8 +249,10 @@ cdef class Call:
         cdef int rc
         batch.results = results
         batch.tasks = None
+        if not self.stop_on_error:
+            batch.error = error
         jf_mutex_lock(&self.lock)
-        if error is not None and self.error is None:
+        if error is not None and self.error is None and self.stop_on_error:
             self.error = error
             self.error_index = error_index
             self.aborted = 1
@@ -539,9 +543,10 @@ cdef class Call:
     def take_done(self):
         """The pushed batches finished since the last call, in completion
         order, as ``(batch, results, error)``: ``results`` is None when the
-        batch did not run to the end, and ``error`` is then the first error
-        of the call (None when the call was aborted without one).  The
-        batches are released.  One thread at a time."""
+        batch did not run to the end, and ``error`` is then its error (with
+        ``stop_on_error``: the first error of the call), or None when the
+        call was aborted before the batch ran.  The batches are released.
+        One thread at a time."""
         cdef list out = []
         cdef Batch batch
         cdef object error
@@ -549,8 +554,8 @@ cdef class Call:
             batch = <Batch>self.batches[b]
             self.batches[b] = None
             results, batch.results = batch.results, None
-            error = None
-            if results is None:
+            error, batch.error = batch.error, None
+            if results is None and error is None:
                 jf_mutex_lock(&self.lock)
                 error = self.error
                 jf_mutex_unlock(&self.lock)

@@ -115,7 +115,7 @@ class _Dispatcher:
 
     def __init__(self, pool: Any, name: str) -> None:
         self.pool = pool
-        self.call = Call(pool, (), pre_dispatch=1)
+        self.call = Call(pool, (), pre_dispatch=1, stop_on_error=False)
         # `lock` guards `inbox`, `closing` and `error`; never held while
         # calling into the pool or into joblib.
         self.lock = threading.Lock()
