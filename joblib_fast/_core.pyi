@@ -2,9 +2,9 @@
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-Task = tuple[Callable[..., Any], tuple, dict]
+from .errors import TaskError as TaskError
 
-class TaskError(TypeError): ...
+Task = tuple[Callable[..., Any], tuple, dict]
 
 class DelayedCall:
     func: Callable[..., Any]

@@ -29,6 +29,8 @@ relying on the GIL.
 
 import threading
 
+from .errors import TaskError
+
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject, PyObject_Call
@@ -51,10 +53,6 @@ _thread_state = threading.local()
 def in_worker_thread():
     """True when called from a task run by a joblib_fast worker thread."""
     return getattr(_thread_state, "in_worker", False)
-
-
-class TaskError(TypeError):
-    """An item of the iterable given to ``Parallel`` is not a task."""
 
 
 cdef object _bad_task(object item, Py_ssize_t index):

@@ -30,7 +30,7 @@ from sklearn.utils.parallel import Parallel as SkParallel
 from sklearn.utils.parallel import delayed as sk_delayed
 
 import joblib_fast
-from joblib_fast.backends.processes import TerminatedWorkerError
+from joblib_fast import TerminatedWorkerError
 from joblib_fast.joblib_backend import (
     FastProcessBackend,
     FastThreadingBackend,

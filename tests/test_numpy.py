@@ -29,9 +29,11 @@ if TESTS_DIR not in sys.path:
 import np_tasks
 
 import joblib_fast
-from joblib_fast import Parallel, _memmap, delayed, parallel_config
+from joblib_fast import Parallel, delayed, parallel_config
 from joblib_fast.backends.processes import (
     TerminatedWorkerError,
+    arrays_in,
+    pickling,
     shutdown_reusable_pools,
 )
 
@@ -256,8 +258,8 @@ def test_shared_output_pattern(tmp_path, folder, mode):
 def test_small_arrays_travel_as_out_of_band_buffers():
     mid = np.arange(MID, dtype=np.float64)     # below max_nbytes
     tiny = np.arange(10, dtype=np.float64)     # cheaper to copy in-band
-    exchange = _memmap.ArrayExchange(max_nbytes=1 << 20, mmap_mode="r")
-    blob, buffers = _memmap.dumps([mid, mid, tiny], exchange)
+    exchange = arrays_in.ArrayExchange(max_nbytes=1 << 20, mmap_mode="r")
+    blob, buffers = pickling.dumps([mid, mid, tiny], exchange)
     assert len(buffers) == 1 and len(blob) < 1000  # data not in the stream
     assert np.shares_memory(np.frombuffer(buffers[0], dtype=np.float64), mid)
     exchange.cleanup()
@@ -297,8 +299,8 @@ def test_default_folder_is_dev_shm(monkeypatch):
 def test_small_dev_shm_falls_back_to_temp_dir(monkeypatch):
     """Docker's 64 MB /dev/shm must not make a call fail."""
     monkeypatch.delenv("JOBLIB_TEMP_FOLDER", raising=False)
-    real = _memmap._free_bytes
-    monkeypatch.setattr(_memmap, "_free_bytes", lambda path: (
+    real = arrays_in._free_bytes
+    monkeypatch.setattr(arrays_in, "_free_bytes", lambda path: (
         100_000 if path == SHM else real(path)))
     info = par()([delayed(np_tasks.describe)(np.ones(BIG))])[0]
     assert os.path.dirname(os.path.dirname(info["filename"])) == \
@@ -310,7 +312,7 @@ def test_small_dev_shm_falls_back_to_temp_dir(monkeypatch):
 def test_full_folder_falls_back_on_write_error(monkeypatch):
     """Room reported but the write fails (ENOSPC): the next folder."""
     monkeypatch.delenv("JOBLIB_TEMP_FOLDER", raising=False)
-    real_write = _memmap.write_array
+    real_write = arrays_in.write_array
     failed = []
 
     def write(fd, a):
@@ -319,7 +321,7 @@ def test_full_folder_falls_back_on_write_error(monkeypatch):
             raise OSError(28, "No space left on device")
         real_write(fd, a)
 
-    monkeypatch.setattr(_memmap, "write_array", write)
+    monkeypatch.setattr(arrays_in, "write_array", write)
     info = par()([delayed(np_tasks.describe)(np.ones(BIG))])[0]
     assert failed and info["sum"] == BIG
     assert os.path.dirname(os.path.dirname(info["filename"])) == \
@@ -330,7 +332,7 @@ def test_unwritable_temp_folder_fails_clearly(folder, monkeypatch):
     def no_room(fd, a):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_memmap, "write_array", no_room)
+    monkeypatch.setattr(arrays_in, "write_array", no_room)
     with pytest.raises(OSError, match="temp_folder=.*max_nbytes=None"):
         par(temp_folder=folder)([delayed(np_tasks.first)(np.ones(BIG))])
     assert os.listdir(folder) == []
@@ -403,7 +405,7 @@ def _dead_pid() -> int:
 
 def test_stale_folders_of_dead_processes_are_swept(folder):
     dead = _dead_pid()
-    ns = _memmap._namespace()
+    ns = arrays_in._namespace()
     stale = os.path.join(folder, f"joblib_fast_{dead}_n{ns}c1abc")
     os.mkdir(stale)
     open(os.path.join(stale, "a1.mmap"), "wb").close()
@@ -540,17 +542,17 @@ def test_failed_reply_closes_its_shared_segments():
     import multiprocessing
     import threading
 
-    from joblib_fast import _wire, _worker
+    from joblib_fast.backends.processes import wire, worker
     ours_end, peer = multiprocessing.Pipe()
     try:
-        replier = _worker._Replier(ours_end)
+        replier = worker._Replier(ours_end)
         fds = len(os.listdir("/proc/self/fd"))
-        replier.reply(7, _worker.OK, [np.ones(BIG), threading.Lock()], 0.0,
+        replier.reply(7, wire.OK, [np.ones(BIG), threading.Lock()], 0.0,
                       threshold=1000)
         assert len(os.listdir("/proc/self/fd")) == fds
-        frame = _wire.recv_frame(peer.fileno())
-        key, status, _, _, n_fds = _worker.REPLY_HEAD.unpack_from(frame)
-        assert (key, status, n_fds) == (7, _worker.SEND_ERROR, 0)
+        frame = wire.recv_frame(peer.fileno())
+        key, status, _, _, n_fds = wire.REPLY_HEAD.unpack_from(frame)
+        assert (key, status, n_fds) == (7, wire.SEND_ERROR, 0)
     finally:
         ours_end.close()
         peer.close()
