@@ -286,22 +286,14 @@ class _FastBackend(ParallelBackendBase):
             mmap_mode=settings.get("mmap_mode", "r"),
             temp_folder=settings.get("temp_folder"),
             prefer=prefer, require=require)
-        self._context = self._start_method(settings.get("context"))
+        # joblib always passes ``mp.get_context()`` (which is "fork" on
+        # Linux once anything asked for it): only a context given to the
+        # backend itself overrides joblib_fast's choice (forkserver, or
+        # JOBLIB_START_METHOD), as with joblib's loky.
+        self._context = self.backend_kwargs.get("context")
         self.parallel = parallel
         self._n_jobs = n_jobs
         return n_jobs
-
-    @staticmethod
-    def _start_method(context: Any) -> Any:
-        """The context joblib passes is ``mp.get_context()`` unless the user
-        chose one: only a chosen one overrides joblib_fast's default."""
-        from joblib.parallel import DEFAULT_MP_CONTEXT
-        if context is None:
-            return None
-        if DEFAULT_MP_CONTEXT is None and \
-                mp.get_start_method(allow_none=True) is None:
-            return None
-        return context
 
     def effective_n_jobs(self, n_jobs):
         if n_jobs == 0:
@@ -375,9 +367,14 @@ class _FastBackend(ParallelBackendBase):
             return
         dispatcher.close(error)
         pool = dispatcher.pool
-        failed = error is not None or dispatcher.error is not None
-        pool.end_call(dispatcher.error or error)
-        pool.shutdown(wait=not failed)
+        if error is None and dispatcher.error is None:
+            pool.end_call(None)
+            pool.shutdown(wait=True)
+        else:
+            # Aborted (or broken): nothing still running is waited for;
+            # processes that run a batch are stopped, threads finish
+            # their current task and exit.
+            pool.shutdown(wait=False)
 
     def _make_pool(self) -> Any:
         raise NotImplementedError
@@ -401,13 +398,14 @@ class FastProcessBackend(_FastBackend):
             return super().effective_n_jobs(n_jobs)
         if mp.current_process().daemon:
             # In a worker process (daemonic): run in place, as joblib does.
-            warnings.warn("joblib_fast's process backend runs in place "
-                          "inside a worker process: setting n_jobs=1",
+            warnings.warn("joblib_fast process-backed parallel loops cannot "
+                          "be nested in a worker process, setting n_jobs=1",
                           stacklevel=3)
             return 1
         if not (self.in_main_thread() or self.nesting_level == 0):
-            warnings.warn("joblib_fast's process backend cannot be nested "
-                          "below threads: setting n_jobs=1", stacklevel=3)
+            warnings.warn("joblib_fast process-backed parallel loops cannot "
+                          "be nested below threads, setting n_jobs=1",
+                          stacklevel=3)
             return 1
         return super().effective_n_jobs(n_jobs)
 
