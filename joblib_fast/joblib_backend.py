@@ -371,10 +371,12 @@ class _FastBackend(ParallelBackendBase):
             pool.end_call(None)
             pool.shutdown(wait=True)
         else:
-            # Aborted (or broken): nothing still running is waited for;
-            # processes that run a batch are stopped, threads finish
-            # their current task and exit.
-            pool.shutdown(wait=False)
+            self._abort_pool(pool)
+
+    def _abort_pool(self, pool: Any) -> None:
+        """Stop what still runs on ``pool`` (aborted or broken) without
+        waiting for it, and end the pool's use."""
+        raise NotImplementedError
 
     def _make_pool(self) -> Any:
         raise NotImplementedError
@@ -418,6 +420,17 @@ class FastProcessBackend(_FastBackend):
             context=self._context)
         return provider.make_pool(self._n_jobs, self._options)
 
+    def _abort_pool(self, pool: Any) -> None:
+        # Only the workers running a batch are killed (a task stuck past
+        # joblib's timeout, or the rest of an aborted call): the idle ones
+        # stay in the reusable pool for the next call.
+        if not pool.closed:
+            try:
+                pool.stop_running()
+            except Exception:  # noqa: BLE001 - a replacement did not start
+                pass
+        pool.shutdown(wait=False)
+
     def get_nested_backend(self):
         level = (self.nesting_level or 0) + 1
         return FastThreadingBackend(nesting_level=level), None
@@ -435,6 +448,11 @@ class FastThreadingBackend(_FastBackend):
     def _make_pool(self) -> Any:
         return ThreadingBackend(nesting_level=self.nesting_level).make_pool(
             self._n_jobs, self._options)
+
+    def _abort_pool(self, pool: Any) -> None:
+        # Threads cannot be stopped: they finish their current task (the
+        # aborted call's other batches are skipped) and exit.
+        pool.shutdown(wait=False)
 
     def get_nested_backend(self):
         # Threads inside threads oversubscribe: nested calls run in place

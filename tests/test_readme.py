@@ -27,7 +27,7 @@ def test_joblib_section_example_runs(capsys):
         MultiprocessingBackend,
         ThreadingBackend,
     )
-    blocks = section_blocks("Using joblib_fast from joblib and scikit-learn")
+    blocks = readme_python_blocks("Using joblib_fast from joblib and scikit-learn")
     assert len(blocks) == 1
     try:
         exec(compile(blocks[0], "README joblib block", "exec"), {})  # noqa: S102

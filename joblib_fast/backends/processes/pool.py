@@ -346,6 +346,32 @@ class ProcessPool:
 
     # -------------------------------------------------------- lifetime
 
+    def stop_running(self) -> list[int]:
+        """Drop what runs and keep the idle workers: batches not sent yet
+        are reported as skipped, the workers running a batch are killed
+        and replaced by fresh ones.  Returns the pids killed."""
+        while self.queue:
+            batch = self.queue.popleft()
+            batch.call.complete(batch, None)
+        busy = [w for w in self.workers if w.batches]
+        if not busy or self.closed:
+            return []
+        self.workers = [w for w in self.workers if not w.batches]
+        for w in busy:
+            w.close_conn()
+            w.process.kill()
+        for w in busy:
+            w.process.join()
+            w.process.close()
+        try:
+            for _ in busy:
+                self._spawn()
+        except BaseException as exc:
+            self.broken = exc
+            self.terminate()
+            raise
+        return [w.pid for w in busy]
+
     def shutdown(self, wait: bool = True) -> None:
         """End of a call or of a ``with`` block: a healthy reusable pool
         stays for the next call; anything else is stopped."""
@@ -439,6 +465,11 @@ class ProcessLease:
             # Never carry a failed call's leftovers into the next call; a
             # task stuck past its timeout is not waited for.
             self.shutdown(wait=not isinstance(error, TimeoutError))
+
+    def stop_running(self) -> list[int]:
+        """Abort what this lease runs without stopping the idle workers
+        (see :meth:`ProcessPool.stop_running`); the lease goes on."""
+        return self.process_pool.stop_running()
 
     def shutdown(self, wait: bool = True) -> None:
         if not self._released:
