@@ -29,6 +29,7 @@ Threads: ``configure``, ``start_call``, ``stop_call``, ``terminate`` and
 """
 from __future__ import annotations
 
+import collections
 import multiprocessing as mp
 import threading
 import traceback
@@ -62,10 +63,11 @@ __all__ = ["register_joblib_backend", "FastProcessBackend",
 WAIT_SLICE = 0.005
 
 # Seconds an auto batch should last, measured by joblib from dispatch to
-# completion (it includes the round trip through joblib's Parallel, about
-# 50 us a batch).  joblib's own process backends aim at 0.2-2 s; shorter
-# batches keep every worker busy to the end of a call.
-#  `python benchmarks/bench.py --only noop,py1ms --peers 'joblib->*'`.
+# completion (it includes the round trip through joblib's Parallel).
+# joblib's own process backends aim at 0.2-2 s and its threads never batch;
+# shorter batches keep every worker busy to the end of a call.  Chosen, not
+# tuned: `python benchmarks/bench.py --only noop,nogil10us,noop_proc,py1ms`
+# (the joblib->jf rows) shows what they give.
 PROCESS_TARGET_BATCH_SECONDS = 0.02
 THREAD_TARGET_BATCH_SECONDS = 0.005
 # Seconds a stopping dispatcher thread is waited for.
@@ -113,8 +115,15 @@ class _Dispatcher:
     """One joblib_fast pool driven by push: the pool, a core ``Call`` fed
     with ``push``, and the thread that is the only one touching both."""
 
-    def __init__(self, pool: Any, name: str) -> None:
+    def __init__(self, pool: Any, name: str,
+                 max_running: int | None = None) -> None:
         self.pool = pool
+        # Batches handed to the pool at once (None: all).  A process worker
+        # takes up to two batches (the next one waits in its pipe), so
+        # without a cap a batch could wait behind a slow one while another
+        # worker idles; threads share one queue and need no cap.
+        self.max_running = max_running
+        self.waiting: collections.deque[_Job] = collections.deque()
         self.call = Call(pool, (), pre_dispatch=1, stop_on_error=False)
         # `lock` guards `inbox`, `closing` and `error`; never held while
         # calling into the pool or into joblib.
@@ -123,7 +132,8 @@ class _Dispatcher:
         self.inbox: list[_Job] = []
         self.closing = False
         self.error: BaseException | None = None  # the pool is unusable
-        self.running: dict[int, _Job] = {}  # dispatcher thread only
+        # Dispatcher thread only: jobs in the pool, by batch id.
+        self.running: dict[int, _Job] = {}
         self.thread = threading.Thread(target=self._main, name=name,
                                        daemon=True)
         self.thread.start()
@@ -163,9 +173,7 @@ class _Dispatcher:
                 with self.lock:
                     if self.error is None:
                         self.error = exc
-                jobs = list(self.running.values())
-                self.running.clear()
-                self._finish(jobs, exc)
+                self._finish(self._take_unfinished(), exc)
         self._fail_all()
 
     def _turn(self) -> bool:
@@ -179,31 +187,42 @@ class _Dispatcher:
         if error is not None:
             self._finish(jobs, error)
             return not closing
-        for job in jobs:
-            try:
-                job.batch = self.call.push([(job.func, (), {})])
-            except BaseException as exc:  # noqa: BLE001 - e.g. unpicklable
-                if self.pool.closed:
-                    self.inbox_back(jobs[jobs.index(job):])
-                    raise
-                self._report(job, None, exc)
-                continue
-            self.running[job.batch.id] = job
+        self.waiting.extend(jobs)
+        self._send()
         if self.running:
             self.pool.wait(self.call, WAIT_SLICE)
-            for batch, results, error in self.call.take_done():
-                job = self.running.pop(batch.id)
+            done = [(self.running.pop(batch.id), results, error)
+                    for batch, results, error in self.call.take_done()]
+            self._send()  # refill the workers before joblib's callbacks
+            for job, results, error in done:
                 if results is None and error is None:
                     error = PoolClosedError(
                         "the batch was cancelled: its joblib_fast pool was "
                         "aborted")
                 self._report(job, None if results is None else results[0],
                              error)
-        return not (closing and not self.running)
+        return not (closing and not self.running and not self.waiting)
 
-    def inbox_back(self, jobs: list[_Job]) -> None:
-        with self.lock:
-            self.inbox[:0] = jobs
+    def _send(self) -> None:
+        """Hand waiting jobs to the pool, up to ``max_running``."""
+        waiting, cap = self.waiting, self.max_running
+        while waiting and (cap is None or len(self.running) < cap):
+            job = waiting.popleft()
+            try:
+                job.batch = self.call.push([(job.func, (), {})])
+            except BaseException as exc:  # noqa: BLE001 - e.g. unpicklable
+                if self.pool.closed:
+                    waiting.appendleft(job)
+                    raise
+                self._report(job, None, exc)
+                continue
+            self.running[job.batch.id] = job
+
+    def _take_unfinished(self) -> list[_Job]:
+        jobs = list(self.running.values()) + list(self.waiting)
+        self.running.clear()
+        self.waiting.clear()
+        return jobs
 
     @staticmethod
     def _report(job: _Job, results: Any,
@@ -225,8 +244,7 @@ class _Dispatcher:
             jobs, self.inbox = self.inbox, []
             self.closing = True
             error = self.error
-        jobs = list(self.running.values()) + jobs
-        self.running.clear()
+        jobs = self._take_unfinished() + jobs
         if error is None:
             error = PoolClosedError("the joblib_fast pool was closed")
         self._finish(jobs, error)
@@ -238,6 +256,8 @@ class _FastBackend(ParallelBackendBase):
 
     supports_retrieve_callback = True
     target_batch_seconds = 0.0
+    # At most one batch per worker in the pool (see _Dispatcher).
+    one_batch_per_worker = False
     thread_name = "joblib_fast-dispatcher"
 
     def __init__(self, nesting_level: int | None = None,
@@ -271,6 +291,11 @@ class _FastBackend(ParallelBackendBase):
             raise FallbackToBackend(
                 SequentialBackend(nesting_level=self.nesting_level))
         settings = {**self.backend_kwargs, **backend_kwargs}
+        if "initializer" in settings or "initargs" in settings:
+            raise TypeError(
+                "joblib_fast's pools have no worker initializer (joblib's "
+                "loky initializer=/initargs=): run the setup in the tasks, "
+                "or use joblib's own loky backend")
         unknown = set(settings) - {"max_nbytes", "mmap_mode", "temp_folder",
                                    "context", "verbose", "prefer", "require",
                                    "idle_worker_timeout"}
@@ -313,7 +338,8 @@ class _FastBackend(ParallelBackendBase):
                     raise RuntimeError(
                         f"{type(self).__name__}.submit before configure")
                 dispatcher = self._dispatcher = _Dispatcher(
-                    self._make_pool(), self.thread_name)
+                    self._make_pool(), self.thread_name,
+                    self._n_jobs if self.one_batch_per_worker else None)
         dispatcher.submit(job)
         return job.outcome
 
@@ -392,6 +418,7 @@ class FastProcessBackend(_FastBackend):
     supports_inner_max_num_threads = True
     supports_sharedmem = False
     uses_threads = False
+    one_batch_per_worker = True
     target_batch_seconds = PROCESS_TARGET_BATCH_SECONDS
     thread_name = "joblib_fast-process-dispatcher"
 

@@ -55,13 +55,9 @@ EXPECTED_FAILURES = {
         r"loky-loky-False", "nested processes run in place (warned)"),
     # The error text is loky's ("the task to send"); ours names the task.
     "test_parallel_pickling": (None, "matches loky's error message text"),
-    # A process worker holds up to two batches (the next one is already in
-    # its pipe when it finishes): a batch sent behind the 30 s task waits.
-    "test_parallel_unordered_generator_returns_fastest_first": (
-        r"loky|joblib_fast", "worker prefetch: one batch waits behind "
-        "the slow task"),
     # joblib 1.6's loky-only worker initializer (initializer=, initargs=):
-    # joblib_fast's pools have none; the backend refuses it clearly.
+    # joblib_fast's pools have none; the backend refuses it with a
+    # TypeError saying so.
     "test_initializer_context": (r"loky|multiprocessing", "no initializer"),
     "test_initializer_parallel": (r"loky|multiprocessing", "no initializer"),
     "test_initializer_reused": (None, "no initializer"),
