@@ -37,3 +37,12 @@ def test_joblib_section_example_runs(capsys):
                                          MultiprocessingBackend)
         joblib.register_parallel_backend("threading", ThreadingBackend)
     assert capsys.readouterr().out.splitlines()[-1] == "[0, 1, 2, 3, 4]"
+
+
+def test_dask_section_example_runs(capsys):
+    pytest.importorskip("distributed")  # in the test extra: runs in CI
+    blocks = readme_python_blocks("Running on a dask cluster")
+    assert len(blocks) == 1
+    code = compile(blocks[0], "README dask block", "exec")
+    exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own
+    assert "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" in capsys.readouterr().out
