@@ -11,7 +11,6 @@ and array modules, ``joblib_fast._context`` and ``backends.base``.
 from __future__ import annotations
 
 import os
-import pickle
 import queue
 import signal
 import sys
@@ -24,7 +23,7 @@ from ..base import ThreadingBackend
 from . import wire
 from .arrays_in import worker_idle
 from .arrays_out import ResultPacker
-from .pickling import dumps, dumps_any, find_unpicklable
+from .pickling import dumps, dumps_any, dumps_exception, find_unpicklable
 from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
 
 
@@ -41,11 +40,8 @@ def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
 
 def _error_message(index: int, exc: BaseException):
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        blob = dumps_any(exc, passthrough=())[0]
-        pickle.loads(blob)  # an exception that cannot come back is described
-    except Exception:  # noqa: BLE001 - any pickling failure
-        blob = None
+    # None: an exception that cannot come back is described instead.
+    blob = dumps_exception(exc)
     return (index, blob, type(exc).__qualname__, str(exc), tb)
 
 
