@@ -30,6 +30,7 @@ from .arrays import (
     write_array,
 )
 from .arrays_in import is_dump
+from .wire import NEVER
 
 
 class ResultPacker:
@@ -42,7 +43,7 @@ class ResultPacker:
     """
 
     def __init__(self) -> None:
-        self.threshold = -1
+        self.threshold = NEVER
         self.fds: list[int] = []
         self._tables: dict[bool, dict] = {}
 
@@ -56,7 +57,7 @@ class ResultPacker:
         m = backing_memmap(a)
         if m is not None and m.mode != "c" and a.size and not is_dump(m.filename):
             return reduce_by_reference(a, m)
-        if 0 <= self.threshold < a.nbytes and not a.dtype.hasobject:
+        if a.nbytes > self.threshold and not a.dtype.hasobject:
             index = self._share(a)
             if index is not None:
                 return _shared_result, (index, a.dtype, a.shape,

@@ -94,7 +94,7 @@ class _Replier:
         return self._sock
 
     def reply(self, key: int, status: int, data, duration: float,
-              threshold: int = -1) -> None:
+              threshold: int = wire.NEVER) -> None:
         try:
             blob, buffers, fds = self._pack(data, threshold)
         except Exception as exc:  # noqa: BLE001 - any pickling failure
