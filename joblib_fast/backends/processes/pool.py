@@ -15,6 +15,7 @@ A reusable pool is leased out by ``registry``, and handed back to it (its
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 import signal
 import sys
@@ -30,6 +31,7 @@ from .arrays_in import ArrayExchange
 from .arrays_out import loads_reply
 from .context import WORKER_NAME, install
 from .pickling import dumps, dumps_any, find_unpicklable
+from .tree import descendants, terminate_trees
 from .worker import main as worker_main
 
 # Batches sent ahead to one worker: 2 means the next one is already in its
@@ -383,8 +385,8 @@ class ProcessPool:
         self.closed = True
         for w in self.workers:
             w.close_conn()
-            if w.process.is_alive():
-                w.process.terminate()
+        # Each worker with the processes its tasks started (tree.py).
+        terminate_trees([w.pid for w in self.workers if w.process.is_alive()])
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for w in self.workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
@@ -394,6 +396,12 @@ class ProcessPool:
 
     def _kill_remaining(self) -> None:
         self._reaped = True
+        lingering = [w for w in self.workers if w.process.is_alive()]
+        for pid in descendants([w.pid for w in lingering]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         for w in self.workers:
             if w.process.is_alive():
                 w.process.kill()
