@@ -29,6 +29,7 @@ class Batch:
     tasks: list[Task] | None
     results: list | None
     def run_here(self) -> None: ...
+    def task_list(self) -> list[Task]: ...
 
 class Call:
     pool: Any

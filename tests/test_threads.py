@@ -6,7 +6,13 @@ import threading
 import time
 
 import pytest
-from _jf_testutils import RETURN_AS, WORKER_THREAD_PREFIX, square, worker_threads
+from _jf_testutils import (
+    RETURN_AS,
+    WORKER_THREAD_PREFIX,
+    fail_on,
+    square,
+    worker_threads,
+)
 
 from joblib_fast import Parallel, _kernels, delayed, parallel_config
 from joblib_fast._core import in_worker_thread
@@ -163,12 +169,6 @@ def test_no_thread_left_after_with_block_exits_on_exception():
         p(delayed(square)(i) for i in range(10))
         raise KeyError("user code failed")
     assert worker_threads() == []
-
-
-def fail_on(i, bad):
-    if i == bad:
-        raise ValueError(f"task {i} failed")
-    return i
 
 
 @pytest.mark.parametrize("return_as", RETURN_AS)

@@ -170,10 +170,10 @@ class ProcessPool:
 
     def _spawn(self) -> None:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
-        # A forked child inherits our ends of the earlier workers' pipes;
-        # it closes them, or those workers would never see end-of-file when
-        # we close (fork passes these objects as they are, unpickled).
-        inherited = [w.conn for w in self.workers] \
+        # A forked child inherits our ends of its own and the earlier
+        # workers' pipes; it closes them, or no worker would see end-of-file
+        # when we close (fork passes these objects as they are, unpickled).
+        inherited = [w.conn for w in self.workers] + [parent_conn] \
             if self.context.get_start_method() == "fork" else []
         process = self.context.Process(
             target=worker_main, args=(child_conn, self.env, inherited),
