@@ -83,3 +83,23 @@ def terminate_trees(pids: list[int]) -> None:
     for pid in pids:
         _signal(pid, signal.SIGTERM)
         _signal(pid, signal.SIGCONT)
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc),
+    or None if it is gone, a zombie, or this is not Linux.  With the pid,
+    it names one process for good: a pid may be reused, this pair not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2:].split()
+        if fields[0] in (b"Z", b"X"):
+            return None
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def same_process(pid: int, started: int | None) -> bool:
+    """``pid`` still runs the process that started at ``started``."""
+    return started is not None and start_time(pid) == started

@@ -119,25 +119,8 @@ def _unpicklable_result(status: int, data, exc: BaseException):
     return (index, message)
 
 
-def main(conn, env: dict, inherited=()) -> None:
-    """Serve batches from ``conn`` until it closes.
-
-    ``inherited``: the parent's ends of other workers' pipes that a forked
-    child got a copy of; closed at once."""
-    for other in inherited:
-        other.close()
-    os.environ.update(env)
-    # Ctrl-C in a terminal reaches the whole process group: the parent
-    # decides what stops; workers are stopped by it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Nested calls in a worker get threads at the first nesting level (what
-    # ProcessBackend.get_nested_backend gives), sequential beyond.
-    set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
-
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
-                     name="joblib_fast-worker-reader").start()
-    replier = _Replier(conn)
+def _serve(inbox: queue.SimpleQueue, replier: _Replier) -> None:
+    """Run each batch of the inbox and reply, until the inbox ends."""
     while True:
         if inbox.empty():
             worker_idle()  # nothing queued: unmap the inputs
@@ -162,5 +145,32 @@ def main(conn, env: dict, inherited=()) -> None:
         replier.reply(key, status, data, time.perf_counter() - start,
                       threshold)
         del data
+
+
+def main(conn, env: dict, inherited=()) -> None:
+    """Serve batches from ``conn`` until it closes.
+
+    ``inherited``: the parent's ends of other workers' pipes that a forked
+    child got a copy of; closed at once."""
+    for other in inherited:
+        other.close()
+    os.environ.update(env)
+    # Ctrl-C in a terminal reaches the whole process group: the parent
+    # decides what stops; workers are stopped by it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Nested calls in a worker get threads at the first nesting level (what
+    # ProcessBackend.get_nested_backend gives), sequential beyond.
+    set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
+                     name="joblib_fast-worker-reader").start()
+    replier = _Replier(conn)
+    try:
+        _serve(inbox, replier)
+    except (BrokenPipeError, ConnectionResetError):
+        # The parent closed our pipe: it stopped the pool (a failed call,
+        # a dead sibling) or is gone.  Nothing for the user's stderr.
+        pass
     conn.close()
     sys.exit(0)
