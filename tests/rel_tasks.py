@@ -26,10 +26,20 @@ def big_array(i, n=300_000):
 def spawn_sleeper_then_hang(path):
     """Start a grandchild, write its pid to ``path``, then hang."""
     child = subprocess.Popen(["sleep", "600"])
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         f.write(str(child.pid))
+    os.replace(path + ".tmp", path)  # whole or absent
     time.sleep(600)
 
 
 def pid_and_value(x):
     return x, os.getpid()
+
+
+def sleeper_or_fail(path, i):
+    """Task 0 starts a grandchild and hangs; task 1 fails once it runs."""
+    if i == 0:
+        spawn_sleeper_then_hang(path)
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    raise ValueError("task 1 fails")

@@ -168,3 +168,18 @@ def test_timeout_kills_the_workers_process_tree(tmp_path):
     if alive:
         os.kill(pid, 9)
     assert not alive, "the task's own child survived the timeout"
+
+
+def test_failed_call_kills_the_workers_process_tree(tmp_path):
+    path = tmp_path / "grandchild.pid"
+    with pytest.raises(ValueError, match="task 1 fails"):
+        Parallel(n_jobs=2, batch_size=1)(
+            delayed(rel_tasks.sleeper_or_fail)(str(path), i) for i in range(2))
+    pid = int(path.read_text())
+    deadline = time.monotonic() + 5
+    while not _dead(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = not _dead(pid)
+    if alive:
+        os.kill(pid, 9)
+    assert not alive, "the task's own child survived the failed call"
