@@ -183,3 +183,58 @@ def test_failed_call_kills_the_workers_process_tree(tmp_path):
     if alive:
         os.kill(pid, 9)
     assert not alive, "the task's own child survived the failed call"
+
+
+def _kill_fork_server():
+    from multiprocessing import forkserver
+    pid = forkserver._forkserver._forkserver_pid
+    assert pid is not None
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 5
+    while not _dead(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pid
+
+
+def _workers_stopped(workers):
+    deadline = time.monotonic() + 5
+    while not all(map(_dead, workers)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return all(map(_dead, workers))
+
+
+def test_fork_server_killed_between_calls_of_a_block():
+    import multiprocessing
+
+    from joblib_fast.backends.processes import reusable_pool_pids
+    from joblib_fast.errors import TerminatedWorkerError
+    ctx = multiprocessing.get_context("forkserver")
+    expected = list(range(1, 101))
+    with Parallel(n_jobs=2, backend=ctx) as p:
+        assert p(delayed(abs)(-i) for i in expected) == expected
+        workers = reusable_pool_pids()
+        server = _kill_fork_server()
+        # The block's pool learns of it through its workers' sentinels
+        # (multiprocessing says exit code 255 for each, running or not).
+        with pytest.raises(TerminatedWorkerError,
+                           match=rf"fork server \(pid {server}\)"):
+            p(delayed(abs)(-i) for i in expected)
+        # The workers, which outlived their fork server, were stopped.
+        assert workers and _workers_stopped(workers)
+        assert p(delayed(abs)(-i) for i in expected) == expected
+
+
+def test_fork_server_killed_between_plain_calls():
+    import multiprocessing
+
+    from joblib_fast.backends.processes import reusable_pool_pids
+    ctx = multiprocessing.get_context("forkserver")
+    expected = list(range(1, 101))
+    assert Parallel(n_jobs=2, backend=ctx)(
+        delayed(abs)(-i) for i in expected) == expected
+    workers = reusable_pool_pids()
+    _kill_fork_server()
+    # The idle reusable pool is found broken and replaced: no error.
+    assert Parallel(n_jobs=2, backend=ctx)(
+        delayed(abs)(-i) for i in expected) == expected
+    assert workers and _workers_stopped(workers)
