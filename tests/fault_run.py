@@ -78,14 +78,12 @@ class Killer(threading.Thread):
                 pid = tracker_pid()
             if pid is None:
                 continue
-            # Recorded first: the call may see the death before os.kill
-            # returns here.
-            with self.lock:
-                self.killed.append((kind, pid))
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
-                pass
+                continue
+            with self.lock:
+                self.killed.append((kind, pid))
 
 
 def snapshot():

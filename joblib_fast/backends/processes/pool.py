@@ -75,15 +75,6 @@ def _gone(pid: int, seconds: float = 1.0) -> bool:
     return True
 
 
-def _at_end(worker: _Worker) -> bool:
-    """An idle worker's pipe is readable only at its end (a worker sends
-    nothing unasked)."""
-    try:
-        return worker.conn.poll()
-    except (EOFError, OSError):
-        return True
-
-
 def _task_blob(tasks: list, start: int = 0, arrays=None):
     """Pickle a batch; returns (kind, bytes, out-of-band buffers).
 
@@ -129,8 +120,8 @@ def _unpicklable_task(tasks: list, start: int,
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    __slots__ = ("batches", "conn", "fd", "orphaned", "pid", "process",
-                 "sentinel", "sock", "started", "started_at")
+    __slots__ = ("batches", "conn", "fd", "pid", "process", "sentinel",
+                 "sock", "started", "started_at")
 
     def __init__(self, process, conn) -> None:
         self.process = process
@@ -143,9 +134,6 @@ class _Worker:
         self.started = 0.0  # when its current batch started (timeouts)
         # With the pid, names this process for good (tree.start_time).
         self.started_at = start_time(self.pid)
-        # Its fork server died: its sentinel is spent (it fired with code
-        # 255 while the worker runs on); its death shows as end-of-file.
-        self.orphaned = False
 
     def running(self) -> bool:
         """Alive: a forkserver worker whose fork server died has a sentinel
@@ -291,47 +279,33 @@ class ProcessPool:
         """Deliver finished batches; raise if a worker died."""
         if self.broken is not None:
             raise self.broken
-        watched = [w for w in self.workers if w.batches or w.orphaned]
-        ready = _mp_wait([w.conn for w in watched] + [
-            w.sentinel for w in self.workers if not w.orphaned],
-            timeout=seconds)
+        busy = [w for w in self.workers if w.batches]
+        conns = [w.conn for w in busy]
+        ready = _mp_wait(conns + [w.sentinel for w in self.workers],
+                         timeout=seconds)
         if not ready:
             return
         ready_set = set(map(id, ready))
-        for worker in watched:
+        for worker in busy:
             if id(worker.conn) in ready_set:
-                ended = self._drain(worker)
-                if worker.orphaned and (ended or _at_end(worker)):
-                    self._worker_died(worker)
+                self._drain(worker)
         for worker in self.workers:
-            if not worker.orphaned and id(worker.sentinel) in ready_set:
-                if self._outlived_fork_server(worker):
-                    worker.orphaned = True
-                    continue
+            if id(worker.sentinel) in ready_set:
                 self._drain(worker)
                 self._worker_died(worker)
 
-    def _outlived_fork_server(self, worker: _Worker) -> bool:
-        """The sentinel fired because the fork server died (multiprocessing
-        then says exit code 255), not the worker: it runs on and serves."""
-        return (self.context.get_start_method() == "forkserver"
-                and worker.process.exitcode == 255
-                and same_process(worker.pid, worker.started_at))
-
-    def _drain(self, worker: _Worker) -> bool:
-        """Deliver the worker's waiting replies; True if its pipe ended."""
+    def _drain(self, worker: _Worker) -> None:
         while worker.batches:
             try:
                 if not worker.conn.poll():
-                    return False
+                    return
                 reply = self._receive(worker)
             except (EOFError, OSError):
-                return True
+                return
             key, batch = worker.batches.popleft()
             worker.started = time.monotonic()
             self._dispatch()  # refill before the parent does anything else
             self._deliver(batch, key, *reply)
-        return False
 
     @staticmethod
     def _receive(worker: _Worker):
@@ -384,12 +358,7 @@ class ProcessPool:
             running = f" while running tasks {batch.start}..{batch.start + n - 1}"
         server = fork_server_pid() \
             if self.context.get_start_method() == "forkserver" else None
-        if worker.orphaned:
-            what = (f"A joblib_fast worker process (pid {worker.pid}) died "
-                    f"unexpectedly{running} (its exit status is unknown: "
-                    "the multiprocessing fork server that started it had "
-                    "died before)")
-        elif code == 255 and server is not None and _gone(server):
+        if code == 255 and server is not None and _gone(server):
             # multiprocessing reports 255 for every worker of a fork server
             # that died: the workers may well be running still.
             what = (f"The multiprocessing fork server (pid {server}), which "
