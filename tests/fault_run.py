@@ -78,12 +78,14 @@ class Killer(threading.Thread):
                 pid = tracker_pid()
             if pid is None:
                 continue
+            # Recorded first: the call may see the death before os.kill
+            # returns here.
+            with self.lock:
+                self.killed.append((kind, pid))
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
-                continue
-            with self.lock:
-                self.killed.append((kind, pid))
+                pass
 
 
 def snapshot():

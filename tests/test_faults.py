@@ -39,7 +39,7 @@ def test_random_kills_lose_nothing_and_leave_nothing(seed, tmp_path):
         assert call["error"].startswith(
             "joblib_fast.errors.TerminatedWorkerError: "), call
         named = re.search(r"\(pid (\d+)\)", call["error"])
-        assert named and int(named.group(1)) in killed_so_far, call
+        assert named and int(named.group(1)) in killed_so_far, call["error"]
         assert ("worker process" in call["error"]
                 or "fork server" in call["error"]), call
     assert failed, "no kill landed during a call: the test tested nothing"
