@@ -207,11 +207,13 @@ class ProcessPool:
                 # The fork server died while starting it (it is restarted
                 # by the next start): once more, then a clear error.
                 if not forkserver or attempt:
+                    server = f" (pid {fork_server_pid()})" if forkserver \
+                        else ""
                     raise TerminatedWorkerError(
                         "could not start a joblib_fast worker process"
-                        + (" (the multiprocessing fork server died while "
-                           "starting it)" if forkserver else "")
-                        + f": {type(exc).__name__}: {exc}") from exc
+                        + (f": the multiprocessing fork server{server} died "
+                           "while starting it" if forkserver else "")
+                        + f" ({type(exc).__name__}: {exc})") from exc
                 continue
             finally:
                 child_conn.close()
