@@ -29,7 +29,7 @@ relying on the GIL.
 
 import threading
 
-from .errors import TaskError
+from .errors import TaskError, abandons_running_tasks
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
@@ -696,9 +696,10 @@ cdef class ThreadPool:
 
     def end_call(self, error):
         """After a failed call the threads are not reused (a task of
-        the call may still run); a timed-out one is not waited for."""
+        the call may still run); see abandons_running_tasks for when they
+        are not waited for."""
         if error is not None:
-            self.shutdown(wait=not isinstance(error, TimeoutError))
+            self.shutdown(wait=not abandons_running_tasks(error))
 
     cdef int alive(self):
         cdef int n
