@@ -412,10 +412,19 @@ class ProcessPool:
         self.workers = [w for w in self.workers if not w.batches]
         for w in busy:
             w.close_conn()
-            w.process.kill()
+        # Each busy worker with the processes its task started (tree.py).
+        pids = [w.pid for w in busy if w.running()]
+        for pid in descendants(pids) + pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         for w in busy:
-            w.process.join()
-            w.process.close()
+            w.process.join(SHUTDOWN_GRACE)
+            try:
+                w.process.close()
+            except ValueError:  # still running: reaped by the OS later
+                pass
         try:
             for _ in busy:
                 self._spawn()
