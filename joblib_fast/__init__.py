@@ -30,6 +30,8 @@ are for optional third-party packages (numpy, cloudpickle, tqdm, dask,
 joblib).  One documented exception: ``SequentialBackend.get_nested_backend``
 imports ``config`` (its nested backend is "whatever is active here").
 """
+import importlib
+
 from ._core import delayed
 from .backends.base import ParallelBackendBase
 from .config import (
@@ -49,6 +51,23 @@ from .parallel import Parallel
 
 __version__ = "0.1.0"
 
+
+
+def register_joblib_backend(name: str = "joblib_fast",
+                            replace_builtin: bool = False) -> str:
+    """Run ``joblib.Parallel`` (and scikit-learn...) on joblib_fast's pools.
+
+    Registers joblib_fast's process backend under ``name`` with
+    ``joblib.register_parallel_backend``; with ``replace_builtin=True``
+    joblib's ``"loky"``, ``"multiprocessing"`` and ``"threading"`` names run
+    on joblib_fast too.  Returns ``name``.  Needs joblib (the ``joblib``
+    extra); importing joblib_fast does not import it.  See
+    :func:`joblib_fast.joblib_backend.register_joblib_backend`.
+    """
+    module = importlib.import_module(".joblib_backend", __name__)
+    return module.register_joblib_backend(name, replace_builtin)
+
+
 __all__ = [
     "Parallel",
     "delayed",
@@ -62,4 +81,5 @@ __all__ = [
     "TerminatedWorkerError",
     "RemoteTraceback",
     "ParallelTimeoutError",
+    "register_joblib_backend",
 ]

@@ -24,7 +24,7 @@ from ..base import ThreadingBackend
 from . import wire
 from .arrays_in import worker_idle
 from .arrays_out import ResultPacker
-from .pickling import dumps, dumps_any, find_unpicklable
+from .pickling import dumps, dumps_any, dumps_exception, find_unpicklable
 from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
 
 
@@ -41,37 +41,9 @@ def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
 
 def _error_message(index: int, exc: BaseException):
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    blob = _exception_blob(exc)
-    if blob is None:
-        # Pickling support for tracebacks (tblib's, installed by importing
-        # dask.distributed) also pickles the traceback and the chained
-        # exceptions, and a deep one (a RecursionError) cannot be: the
-        # exception goes back without them (their text is in `tb`).
-        bare = _without_traceback(exc)
-        if bare is not None:
-            blob = _exception_blob(bare)
+    # None: an exception that cannot come back is described instead.
+    blob = dumps_exception(exc)
     return (index, blob, type(exc).__qualname__, str(exc), tb)
-
-
-def _exception_blob(exc: BaseException) -> bytes | None:
-    """``exc`` pickled, or None when it cannot come back as itself."""
-    try:
-        blob = dumps_any(exc, passthrough=())[0]
-        pickle.loads(blob)  # an exception that cannot come back is described
-    except Exception:  # noqa: BLE001 - any pickling failure
-        return None
-    return blob
-
-
-def _without_traceback(exc: BaseException) -> BaseException | None:
-    """A copy of ``exc`` with no traceback and no chained exceptions."""
-    try:
-        bare = type(exc).__new__(type(exc))
-        bare.args = exc.args
-        bare.__dict__.update(getattr(exc, "__dict__", {}))
-    except Exception:  # noqa: BLE001 - an exception type we cannot copy
-        return None
-    return bare
 
 
 def _run(kind: int, payload):
@@ -123,7 +95,7 @@ class _Replier:
         return self._sock
 
     def reply(self, key: int, status: int, data, duration: float,
-              threshold: int = -1) -> None:
+              threshold: int = wire.NEVER) -> None:
         try:
             blob, buffers, fds = self._pack(data, threshold)
         except Exception as exc:  # noqa: BLE001 - any pickling failure
@@ -146,6 +118,34 @@ def _unpicklable_result(status: int, data, exc: BaseException):
     message = (f"the result could not be pickled back to the parent: "
                f"{type(exc).__name__}: {exc}")
     return (index, message)
+
+
+def _serve(inbox: queue.SimpleQueue, replier: _Replier) -> None:
+    """Run each batch of the inbox and reply, until the inbox ends."""
+    while True:
+        if inbox.empty():
+            worker_idle()  # nothing queued: unmap the inputs
+        message = inbox.get()
+        if message is None:
+            break
+        frame, buffers = message
+        del message
+        key, kind, threshold = wire.task_head(frame)
+        start = time.perf_counter()
+        try:
+            payload = wire.task_payload(frame, buffers)
+        except BaseException as exc:  # noqa: BLE001
+            replier.reply(
+                key, SEND_ERROR,
+                (-1, "the task batch could not be unpickled in the worker: "
+                     f"{type(exc).__name__}: {exc}"), 0.0)
+            continue
+        del frame, buffers
+        status, data = _run(kind, payload)
+        del payload
+        replier.reply(key, status, data, time.perf_counter() - start,
+                      threshold)
+        del data
 
 
 def main(conn, env: dict, inherited=(), initializer: bytes | None = None
@@ -174,29 +174,11 @@ def main(conn, env: dict, inherited=(), initializer: bytes | None = None
     threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
                      name="joblib_fast-worker-reader").start()
     replier = _Replier(conn)
-    while True:
-        if inbox.empty():
-            worker_idle()  # nothing queued: unmap the inputs
-        message = inbox.get()
-        if message is None:
-            break
-        frame, buffers = message
-        del message
-        key, kind, threshold = wire.task_head(frame)
-        start = time.perf_counter()
-        try:
-            payload = wire.task_payload(frame, buffers)
-        except BaseException as exc:  # noqa: BLE001
-            replier.reply(
-                key, SEND_ERROR,
-                (-1, "the task batch could not be unpickled in the worker: "
-                     f"{type(exc).__name__}: {exc}"), 0.0)
-            continue
-        del frame, buffers
-        status, data = _run(kind, payload)
-        del payload
-        replier.reply(key, status, data, time.perf_counter() - start,
-                      threshold)
-        del data
+    try:
+        _serve(inbox, replier)
+    except (BrokenPipeError, ConnectionResetError):
+        # The parent closed our pipe: it stopped the pool (a failed call,
+        # a dead sibling) or is gone.  Nothing for the user's stderr.
+        pass
     conn.close()
     sys.exit(0)
