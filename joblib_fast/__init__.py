@@ -30,6 +30,8 @@ are for optional third-party packages (numpy, cloudpickle, tqdm, dask,
 joblib).  One documented exception: ``SequentialBackend.get_nested_backend``
 imports ``config`` (its nested backend is "whatever is active here").
 """
+import os
+
 from ._core import TaskError, delayed
 from .backends.base import ParallelBackendBase
 from .config import (
@@ -43,6 +45,15 @@ from .parallel import Parallel
 
 __version__ = "0.1.0"
 
+
+def get_include() -> str:
+    """The folder to add to ``include_dirs`` when building a Cython module
+    that does ``from joblib_fast.parallel_for cimport ...`` (it holds
+    ``joblib_fast/parallel_for.h``; nothing to link)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "include")
+
+
 __all__ = [
     "Parallel",
     "delayed",
@@ -53,4 +64,5 @@ __all__ = [
     "cpu_count",
     "effective_n_jobs",
     "TaskError",
+    "get_include",
 ]

@@ -193,7 +193,9 @@ class ThreadingBackend(PoolProvider, ParallelBackendBase):
         return resolve_n_jobs(n_jobs)
 
     def make_pool(self, n_jobs: int, options: CallOptions) -> ThreadPool:
-        return ThreadPool(n_jobs, name="joblib_fast-thread",
+        # A lease on the process-wide threads that parallel_for uses too:
+        # at most n_jobs of them run this pool's batches at once.
+        return ThreadPool(n_jobs, shared=True,
                           initializer=functools.partial(enter_worker, self,
                                                         n_jobs))
 
