@@ -21,6 +21,7 @@ so.  A module may import its own layer or any layer below it::
     backends.base                   ParallelBackendBase, sequential, threading
     backends.native                 the pool contract (CallOptions, Pool)
     _core, _kernels                 compiled: dispatch core, test kernels
+    _threads                        compiled: the worker threads, parallel_for
     _context                        thread-local settings, n_jobs rules
     _cpu, _gc, _progress, _args, errors
                                     leaves: no package imports but these

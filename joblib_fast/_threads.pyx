@@ -36,7 +36,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport ENOMEM
 from libc.stdint cimport uint64_t
 
-from joblib_fast._cpu import cpu_count
+from ._cpu import cpu_count
 
 
 cdef extern from "Python.h":

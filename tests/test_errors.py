@@ -454,8 +454,14 @@ SIGINT_SCRIPT = textwrap.dedent("""
             delayed(task)(i) for i in range(2000))
         print("RESULT completed")
     except KeyboardInterrupt:
+        # The shared pool's threads outlive calls (idle, at most n_jobs);
+        # no other worker thread may be left.
+        from joblib_fast import _threads
+        shared = set(_threads.shared_pool_threads())
+        assert len(shared) <= 2, shared
         left = [t.name for t in threading.enumerate()
-                if t.name.startswith("joblib_fast-thread") and t.is_alive()]
+                if t.name.startswith("joblib_fast-thread") and t.is_alive()
+                and t not in shared]
         print("RESULT interrupted", len(started), len(left),
               round(time.monotonic() - t0, 3))
 """)
