@@ -30,11 +30,12 @@ relying on the GIL.
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.object cimport PyObject, PyObject_Call
+from cpython.object cimport PyObject_Call
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
-from ._threads import in_worker_thread, shared_workers  # noqa: F401
+# in_worker_thread is re-exported: tests and users ask the core for it.
+from ._threads import in_worker_thread, shared_workers  # no-cython-lint
 
 # The caller sleeps in C at most this long before it looks for Ctrl-C and
 # for timed-out tasks again.
@@ -44,7 +45,6 @@ cdef double SIGNAL_POLL_SECONDS = 0.05
 cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
 
 cdef object _NO_ITEM = object()
-
 
 
 class TaskError(TypeError):

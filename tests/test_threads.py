@@ -15,8 +15,7 @@ from _jf_testutils import (
     worker_threads,
 )
 
-from joblib_fast import Parallel, _kernels, delayed, parallel_config
-from joblib_fast import _threads
+from joblib_fast import Parallel, _kernels, _threads, delayed, parallel_config
 from joblib_fast._core import in_worker_thread
 
 BARRIER_SECONDS = 10.0
