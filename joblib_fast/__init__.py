@@ -33,7 +33,7 @@ imports ``config`` (its nested backend is "whatever is active here").
 """
 import os
 
-from ._core import TaskError, delayed
+from ._core import delayed
 from .backends.base import ParallelBackendBase
 from .config import (
     cpu_count,
@@ -42,6 +42,7 @@ from .config import (
     parallel_config,
     register_parallel_backend,
 )
+from .errors import RemoteTraceback, TaskError, TerminatedWorkerError
 from .parallel import Parallel
 
 __version__ = "0.1.0"
@@ -65,5 +66,7 @@ __all__ = [
     "cpu_count",
     "effective_n_jobs",
     "TaskError",
+    "TerminatedWorkerError",
+    "RemoteTraceback",
     "get_include",
 ]

@@ -2,9 +2,9 @@
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-Task = tuple[Callable[..., Any], tuple, dict]
+from .errors import TaskError as TaskError
 
-class TaskError(TypeError): ...
+Task = tuple[Callable[..., Any], tuple, dict]
 
 class DelayedCall:
     func: Callable[..., Any]
@@ -29,6 +29,7 @@ class Batch:
     tasks: list[Task] | None
     results: list | None
     def run_here(self) -> None: ...
+    def task_list(self) -> list[Task]: ...
 
 class Call:
     pool: Any

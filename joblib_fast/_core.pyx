@@ -28,6 +28,8 @@ deadlock against the GIL, and they keep the shared state right without
 relying on the GIL.
 """
 
+from .errors import TaskError
+
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject_Call
@@ -45,10 +47,6 @@ cdef double SIGNAL_POLL_SECONDS = 0.05
 cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
 
 cdef object _NO_ITEM = object()
-
-
-class TaskError(TypeError):
-    """An item of the iterable given to ``Parallel`` is not a task."""
 
 
 cdef object _bad_task(object item, Py_ssize_t index):

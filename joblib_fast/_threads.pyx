@@ -334,6 +334,7 @@ cdef int _cap() noexcept nogil:
     if cap == 0:
         with gil:
             try:
+                _install_hooks()
                 cap = thread_cap()
             except BaseException:
                 cap = 1
@@ -344,6 +345,7 @@ cdef int _cap() noexcept nogil:
 def shared_workers():
     """The process-wide pool (created on first use)."""
     global _shared
+    _install_hooks()
     with _shared_lock:
         if _shared is None:
             _shared = WorkerPool(SHARED_THREAD_NAME, _cap())
@@ -409,8 +411,17 @@ def _forget_pool_in_child():
     jf_int_store(&_thread_cap, 0)  # the child may run under other caps
 
 
-atexit.register(_shutdown_at_exit)
-os.register_at_fork(after_in_child=_forget_pool_in_child)
+_hooks_installed = False
+
+
+def _install_hooks():
+    """At the first use, not at import (importing patches nothing): the
+    pool stops at exit, and a forked child forgets it and the cap."""
+    global _hooks_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        atexit.register(_shutdown_at_exit)
+        os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 # ------------------------------------------------------------ parallel_for

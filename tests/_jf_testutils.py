@@ -1,12 +1,20 @@
 """Helpers shared by the test modules (imported as ``_jf_testutils``)."""
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
+
+import joblib_fast
 from joblib_fast import ParallelBackendBase
 
+# The in-process kinds, for suites whose tasks share state with the test
+# (counters, events); tests/test_contract.py runs the backend contract over
+# every kind, the process backend and a user backend included.
 BACKENDS = ("threading", "sequential")
 RETURN_AS = ("list", "generator", "generator_unordered")
 WORKER_THREAD_PREFIX = "joblib_fast-thread"
@@ -61,25 +69,146 @@ def add(a, b=0, *, c=0):
 
 
 class ExecutorBackend(ParallelBackendBase):
-    """A user backend in joblib's ``submit`` + callback style, on a
-    ``concurrent.futures`` thread pool."""
+    """The user guide's minimal backend (ThreadPoolExecutor), recording
+    every hook joblib calls."""
 
     supports_retrieve_callback = True
 
-    def configure(self, n_jobs=1, parallel=None, **kwargs):
+    def __init__(self, nesting_level=None, **kwargs):
+        super().__init__(nesting_level=nesting_level, **kwargs)
+        self.events = []
+        self.submitted = []
+        self._executor = None
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        self.events.append("configure")
+        self.configure_kwargs = backend_kwargs
+        self.parallel = parallel
+        n_jobs = self.effective_n_jobs(n_jobs)
         self._executor = ThreadPoolExecutor(n_jobs)
         return n_jobs
 
     def effective_n_jobs(self, n_jobs):
-        return 2 if n_jobs is None or n_jobs < 0 else n_jobs
+        if n_jobs is None:
+            return 1
+        return 2 if n_jobs < 0 else n_jobs
+
+    def start_call(self):
+        self.events.append("start_call")
+
+    def stop_call(self):
+        self.events.append("stop_call")
 
     def terminate(self):
-        self._executor.shutdown()
+        self.events.append("terminate")
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def abort_everything(self, ensure_ready=True):
+        self.events.append(("abort_everything", ensure_ready))
 
     def submit(self, func, callback):
+        self.submitted.append(len(func))
         future = self._executor.submit(func)
         future.add_done_callback(callback)
         return future
 
     def retrieve_result_callback(self, future):
         return future.result()
+
+
+# ------------------------------------------------------ shared tasks
+# Defined here, in an importable module, so that process workers (spawn,
+# forkserver) can unpickle them by reference.
+
+
+class CustomError(Exception):
+    """An exception with extra state and a two-argument constructor."""
+
+    def __init__(self, message, code):
+        super().__init__(message, code)
+        self.message = message
+        self.code = code
+
+    def __str__(self):
+        return f"{self.message} (code {self.code})"
+
+
+def fail_on(i, bad, exc_type=ValueError):
+    """Return ``i``, or raise ``exc_type("task <i> failed")`` when
+    ``i == bad`` (``CustomError`` gets its own message and a code)."""
+    if i == bad:
+        if exc_type is CustomError:
+            raise CustomError(f"custom failure in task {i}", 42)
+        raise exc_type(f"task {i} failed")
+    return i
+
+
+def where_am_i(x):
+    """(x, pid, thread id) of the worker running the task."""
+    import os
+
+    return x, os.getpid(), threading.get_ident()
+
+
+# ------------------------------------------------- process backend helpers
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+# The folder holding the INSTALLED joblib_fast (first on a child's path).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(joblib_fast.__file__)))
+START_METHODS = [m for m in ("fork", "spawn", "forkserver")
+                 if m in multiprocessing.get_all_start_methods()]
+# Seconds a failing call may take before we call it a hang (a working one
+# needs well under a second): a hang guard, not a speed check.
+NO_HANG = 15.0
+# Seconds given to processes and threads to go away after a call.
+PROC_GRACE = 5.0
+
+
+def alive(pid):
+    """True while process ``pid`` exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until(predicate, seconds=PROC_GRACE):
+    """Poll ``predicate`` until it is true (True) or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def subprocess_env(**extra):
+    """Environment for a child Python that imports the installed package
+    and the test helpers (proc_tasks)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [REPO_ROOT, TESTS_DIR]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("JOBLIB_START_METHOD", None)
+    env.update(extra)
+    return env
+
+
+def pids_of(results):
+    """The pids of ``(value, pid)`` results."""
+    return {pid for _, pid in results}
+
+
+def readme_python_blocks(title):
+    """The python code blocks of the README section ``## <title>`` (the
+    checkout's README, next to the tests folder: never skipped)."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(TESTS_DIR).resolve().parent / "README.md").read_text()
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], re.DOTALL)

@@ -68,6 +68,11 @@ def pytest_configure(config):
         "allow_leaks(*kinds): skip the leak checks of the given kinds "
         "('threads', 'processes', 'files') for this test; only where a "
         "leak is unavoidable, with a comment saying why")
+    config.addinivalue_line(
+        "markers",
+        "slow: takes more than about 2 s (measured with --durations); "
+        "`pytest -m \"not slow\"` is the quick loop, plain `pytest` (CI) "
+        "runs everything")
 
 
 def pytest_report_header(config):
@@ -244,6 +249,26 @@ def isolated_config(no_leaks):
     if threads is not None:
         threads.shutdown_shared_pool(timeout=LEAK_GRACE_SECONDS)
     assert not leaked_config, "the test left a parallel_config active"
+
+
+@pytest.fixture
+def warm_pool():
+    """Make sure the default reusable process pool (2 workers) exists;
+    return its pids."""
+    from joblib_fast import Parallel, delayed
+    from joblib_fast.backends.processes import reusable_pool_pids
+    Parallel(n_jobs=2)(delayed(_jf_testutils.square)(i) for i in range(4))
+    pids = set(reusable_pool_pids())
+    assert len(pids) == 2
+    return pids
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A fresh folder for memory-mapped copies (``temp_folder=``)."""
+    path = tmp_path / "mm"
+    path.mkdir()
+    return str(path)
 
 
 @pytest.fixture(scope="session", autouse=True)

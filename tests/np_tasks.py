@@ -1,8 +1,12 @@
-"""Task functions for tests/test_numpy.py (importable by process workers)."""
+"""Task functions for tests/test_np_*.py (importable by process workers),
+and the parent-side helpers those tests share."""
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -93,7 +97,7 @@ def sleep_then(a, seconds):
     return float(a.sum())
 
 
-def fail_on(a, bad, index):
+def fail_at_index(a, bad, index):
     if index == bad:
         raise ValueError(f"task {index} fails on purpose")
     return float(a[0])
@@ -126,3 +130,71 @@ def with_lock(n):
 
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
+
+
+# ------------------------------------------- parent-side helpers and sizes
+# Shared by tests/test_np_*.py (defined once here, next to the tasks).
+
+BIG = 50_000            # float64 items: 400 kB, above LIMIT
+SMALL = 1_000           # 8 kB, below LIMIT
+MID = 12_500            # 100 kB: below LIMIT, sent as an out-of-band buffer
+LIMIT = "200k"
+SHM = "/dev/shm"
+RESULT_MAPS = "memfd:joblib_fast_result"
+
+
+def ours(folder) -> list:
+    """This process's joblib_fast entries in ``folder``."""
+    prefix = f"joblib_fast_{os.getpid()}_"
+    try:
+        return sorted(n for n in os.listdir(folder) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def result_maps() -> int:
+    """Shared-memory results mapped in this process now."""
+    gc.collect()
+    with open("/proc/self/maps") as f:
+        return sum(RESULT_MAPS in line for line in f)
+
+
+def par(**kwargs):
+    """A process-backend Parallel with the tests' ``max_nbytes``."""
+    from joblib_fast import Parallel
+
+    kwargs.setdefault("n_jobs", 2)
+    kwargs.setdefault("backend", "loky")
+    kwargs.setdefault("max_nbytes", LIMIT)
+    return Parallel(**kwargs)
+
+
+def mapped_base(a):
+    """The object at the end of ``a``'s base chain (through memoryviews)."""
+    b = a
+    while True:
+        if isinstance(b, memoryview):
+            b = b.obj
+        elif getattr(b, "base", None) is not None:
+            b = b.base
+        else:
+            return b
+
+
+def is_shared_result(a) -> bool:
+    """``a``'s data lies in a shared-memory result mapping."""
+    addr = a.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if RESULT_MAPS in line:
+                low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                if low <= addr < high:
+                    return True
+    return False
+
+
+def dead_pid() -> int:
+    """The pid of a process that has already exited."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)

@@ -15,8 +15,7 @@ import time
 PARENT_MARK = None
 
 
-def square(x):
-    return x * x
+from _jf_testutils import square  # noqa: F401 - the one shared definition
 
 
 def identity(x):
@@ -191,3 +190,22 @@ def openblas_threads():
             if hasattr(lib, name):
                 return getattr(lib, name)()
     return None
+
+
+def _write_exit_mark(path):
+    with open(path, "w") as f:
+        f.write("clean exit")
+
+
+def mark_clean_exit(directory, x):
+    """Leave ``<pid>.exit`` in ``directory`` if this worker later exits by
+    itself (multiprocessing's exit finalizers run); a killed worker leaves
+    nothing."""
+    from multiprocessing import util
+
+    path = os.path.join(directory, f"{os.getpid()}.exit")
+    if not getattr(util, "_jf_test_exit_mark", None):
+        util._jf_test_exit_mark = util.Finalize(
+            None, _write_exit_mark, args=(path,), exitpriority=100)
+    time.sleep(0.05)
+    return os.getpid()

@@ -4,6 +4,7 @@ import os
 import threading
 
 import pytest
+from _jf_testutils import square
 
 import joblib_fast as joblib
 from joblib_fast import (
@@ -28,10 +29,6 @@ class ProcessLikeBackend(ThreadingBackend):
     uses_threads = False
     supports_sharedmem = False
     supports_inner_max_num_threads = True
-
-
-def square(x):
-    return x * x
 
 
 # ------------------------------------------------------- parallel_config

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import ThreadPool
 
 import pytest
+from _jf_testutils import ExecutorBackend, fail_on, square
 
 from joblib_fast import (
     Parallel,
@@ -23,68 +24,8 @@ from joblib_fast.backends.user import BatchCall
 from joblib_fast.config import get_active_backend
 
 
-def square(x):
-    return x * x
-
-
 class MyError(Exception):
     pass
-
-
-def fail_on(x, bad):
-    if x == bad:
-        raise MyError(f"task {x} failed")
-    return x
-
-
-class ExecutorBackend(ParallelBackendBase):
-    """The user guide's minimal backend (ThreadPoolExecutor), recording
-    every hook joblib calls."""
-
-    supports_retrieve_callback = True
-
-    def __init__(self, nesting_level=None, **kwargs):
-        super().__init__(nesting_level=nesting_level, **kwargs)
-        self.events = []
-        self.submitted = []
-        self._executor = None
-
-    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
-        self.events.append("configure")
-        self.configure_kwargs = backend_kwargs
-        self.parallel = parallel
-        n_jobs = self.effective_n_jobs(n_jobs)
-        self._executor = ThreadPoolExecutor(n_jobs)
-        return n_jobs
-
-    def effective_n_jobs(self, n_jobs):
-        if n_jobs is None:
-            return 1
-        return 2 if n_jobs < 0 else n_jobs
-
-    def start_call(self):
-        self.events.append("start_call")
-
-    def stop_call(self):
-        self.events.append("stop_call")
-
-    def terminate(self):
-        self.events.append("terminate")
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
-
-    def abort_everything(self, ensure_ready=True):
-        self.events.append(("abort_everything", ensure_ready))
-
-    def submit(self, func, callback):
-        self.submitted.append(len(func))
-        future = self._executor.submit(func)
-        future.add_done_callback(callback)
-        return future
-
-    def retrieve_result_callback(self, future):
-        return future.result()
 
 
 class RemoteBackend(ExecutorBackend):
@@ -194,7 +135,7 @@ def test_apply_async_style_error_keeps_type():
     backend = ApplyAsyncBackend()
     with pytest.raises(MyError, match="task 3 failed"):
         Parallel(n_jobs=2, backend=backend, batch_size=1)(
-            delayed(fail_on)(i, 3) for i in range(10))
+            delayed(fail_on)(i, 3, MyError) for i in range(10))
     assert backend.events[-1] == "terminate"
 
 
@@ -213,7 +154,7 @@ def test_task_error_keeps_type_and_aborts():
     backend = ExecutorBackend()
     with pytest.raises(MyError, match="task 5 failed"):
         Parallel(n_jobs=2, backend=backend, batch_size=1)(
-            delayed(fail_on)(i, 5) for i in range(20))
+            delayed(fail_on)(i, 5, MyError) for i in range(20))
     # A plain call: the backend need not be usable again.
     assert ("abort_everything", False) in backend.events
     assert backend.events[-2:] == ["stop_call", "terminate"]
@@ -225,7 +166,7 @@ def test_managed_block_configures_once_and_keeps_backend_ready():
         assert parallel(delayed(square)(i) for i in range(5)) == \
             [0, 1, 4, 9, 16]
         with pytest.raises(MyError):
-            parallel(delayed(fail_on)(i, 2) for i in range(5))
+            parallel(delayed(fail_on)(i, 2, MyError) for i in range(5))
         assert parallel(delayed(square)(i) for i in range(3)) == [0, 1, 4]
         assert "terminate" not in backend.events
     assert backend.events.count("configure") == 1

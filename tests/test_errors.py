@@ -18,6 +18,8 @@ import pytest
 from _jf_testutils import (
     BACKENDS,
     RETURN_AS,
+    CustomError,
+    fail_on,
     sleep_and_return,
     square,
     wait_no_worker_threads,
@@ -29,26 +31,6 @@ from joblib_fast import Parallel, TaskError, delayed
 
 # A generous bound for "returned promptly": structure, not speed.
 PROMPT_SECONDS = 10.0
-
-
-class CustomError(Exception):
-    """An exception with extra state and a two-argument constructor."""
-
-    def __init__(self, message, code):
-        super().__init__(message, code)
-        self.message = message
-        self.code = code
-
-    def __str__(self):
-        return f"{self.message} (code {self.code})"
-
-
-def fail_on(i, bad, exc_type=ValueError):
-    if i == bad:
-        if exc_type is CustomError:
-            raise CustomError(f"custom failure in task {i}", 42)
-        raise exc_type(f"task {i} failed")
-    return i
 
 
 def run(return_as, result):
@@ -197,7 +179,8 @@ def test_abandoned_generator_does_not_leak_into_next_call():
 
 
 @pytest.mark.parametrize("return_as, stuck_seconds",
-                         [("list", 2.0), ("generator", 1.0),
+                         [pytest.param("list", 2.0, marks=pytest.mark.slow),
+                          ("generator", 1.0),
                           ("generator_unordered", 1.0)])
 def test_timeout_raises_promptly(return_as, stuck_seconds):
     # The stuck task outlives the call; its thread is abandoned and ends by

@@ -13,6 +13,8 @@ import sys
 import textwrap
 import uuid
 
+import pytest
+
 import joblib_fast
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,6 +54,7 @@ LEAKY_TESTS = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_leak_fixture_catches_each_kind(tmp_path):
     for name in ("conftest.py", "_jf_testutils.py"):
         shutil.copy(os.path.join(HERE, name), tmp_path / name)

@@ -5,7 +5,7 @@ import os
 import threading
 
 import pytest
-from _jf_testutils import ExecutorBackend
+from _jf_testutils import ExecutorBackend, square, worker_threads
 
 from joblib_fast import (
     Parallel,
@@ -18,19 +18,9 @@ from joblib_fast.config import get_active_backend
 pytestmark = pytest.mark.usefixtures("process_helpers")
 
 
-def square(x):
-    return x * x
-
-
 def where():
     backend, _n_jobs = get_active_backend()
     return type(backend).__name__, backend.nesting_level
-
-
-def worker_threads():
-    """joblib_fast worker threads alive in this process."""
-    return sum(t.name.startswith("joblib_fast-thread")
-               for t in threading.enumerate())
 
 
 def level2(i, n_jobs=2, backend=None):
@@ -48,7 +38,7 @@ def level3(i, n_jobs=2):
 
 
 def leaf(j, k):
-    return where(), j * 100 + k, worker_threads()
+    return where(), j * 100 + k, len(worker_threads())
 
 
 # ------------------------------------------------------------- 2 levels
@@ -107,7 +97,7 @@ def test_worker_threads_do_not_see_the_callers_configuration():
 def test_three_levels(outer, max_threads):
     backend = ExecutorBackend() if outer == "custom" else outer
     # Threads left by earlier tests (abandoned on purpose) do not count.
-    before = worker_threads() if outer != "loky" else 0
+    before = len(worker_threads()) if outer != "loky" else 0
     out = Parallel(n_jobs=2, backend=backend)(
         delayed(level3)(i) for i in range(3))
     for i, (_top, mids) in enumerate(out):

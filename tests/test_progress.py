@@ -6,7 +6,7 @@ import threading
 import types
 
 import pytest
-from _jf_testutils import ExecutorBackend
+from _jf_testutils import ExecutorBackend, fail_on, square
 
 from joblib_fast import Parallel, _progress, delayed
 
@@ -14,18 +14,8 @@ from joblib_fast import Parallel, _progress, delayed
 pytestmark = pytest.mark.usefixtures("process_helpers")
 
 
-def square(x):
-    return x * x
-
-
 class MyError(Exception):
     pass
-
-
-def fail_on(x, bad):
-    if x == bad:
-        raise MyError(x)
-    return x
 
 
 # Every way a call can run: (backend, n_jobs).
@@ -135,7 +125,7 @@ def test_verbose_total_unknown_for_a_generator(capsys):
 def test_no_finished_line_after_an_error(capsys):
     with pytest.raises(MyError):
         make_parallel("threading", verbose=5)(
-            delayed(fail_on)(i, 3) for i in range(10))
+            delayed(fail_on)(i, 3, MyError) for i in range(10))
     assert "finished" not in capsys.readouterr().err
 
 
@@ -219,7 +209,7 @@ def test_tqdm_bar_learns_the_total_of_a_generator(kind, fake_tqdm):
 def test_tqdm_bar_closed_on_error_and_on_early_exit(fake_tqdm):
     with pytest.raises(MyError):
         make_parallel("threading", progress_bar=True)(
-            delayed(fail_on)(i, 5) for i in range(50))
+            delayed(fail_on)(i, 5, MyError) for i in range(50))
     gen = make_parallel("threading", progress_bar=True,
                         return_as="generator")(
         delayed(square)(i) for i in range(50))

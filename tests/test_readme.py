@@ -1,17 +1,7 @@
 """The README's examples of the features added to joblib's API run."""
-import pathlib
-import re
 
 import pytest
-
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-
-
-def section_blocks(title):
-    text = README.read_text()  # the checkout's README: never skipped
-    start = text.index(f"## {title}")
-    end = text.find("\n## ", start + 1)
-    return re.findall(r"```python\n(.*?)```", text[start:end], re.DOTALL)
+from _jf_testutils import readme_python_blocks
 
 
 @pytest.mark.parametrize("index", range(3))
@@ -22,7 +12,7 @@ def test_progress_section_examples_run(index, capsys, monkeypatch):
         pass
     else:  # its monitor thread would outlive the test
         monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
-    blocks = section_blocks("Progress bar and callbacks")
+    blocks = readme_python_blocks("Progress bar and callbacks")
     assert len(blocks) == 3
     code = compile(blocks[index], f"README block {index}", "exec")
     exec(code, {})  # noqa: S102 - the README's own examples

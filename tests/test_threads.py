@@ -10,6 +10,7 @@ from _jf_testutils import (
     GRACE_SECONDS,
     RETURN_AS,
     WORKER_THREAD_PREFIX,
+    fail_on,
     shared_threads,
     square,
     worker_threads,
@@ -194,12 +195,6 @@ def test_no_thread_left_after_with_block_exits_on_exception():
         p(delayed(square)(i) for i in range(10))
         raise KeyError("user code failed")
     assert worker_threads() == []
-
-
-def fail_on(i, bad):
-    if i == bad:
-        raise ValueError(f"task {i} failed")
-    return i
 
 
 @pytest.mark.parametrize("return_as", RETURN_AS)

@@ -1,4 +1,27 @@
-"""Messages between the parent and a process worker, over one socket pair.
+"""Messages between the parent and a process worker, over one socket pair:
+the message kinds, their heads, framing, and the encode/decode of each
+message for both sides.
+
+parent -> worker   task: ``TASK_HEAD (key, kind, out_threshold, n_buffers)``
+    followed, in the same frame, by the pickled payload, then
+    ``n_buffers`` out-of-band buffer frames (pickle protocol 5); the head
+    is unpacked apart so that a payload that cannot be unpickled is still
+    reported against its batch;
+    kind ``UNIFORM``: ``payload = (func, [args, ...])`` (one function, no
+    keyword arguments: the common ``delayed(f)(x)`` case, smaller to send);
+    kind ``GENERAL``: ``payload = [(func, args, kwargs), ...]``;
+    ``out_threshold``: result arrays larger than this many bytes go back
+    through shared memory (``arrays_out.ResultPacker``); -1: never.
+worker -> parent   reply: ``REPLY_HEAD (key, status, duration, n_buffers,
+    n_fds)`` followed by the pickled data, then ``n_fds`` descriptors
+    (shared-memory results), then ``n_buffers`` buffer frames;
+    ``OK``: ``data`` = list of results;
+    ``TASK_ERROR``: ``data = (index in batch, pickled exception or None,
+    exception type name, message, worker traceback text)``;
+    ``SEND_ERROR``: ``data = (index in batch or -1, message)`` when the
+    batch could not be unpickled or a result could not be pickled.
+The parent closes a worker's pipe to stop it.
+
 
 A message is a run of frames in ``multiprocessing.Connection``'s format
 (a 4-byte big-endian length, or -1 then an 8-byte length, then the bytes):
@@ -22,9 +45,17 @@ from __future__ import annotations
 import array
 import mmap
 import os
+import pickle
 import socket
 import struct
 from collections.abc import Sequence
+
+# Pickle protocol of every message (out-of-band buffers need 5).
+PROTOCOL = 5
+UNIFORM, GENERAL = 0, 1                 # task kinds
+OK, TASK_ERROR, SEND_ERROR = 0, 1, 2    # reply statuses
+TASK_HEAD = struct.Struct("<qBqI")
+REPLY_HEAD = struct.Struct("<qBdII")
 
 _LEN = struct.Struct("!i")
 _LEN64 = struct.Struct("!Q")
@@ -178,3 +209,65 @@ def socket_for(conn) -> socket.socket:
     """A socket object on a duplicate of ``conn``'s descriptor (for
     ``sendmsg``/``recvmsg``; the connection keeps its own)."""
     return socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+# ------------------------------------------------------------ messages
+
+
+def send_task(fd: int, key: int, kind: int, out_threshold: int, blob,
+              buffers) -> None:
+    """Parent side: send one task batch (see the module docstring)."""
+    send_message(fd, TASK_HEAD.pack(key, kind, out_threshold, len(buffers)),
+                 blob, buffers)
+
+
+def recv_task(fd: int):
+    """Worker side: read one whole task message, (head frame, buffers)."""
+    frame = recv_frame(fd)
+    n_buffers = TASK_HEAD.unpack_from(frame)[3]
+    return frame, [recv_buffer(fd) for _ in range(n_buffers)]
+
+
+def task_head(frame) -> tuple[int, int, int]:
+    """(key, kind, out_threshold) of a task message."""
+    return TASK_HEAD.unpack_from(frame)[:3]
+
+
+def task_payload(frame, buffers):
+    """The unpickled payload of a task message (its head is read apart, so
+    that a payload that cannot be unpickled is reported against its key)."""
+    return pickle.loads(memoryview(frame)[TASK_HEAD.size:], buffers=buffers)
+
+
+def send_reply(fd: int, sock_for_fds, key: int, status: int,
+               duration: float, blob, buffers, fds) -> None:
+    """Worker side: send one reply; ``sock_for_fds()`` gives the socket
+    that passes descriptors (called only when there are some)."""
+    head = REPLY_HEAD.pack(key, status, duration, len(buffers), len(fds))
+    if not fds:
+        send_message(fd, head, blob, buffers)
+        return
+    send_message(fd, head, blob)
+    send_fds(sock_for_fds(), fds)
+    for buf in buffers:
+        send_frame(fd, buf)
+
+
+def recv_reply(fd: int, sock_for_fds):
+    """Parent side: read one whole reply, (head frame, buffers,
+    descriptors); received descriptors are closed if reading fails."""
+    frame = recv_frame(fd)
+    n_buffers, n_fds = REPLY_HEAD.unpack_from(frame)[3:]
+    fds = recv_fds(sock_for_fds(), n_fds) if n_fds else []
+    try:
+        buffers = [recv_buffer(fd) for _ in range(n_buffers)]
+    except BaseException:
+        close_fds(fds)
+        raise
+    return frame, buffers, fds
+
+
+def split_reply(frame):
+    """(key, status, duration) of a reply, and its pickled data."""
+    return (REPLY_HEAD.unpack_from(frame)[:3],
+            memoryview(frame)[REPLY_HEAD.size:])

@@ -1,6 +1,6 @@
-"""The process backend ("loky", alias "multiprocessing"; the default).
+"""Worker processes and the pool that feeds them (parent side).
 
-Persistent worker processes (``_worker.main``) each own one duplex pipe.
+Persistent worker processes (``worker.main``) each own one duplex pipe.
 The caller thread does everything on this side: ``ProcessPool.submit``
 pickles a batch and sends it, ``ProcessPool.wait`` sleeps in ``select``
 (GIL released) on the pipes and on the process sentinels, hands each
@@ -9,103 +9,44 @@ A worker holds at most ``MAX_OUTSTANDING`` batches so that it never idles
 waiting for the caller; a worker that dies makes the call fail with
 :class:`TerminatedWorkerError` and the pool is discarded.
 
-Pools are reused across calls through a process-wide registry keyed by
-(workers, start method, worker environment); an idle pool is shut down
-after ``IDLE_TIMEOUT`` seconds and at interpreter exit.
+A reusable pool is leased out by ``registry``, and handed back to it (its
+``owner``) at shutdown.
 """
 from __future__ import annotations
 
-import atexit
 import collections
-import multiprocessing as mp
-import os
 import pickle
 import signal
 import sys
 import threading
 import time
-from multiprocessing import spawn as _mp_spawn
 from multiprocessing.connection import wait as _mp_wait
-from typing import Any
+from typing import Any, Protocol
 
-from .. import _memmap, _results, _wire, _worker
-from .._context import resolve_n_jobs
-from .._core import split_uniform
-from .base import ParallelBackendBase, ThreadingBackend
-from .native import CallInput, CallOptions, PoolProvider
+from ..._core import split_uniform
+from ...errors import RemoteTraceback, TaskFailedError, TerminatedWorkerError
+from . import wire
+from .arrays_in import ArrayExchange
+from .arrays_out import loads_reply
+from .context import WORKER_NAME, install
+from .pickling import dumps, dumps_any, find_unpicklable
+from .worker import main as worker_main
 
-# Seconds an auto batch lasts on processes: a batch costs a pickle round
-# trip (~50-100 us) and the tail of a call is at most one batch per worker.
-# Compared with `python benchmarks/bench.py --only py1ms,uneven` at 0.002,
-# 0.004 and 0.01 s: 0.01 was best (py1ms 2.05x, uneven 1.37x that run).
-PROCESS_TARGET_BATCH_SECONDS = 0.01
 # Batches sent ahead to one worker: 2 means the next one is already in its
 # pipe when it finishes, so it never waits for the caller thread.
 MAX_OUTSTANDING = 2
-# Seconds an idle reusable pool lives (loky uses 300).
-IDLE_TIMEOUT = 300.0
 # Seconds a stopping worker gets to exit before it is killed.
 SHUTDOWN_GRACE = 1.0
 
-VALID_START_METHODS = ("forkserver", "spawn", "fork")
-WORKER_NAME = "joblib_fast-worker"
 
+class PoolOwner(Protocol):
+    """Who leased a reusable pool out (``registry``)."""
 
-def _preparation_data(name, *args, **kwargs):
-    """multiprocessing's data for a new spawn/forkserver child, minus the
-    instruction to re-import the user's __main__ for our workers: like
-    joblib, scripts without an ``if __name__ == "__main__":`` guard work
-    (functions from __main__ travel by value instead)."""
-    data = _ORIGINAL_PREPARATION_DATA(name, *args, **kwargs)
-    if name == WORKER_NAME:
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-    return data
+    def release(self, pool: ProcessPool) -> None:
+        """The pool is healthy and idle again."""
 
-
-_ORIGINAL_PREPARATION_DATA = getattr(
-    _mp_spawn.get_preparation_data, "_jf_original",
-    _mp_spawn.get_preparation_data)
-_preparation_data._jf_original = _ORIGINAL_PREPARATION_DATA  # type: ignore
-_mp_spawn.get_preparation_data = _preparation_data
-
-
-def _prepare_forkserver(context) -> None:
-    """Preload our worker module in the fork server instead of the user's
-    __main__ (which may run code at import), unless the user chose."""
-    try:
-        from multiprocessing import forkserver
-        server = forkserver._forkserver
-        if server._forkserver_pid is None and \
-                server._preload_modules == ["__main__"]:
-            # cloudpickle too: functions from scripts arrive by value, and
-            # importing it in each new worker cost ~20 ms of a cold call.
-            # (Not numpy: its BLAS pool would be sized before our caps.)
-            context.set_forkserver_preload(
-                ["joblib_fast._worker", "joblib_fast.backends.processes",
-                 "cloudpickle"])
-    except (AttributeError, ImportError):  # pragma: no cover - other Pythons
-        pass
-
-
-class TerminatedWorkerError(RuntimeError):
-    """A worker process died (crash, ``os._exit``, a signal, the OOM killer)
-    while the call was running."""
-
-
-class RemoteTraceback(Exception):
-    """Carries the worker-side traceback text as ``__cause__``."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return "\n\nWorker traceback:\n" + self.tb
-
-
-class TaskFailedError(RuntimeError):
-    """A task raised an exception that could not be sent back as itself."""
+    def forget(self, pool: ProcessPool) -> None:
+        """The pool is being stopped."""
 
 
 def _describe_exit(code: int | None) -> str:
@@ -121,35 +62,6 @@ def _describe_exit(code: int | None) -> str:
     return f"with exit code {code}"
 
 
-def resolve_context(context: Any = None):
-    """The multiprocessing context: given one, JOBLIB_START_METHOD, or
-    forkserver (safe with threads, OpenMP and BLAS pools in the parent)."""
-    if context is not None:
-        if isinstance(context, str):
-            if context not in VALID_START_METHODS:
-                raise ValueError(
-                    f"unknown start method {context!r}; expected one of "
-                    f"{VALID_START_METHODS}")
-            return mp.get_context(context)
-        if not hasattr(context, "Process"):
-            raise ValueError(
-                f"context must be a multiprocessing context or a start "
-                f"method name, got {context!r}")
-        return context
-    method = os.environ.get("JOBLIB_START_METHOD", "").strip() or None
-    if method is not None and method not in VALID_START_METHODS:
-        raise ValueError(
-            f"JOBLIB_START_METHOD={method!r} is not a start method; expected "
-            f"one of {VALID_START_METHODS}")
-    if method is None:
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() \
-            else "spawn"
-    context = mp.get_context(method)
-    if method == "forkserver":
-        _prepare_forkserver(context)
-    return context
-
-
 def _task_blob(tasks: list, start: int = 0, arrays=None):
     """Pickle a batch; returns (kind, bytes, out-of-band buffers).
 
@@ -159,47 +71,36 @@ def _task_blob(tasks: list, start: int = 0, arrays=None):
     """
     uniform = split_uniform(tasks)
     if uniform is not None:
-        kind, payload = _worker.UNIFORM, uniform
+        kind, payload = wire.UNIFORM, uniform
         funcs = (uniform[0],)
     else:
-        kind, payload = _worker.GENERAL, tasks
+        kind, payload = wire.GENERAL, tasks
         funcs = {id(t[0]): t[0] for t in tasks}.values()
     # Functions from __main__ travel by value: a worker started by
     # forkserver or spawn may not be able to import them by name.
     by_value = any(getattr(f, "__module__", None) == "__main__" for f in funcs)
     try:
         if by_value:
-            raise pickle.PicklingError("by value")
-        if arrays is None:
-            blob, buffers = pickle.dumps(payload, protocol=_worker.PROTOCOL), ()
+            blob, buffers = dumps(payload, arrays, cloud=True)
         else:
-            blob, buffers = _memmap.dumps(payload, arrays)
-        if b"__main__" not in blob:
-            return kind, blob, buffers
-        raise pickle.PicklingError("refers to __main__")
+            blob, buffers = dumps_any(payload, arrays, refuse_main=True)
+        return kind, blob, buffers
     except OSError:
         raise  # writing an array's memmap failed: not a pickling problem
-    except Exception:  # noqa: BLE001 - any pickling failure
-        try:
-            blob, buffers = _memmap.dumps(payload, arrays, cloud=True)
-            return kind, blob, buffers
-        except OSError:
-            raise
-        except Exception as exc:
-            raise _unpicklable_task(tasks, start, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - any pickling failure
+        raise _unpicklable_task(tasks, start, exc) from exc
 
 
 def _unpicklable_task(tasks: list, start: int,
                       exc: BaseException) -> pickle.PicklingError:
-    import cloudpickle
-    for i, task in enumerate(tasks):
-        try:
-            cloudpickle.dumps(task)
-        except Exception as inner:  # noqa: BLE001 - any pickling failure
-            name = getattr(task[0], "__qualname__", repr(task[0]))
-            return pickle.PicklingError(
-                f"task {start + i} ({name}) cannot be pickled to send it "
-                f"to a worker process: {type(inner).__name__}: {inner}")
+    found = find_unpicklable(tasks)
+    if found is not None:
+        i, inner = found
+        task = tasks[i]
+        name = getattr(task[0], "__qualname__", repr(task[0]))
+        return pickle.PicklingError(
+            f"task {start + i} ({name}) cannot be pickled to send it "
+            f"to a worker process: {type(inner).__name__}: {inner}")
     return pickle.PicklingError(f"a batch cannot be pickled: {exc}")
 
 
@@ -221,7 +122,7 @@ class _Worker:
 
     def socket(self):
         if self.sock is None:
-            self.sock = _wire.socket_for(self.conn)
+            self.sock = wire.socket_for(self.conn)
         return self.sock
 
     def close_conn(self) -> None:
@@ -241,11 +142,13 @@ class ProcessPool:
     """
 
     def __init__(self, n_workers: int, context, env: dict[str, str],
-                 reusable: bool = False) -> None:
+                 reusable: bool = False,
+                 owner: PoolOwner | None = None) -> None:
         self.n_workers = n_workers
         self.context = context
         self.env = env
         self.reusable = reusable
+        self.owner = owner  # given with reusable=True
         self.workers: list[_Worker] = []
         self.queue: collections.deque[Any] = collections.deque()  # batches not yet sent
         self.broken: BaseException | None = None
@@ -254,7 +157,8 @@ class ProcessPool:
         self._next_key = 0
         self._timer: threading.Timer | None = None
         # The arrays of the current lease (a call or a `with` block).
-        self.arrays = _memmap.ArrayExchange()
+        self.arrays = ArrayExchange()
+        install()
         try:
             for _ in range(n_workers):
                 self._spawn()
@@ -264,13 +168,13 @@ class ProcessPool:
 
     def _spawn(self) -> None:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
-        # A forked child inherits our ends of the earlier workers' pipes;
-        # it closes them, or those workers would never see end-of-file when
-        # we close (fork passes these objects as they are, unpickled).
-        inherited = [w.conn for w in self.workers] \
+        # A forked child inherits our ends of its own and the earlier
+        # workers' pipes; it closes them, or no worker would see end-of-file
+        # when we close (fork passes these objects as they are, unpickled).
+        inherited = [w.conn for w in self.workers] + [parent_conn] \
             if self.context.get_start_method() == "fork" else []
         process = self.context.Process(
-            target=_worker.main, args=(child_conn, self.env, None, inherited),
+            target=worker_main, args=(child_conn, self.env, inherited),
             name=WORKER_NAME, daemon=True)
         try:
             process.start()
@@ -282,7 +186,7 @@ class ProcessPool:
     def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
 
-    def lease(self, arrays: _memmap.ArrayExchange) -> None:
+    def lease(self, arrays: ArrayExchange) -> None:
         """Start a lease (a call, or a ``with`` block) with these array
         settings; ``shutdown`` ends it."""
         self.arrays.cleanup()
@@ -327,8 +231,8 @@ class ProcessPool:
             worker.started = time.monotonic()
         worker.batches.append((key, batch))
         try:
-            _wire.send_message(worker.fd, _worker.TASK_HEAD.pack(
-                key, kind, arrays.out_threshold, len(buffers)), blob, buffers)
+            wire.send_task(worker.fd, key, kind, arrays.out_threshold, blob,
+                           buffers)
         except OSError:
             # The worker is gone; its sentinel tells how in wait().
             pass
@@ -370,21 +274,12 @@ class ProcessPool:
     @staticmethod
     def _receive(worker: _Worker):
         """Read one whole reply: (head frame, buffers, descriptors)."""
-        frame = _wire.recv_frame(worker.fd)
-        n_buffers, n_fds = _worker.REPLY_HEAD.unpack_from(frame)[3:]
-        fds = _wire.recv_fds(worker.socket(), n_fds) if n_fds else []
-        try:
-            buffers = [_wire.recv_buffer(worker.fd) for _ in range(n_buffers)]
-        except BaseException:
-            _wire.close_fds(fds)
-            raise
-        return frame, buffers, fds
+        return wire.recv_reply(worker.fd, worker.socket)
 
     def _deliver(self, batch, key: int, frame, buffers, fds) -> None:
-        rkey, status, duration = _worker.REPLY_HEAD.unpack_from(frame)[:3]
+        (rkey, status, duration), data = wire.split_reply(frame)
         try:
-            payload = _results.loads_reply(
-                memoryview(frame)[_worker.REPLY_HEAD.size:], buffers, fds)
+            payload = loads_reply(data, buffers, fds)
         except Exception as exc:  # noqa: BLE001 - any pickling failure
             last = batch.start + len(batch.tasks) - 1
             error = pickle.UnpicklingError(
@@ -392,13 +287,13 @@ class ProcessPool:
                 f"unpickled in the parent: {type(exc).__name__}: {exc}")
             batch.call.complete(batch, None, 0.0, error, batch.start)
             return
-        del frame, buffers
+        del frame, data, buffers
         if rkey != key:  # pragma: no cover - protocol invariant
             raise RuntimeError(f"worker answered batch {rkey}, expected {key}")
-        if status == _worker.OK:
+        if status == wire.OK:
             batch.call.complete(batch, payload, duration)
             return
-        if status == _worker.TASK_ERROR:
+        if status == wire.TASK_ERROR:
             index, blob, type_name, message, tb = payload
             error = None
             if blob is not None:
@@ -435,11 +330,10 @@ class ProcessPool:
 
     def timed_out(self, call, now: float) -> BaseException | None:
         """TimeoutError (after terminating the pool) when a worker's batch
-        ran past the call's timeout, else None."""
+        ran past the call's timeout, else None (``now``: time.monotonic)."""
         timeout = call.timeout_seconds
-        mono = time.monotonic()
         for worker in self.workers:
-            if worker.batches and mono - worker.started > timeout:
+            if worker.batches and now - worker.started > timeout:
                 batch = worker.batches[0][1]
                 error = TimeoutError(
                     f"task {batch.start} of Parallel ran longer than "
@@ -459,10 +353,10 @@ class ProcessPool:
         if self.reusable and not self.broken and not in_flight \
                 and self.alive():
             self.arrays.cleanup()
-            _release(self)
+            self.owner.release(self)
             return
         if self.reusable:
-            _forget(self)
+            self.owner.forget(self)
         if in_flight or self.broken:
             self.terminate()
         else:
@@ -514,129 +408,6 @@ class ProcessPool:
         self.arrays.cleanup()
 
 
-# ------------------------------------------------------ reusable pools
-
-# Guards _REUSABLE and each registered pool's `in_use` and `_timer`.
-_REGISTRY_LOCK = threading.Lock()
-_REUSABLE: dict[tuple, ProcessPool] = {}
-
-
-def _pool_key(n_workers: int, context, env: dict[str, str]) -> tuple:
-    return (n_workers, context.get_start_method(), tuple(sorted(env.items())))
-
-
-def get_pool(n_workers: int, context, env: dict[str, str],
-             temp_folder: str | None = None) -> ProcessPool:
-    """Lease the reusable pool for this configuration, or make one.
-
-    Starting a pool also removes the memmap folders that killed
-    joblib_fast processes left behind (in ``temp_folder`` too)."""
-    key = _pool_key(n_workers, context, env)
-    stale = []
-    with _REGISTRY_LOCK:
-        pool = _REUSABLE.get(key)
-        if pool is not None and not pool.in_use:
-            if pool._timer is not None:
-                pool._timer.cancel()
-                pool._timer = None
-            if pool.alive():
-                pool.in_use = True
-                return pool
-            del _REUSABLE[key]
-            stale.append(pool)
-            pool = None
-        # A pool leased by another thread's call stays theirs: this call
-        # gets a private pool, stopped when it ends.
-        reusable = pool is None
-        if reusable:
-            # One reusable pool at a time: a new size replaces the old one.
-            for other_key, other in list(_REUSABLE.items()):
-                if not other.in_use:
-                    del _REUSABLE[other_key]
-                    stale.append(other)
-    for old in stale:
-        old.terminate()
-    _memmap.sweep_stale(temp_folder)
-    pool = ProcessPool(n_workers, context, env, reusable=reusable)
-    pool.in_use = True
-    if reusable:
-        with _REGISTRY_LOCK:
-            if key in _REUSABLE:  # another thread registered one meanwhile
-                pool.reusable = False
-            else:
-                _REUSABLE[key] = pool
-    return pool
-
-
-def _release(pool: ProcessPool) -> None:
-    with _REGISTRY_LOCK:
-        pool.in_use = False
-        timer = threading.Timer(IDLE_TIMEOUT, _reap, args=(pool,))
-        timer.daemon = True
-        timer.name = "joblib_fast-pool-reaper"
-        pool._timer = timer
-        timer.start()
-
-
-def _forget(pool: ProcessPool) -> None:
-    with _REGISTRY_LOCK:
-        for key, other in list(_REUSABLE.items()):
-            if other is pool:
-                del _REUSABLE[key]
-        pool.in_use = False
-
-
-def _reap(pool: ProcessPool) -> None:
-    with _REGISTRY_LOCK:
-        if pool.in_use:
-            return
-        for key, other in list(_REUSABLE.items()):
-            if other is pool:
-                del _REUSABLE[key]
-        pool._timer = None
-    pool.close(wait=True)
-
-
-def shutdown_reusable_pools() -> None:
-    """Stop the idle reusable pools now (also run at interpreter exit)."""
-    with _REGISTRY_LOCK:
-        pools = [p for p in _REUSABLE.values() if not p.in_use]
-        for key in [k for k, p in _REUSABLE.items() if not p.in_use]:
-            del _REUSABLE[key]
-    for pool in pools:
-        pool.close(wait=True)
-
-
-def reusable_pool_pids() -> list[int]:
-    """Pids of the workers kept by reusable pools (for leak checks)."""
-    with _REGISTRY_LOCK:
-        return [pid for p in _REUSABLE.values() for pid in p.pids]
-
-
-def _forget_pools_in_child() -> None:
-    """A process forked from ours (by the user, or a fork worker) does not
-    own our pools: their pipes belong to us."""
-    global _REGISTRY_LOCK
-    _REGISTRY_LOCK = threading.Lock()
-    _REUSABLE.clear()
-
-
-_OWNER_PID = os.getpid()
-
-
-def _shutdown_at_exit() -> None:
-    if os.getpid() == _OWNER_PID:
-        shutdown_reusable_pools()
-
-
-atexit.register(_shutdown_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools_in_child)
-
-
-# -------------------------------------------------------------- backend
-
-
 class ProcessLease:
     """The pool contract (``backends.native.Pool``) over a reusable
     :class:`ProcessPool` leased by one holder: a call, or a ``with`` block.
@@ -673,56 +444,3 @@ class ProcessLease:
         if not self._released:
             self._released = True
             self.process_pool.shutdown(wait)
-
-
-class ProcessBackend(PoolProvider, ParallelBackendBase):
-    """Worker processes: for pure-Python CPU-bound work (the default)."""
-
-    supports_retrieve_callback = True
-    supports_inner_max_num_threads = True
-    target_batch_duration = PROCESS_TARGET_BATCH_SECONDS
-
-    def __init__(self, nesting_level: int | None = None,
-                 inner_max_num_threads: int | None = None,
-                 context: Any = None, **backend_kwargs: Any) -> None:
-        super().__init__(nesting_level=nesting_level,
-                         inner_max_num_threads=inner_max_num_threads,
-                         **backend_kwargs)
-        self.context = context
-
-    def effective_n_jobs(self, n_jobs):
-        if n_jobs is not None and self.nesting_level and self.nesting_level > 0:
-            # Processes inside workers would oversubscribe: run in place.
-            return 1
-        return resolve_n_jobs(n_jobs)
-
-    def configure(self, n_jobs=1, parallel=None, prefer=None, require=None,
-                  context=None, **backend_kwargs):
-        self.parallel = parallel
-        if context is not None:
-            self.context = context
-        return self.effective_n_jobs(n_jobs)
-
-    def make_pool(self, n_jobs: int, options: CallOptions) -> ProcessLease:
-        """A pool leased for one call or ``with`` block, with the arrays
-        settings of ``Parallel`` (temp_folder, max_nbytes, mmap_mode,
-        return_shared)."""
-        context = resolve_context(self.context)
-        arrays = _memmap.ArrayExchange(
-            max_nbytes=options.max_nbytes,
-            mmap_mode=options.mmap_mode,
-            temp_folder=options.temp_folder,
-            return_shared=options.return_shared)
-        pool = get_pool(n_jobs, context, self._prepare_worker_env(n_jobs),
-                        arrays.temp_folder)
-        pool.lease(arrays)
-        return ProcessLease(pool, n_jobs)
-
-    def prepare_input(self, pool, iterable, options, on_result) -> CallInput:
-        # A process worker is timed per batch: one task per batch.
-        batch_size = 1 if options.timeout is not None else options.batch_size
-        return CallInput(iterable, batch_size, on_result, options.timeout)
-
-    def get_nested_backend(self):
-        level = (self.nesting_level or 0) + 1
-        return ThreadingBackend(nesting_level=level), None

@@ -1,5 +1,5 @@
 """NumPy arrays from the parent to process workers without copies
-(joblib's memmapping, see its user guide; results: ``_results``).
+(joblib's memmapping, see its user guide; results: ``arrays_out``).
 
 * An array larger than ``max_nbytes`` is written once per call into a file
   of a per-call folder (``joblib_fast_<pid>_n<pid namespace>c<unique>``)
@@ -10,7 +10,7 @@
 * An array that already is a ``numpy.memmap`` (or a view of one) travels
   as its file name, offset, shape and strides.
 * Anything else, small arrays included, is pickled with protocol 5, array
-  data as out-of-band buffers (see ``_wire``).
+  data as out-of-band buffers (see ``wire``).
 
 The folders of a call are removed when the pool is released (end of the
 call or of the ``with Parallel(...)`` block, errors included), at exit,
@@ -20,35 +20,37 @@ and, for a parent that was killed, by the next pool started by any process
 from __future__ import annotations
 
 import atexit
-import copyreg
-import io
 import itertools
 import mmap
 import os
-import pickle
 import shutil
-import sys
 import tempfile
 import threading
 import weakref
 from typing import Any
 
-PROTOCOL = 5
+from .arrays import (
+    COPY_CHUNK,
+    address,
+    backing_memmap,
+    chunks,
+    memory_order,
+    plain_reduce,
+    reduce_by_reference,
+    set_memmap_attrs,
+    tables,
+    write_array,
+)
+
 PREFIX = "joblib_fast_"
 SHM_FOLDER = "/dev/shm"
-# Arrays that are not contiguous are written this many bytes at a time.
-COPY_CHUNK = 1 << 24
-# os.write moves at most about 2 GiB per call on Linux.
-WRITE_CHUNK = 1 << 30
-# Pickle buffers from this size on travel out-of-band (a frame of their
-# own, never copied into the pickle stream); smaller ones cost less to
-# copy than a frame costs to send and receive.
-OUT_OF_BAND_MIN = 1 << 16
 
 _counter = itertools.count()
-# Guards _LIVE_FOLDERS: folders of this process, removed at exit.
+# Guards _LIVE_FOLDERS (folders of this process, removed at exit) and
+# _AT_EXIT_REGISTERED.
 _LIVE_LOCK = threading.Lock()
 _LIVE_FOLDERS: set = set()
+_AT_EXIT_REGISTERED = False
 
 
 # ------------------------------------------------------------- folders
@@ -165,11 +167,20 @@ def _remove_live_folders() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _add_live_folder(folder: str) -> None:
+    """Track ``folder`` for removal at exit (the hook is registered with
+    the first folder, not at import)."""
+    global _AT_EXIT_REGISTERED
+    with _LIVE_LOCK:
+        if not _AT_EXIT_REGISTERED:
+            atexit.register(_remove_live_folders)
+            _AT_EXIT_REGISTERED = True
+        _LIVE_FOLDERS.add(folder)
+
+
 def _made_here(folder: str) -> bool:
     return os.path.basename(folder).startswith(f"{PREFIX}{os.getpid()}_")
 
-
-atexit.register(_remove_live_folders)
 
 
 def is_dump(filename: Any) -> bool:
@@ -178,123 +189,6 @@ def is_dump(filename: Any) -> bool:
     if not isinstance(filename, str):
         return False
     return os.path.basename(os.path.dirname(filename)).startswith(PREFIX)
-
-
-# ------------------------------------------------------- array helpers
-
-
-def backing_memmap(a) -> Any:
-    """The ``numpy.memmap`` whose file holds ``a``'s data, or None."""
-    import numpy as np
-    b = a
-    while b is not None:
-        if isinstance(b, np.memmap) and getattr(b, "_mmap", None) is not None \
-                and isinstance(getattr(b, "filename", None), str):
-            return b
-        b = getattr(b, "base", None)
-    return None
-
-
-def _address(a) -> int:
-    return a.__array_interface__["data"][0]
-
-
-def _extent(a) -> tuple[int, int]:
-    """Addresses of ``a``'s lowest byte and one past its highest."""
-    low = high = _address(a)
-    for n, stride in zip(a.shape, a.strides):
-        if stride < 0:
-            low += (n - 1) * stride
-        else:
-            high += (n - 1) * stride
-    return low, high + a.itemsize
-
-
-def memory_order(a) -> str:
-    """The order :func:`write_array` writes ``a`` in: "F" for Fortran-only
-    contiguous arrays, else "C" (non-contiguous ones are copied in C order)."""
-    return "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
-
-
-def _flat_bytes(a):
-    """``a``'s bytes as a 1-d uint8 view in memory order (``a`` contiguous)."""
-    import numpy as np
-    return a.ravel(order="K").view(np.uint8)
-
-
-def _chunks(a):
-    """``a``'s bytes in ``memory_order(a)``: one view when ``a`` is
-    contiguous, else C-order copies of about ``COPY_CHUNK`` bytes."""
-    import numpy as np
-    if a.flags.c_contiguous or a.flags.f_contiguous:
-        yield _flat_bytes(a)
-        return
-    row = max(1, a[0].nbytes) if a.ndim else 1
-    step = max(1, COPY_CHUNK // row)
-    for i in range(0, a.shape[0], step):
-        yield np.ascontiguousarray(a[i:i + step]).reshape(-1).view(np.uint8)
-
-
-def write_array(fd: int, a) -> None:
-    """Write ``a``'s bytes (in ``memory_order(a)``) at ``fd``'s position."""
-    for chunk in _chunks(a):
-        view = memoryview(chunk)
-        pos, size = 0, view.nbytes
-        while pos < size:
-            pos += os.write(fd, view[pos:pos + WRITE_CHUNK])
-
-
-def plain_reduce(a):
-    """``a`` by value: contiguous data as a protocol-5 buffer."""
-    import numpy as np
-    if type(a) is not np.ndarray:
-        a = np.asarray(a)
-    return a.__reduce_ex__(PROTOCOL)
-
-
-def reduce_by_reference(a, m):
-    """``a`` (backed by the memmap ``m``) as file name, offset, layout."""
-    import numpy as np
-    mode = "r+" if m.mode == "w+" else m.mode
-    try:
-        mapped = np.frombuffer(m._mmap, dtype=np.uint8)
-    except (ValueError, TypeError, BufferError):  # closed: send the data
-        return plain_reduce(a)
-    map_start = m.offset - m.offset % mmap.ALLOCATIONGRANULARITY
-    low, high = _extent(a)
-    file_offset = map_start + (low - _address(mapped))
-    if a.flags.c_contiguous or a.flags.f_contiguous:
-        args = (m.filename, a.dtype, mode, file_offset, a.shape,
-                memory_order(a))
-        return _open_memmap, args
-    args = (m.filename, a.dtype, mode, file_offset, a.shape, a.strides,
-            high - low, _address(a) - low)
-    return _open_strided, args
-
-
-def _set_memmap_attrs(out, mm, filename: str, offset: int, mode: str):
-    out._mmap = mm
-    out.filename = filename
-    out.offset = offset
-    out.mode = mode
-    return out
-
-
-def _open_memmap(filename, dtype, mode, offset, shape, order):
-    """Worker side of :func:`reduce_by_reference`, contiguous case."""
-    import numpy as np
-    return np.memmap(filename, dtype=dtype, mode=mode, offset=offset,
-                     shape=shape, order=order)
-
-
-def _open_strided(filename, dtype, mode, offset, shape, strides, span, first):
-    """Worker side of :func:`reduce_by_reference`, strided views."""
-    import numpy as np
-    base = np.memmap(filename, dtype=np.uint8, mode=mode, offset=offset,
-                     shape=(span,))
-    out = np.ndarray.__new__(np.memmap, shape, dtype=dtype, buffer=base,
-                             offset=first, strides=strides)
-    return _set_memmap_attrs(out, base._mmap, base.filename, offset, mode)
 
 
 # ------------------------------------------------ worker: input dumps
@@ -326,7 +220,7 @@ def _open_dump(path, dtype, shape, order, mode):
         _WORKER_MAPS[key] = mm
     out = np.ndarray.__new__(np.memmap, shape, dtype=dtype, buffer=mm,
                              order=order)
-    return _set_memmap_attrs(out, mm, path, 0, mode)
+    return set_memmap_attrs(out, mm, path, 0, mode)
 
 
 # ---------------------------------------------- parent: one lease's dumps
@@ -355,31 +249,15 @@ class _Dump:
         if disk.size != a.nbytes:
             return False
         pos = 0
-        for chunk in _chunks(a):
+        for chunk in chunks(a):
             if not _equal(chunk, disk[pos:pos + chunk.size]):
                 return False
             pos += chunk.size
         return True
 
 
-def tables(owner, cloud: bool) -> dict:
-    """``owner``'s dispatch table (arrays -> ``owner._reduce``) for the plain
-    pickler or for cloudpickle's, built once."""
-    table = owner._tables.get(cloud)
-    if table is None:
-        import numpy as np
-        if cloud:
-            import cloudpickle
-            table = dict(cloudpickle.Pickler.dispatch_table)
-        else:
-            table = dict(copyreg.dispatch_table)
-        table[np.ndarray] = table[np.memmap] = owner._reduce
-        owner._tables[cloud] = table
-    return table
-
-
 def _layout(a) -> tuple:
-    return (a.dtype, a.shape, a.strides, _address(a))
+    return (a.dtype, a.shape, a.strides, address(a))
 
 
 class ArrayExchange:
@@ -473,8 +351,7 @@ class ArrayExchange:
             os.makedirs(base, exist_ok=True)
             folder = os.path.join(base, _folder_name())
             os.mkdir(folder, 0o700)
-            with _LIVE_LOCK:
-                _LIVE_FOLDERS.add(folder)
+            _add_live_folder(folder)
             self._folders[base] = folder
         return folder
 
@@ -484,10 +361,6 @@ class ArrayExchange:
             os.unlink(entry.path)
         except OSError:
             pass
-
-    @property
-    def folders(self) -> list[str]:
-        return list(self._folders.values())
 
     # ------------------------------------------------------ lifetime
 
@@ -547,59 +420,8 @@ def _equal(x, y) -> bool:
         except (ImportError, OSError, AttributeError):  # pragma: no cover
             _memcmp = False
     if _memcmp:
-        return _memcmp(_address(x), _address(y), x.size) == 0
+        return _memcmp(address(x), address(y), x.size) == 0
     import numpy as np  # pragma: no cover - no libc
     step = COPY_CHUNK
     return all(np.array_equal(x[i:i + step], y[i:i + step])
                for i in range(0, x.size, step))
-
-
-def dumps(obj, tables=None, cloud: bool = False):
-    """Pickle ``obj`` with protocol 5 (cloudpickle if ``cloud``), arrays
-    handled by ``tables.dispatch_table(cloud)`` when given; returns
-    (bytes, out-of-band buffers as flat memoryviews)."""
-    buffers: list[Any] = []
-
-    def out_of_band(buf) -> bool:
-        if memoryview(buf).nbytes < OUT_OF_BAND_MIN:
-            return True  # in-band
-        buffers.append(buf)
-        return False
-
-    f = io.BytesIO()
-    table = None if tables is None else tables.dispatch_table(cloud)
-    if cloud:
-        pickler = _cloud_pickler_class()(f, table, out_of_band)
-    else:
-        pickler = pickle.Pickler(f, protocol=PROTOCOL,
-                                 buffer_callback=out_of_band)
-        if table is not None:
-            pickler.dispatch_table = table
-    pickler.dump(obj)
-    return f.getvalue(), [b.raw() for b in buffers]
-
-
-_CloudPickler = None
-
-
-def _cloud_pickler_class():
-    """cloudpickle's Pickler taking a dispatch table: its class attribute
-    ``dispatch_table`` hides the C pickler's, which is read at ``__init__``
-    (so it is set on the instance before)."""
-    global _CloudPickler
-    if _CloudPickler is None:
-        import cloudpickle
-
-        class CloudPickler(cloudpickle.Pickler):
-            def __init__(self, file, table, buffer_callback):
-                if table is not None:
-                    self.dispatch_table = table
-                super().__init__(file, protocol=PROTOCOL,
-                                 buffer_callback=buffer_callback)
-
-        _CloudPickler = CloudPickler
-    return _CloudPickler
-
-
-def numpy_loaded() -> bool:
-    return "numpy" in sys.modules

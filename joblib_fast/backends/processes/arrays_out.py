@@ -2,7 +2,7 @@
 
 A result array larger than ``max_nbytes`` is written once, in the worker,
 into an anonymous shared-memory file (``memfd_create``); its descriptor
-travels with the reply (``SCM_RIGHTS``, see ``_wire``) and the parent maps
+travels with the reply (``SCM_RIGHTS``, see ``wire``) and the parent maps
 it: the caller gets an ordinary writable ndarray on that memory.  No name
 ever exists in a file system, so nothing can be left behind: the memory is
 freed when the array is garbage-collected, and by the kernel when a reply
@@ -21,22 +21,22 @@ import mmap
 import os
 import pickle
 
-from ._memmap import (
+from .arrays import (
     backing_memmap,
-    is_dump,
     memory_order,
     plain_reduce,
     reduce_by_reference,
     tables,
     write_array,
 )
+from .arrays_in import is_dump
 
 
 class ResultPacker:
     """Worker side: pickles a reply, large arrays into shared memory.
 
     One per worker, used by its main thread only: ``threshold`` is set for
-    each reply, the reply pickled with ``_memmap.dumps(data, packer)``;
+    each reply, the reply pickled with ``pickling.dumps(data, packer)``;
     ``fds`` then holds the descriptors to send with it (the caller closes
     them once sent, or calls :meth:`discard` if pickling failed).
     """
@@ -47,6 +47,9 @@ class ResultPacker:
         self._tables: dict[bool, dict] = {}
 
     def dispatch_table(self, cloud: bool = False) -> dict:
+        # A pickling pass starts: the descriptors of a failed earlier pass
+        # (plain pickle, before the cloudpickle retry) are closed.
+        self.discard()
         return tables(self, cloud)
 
     def _reduce(self, a):

@@ -1,0 +1,99 @@
+"""The process backend ("loky", alias "multiprocessing"; the default).
+
+One module per concern:
+
+- ``context``: start methods, and multiprocessing adjustments installed
+  when the first pool starts;
+- ``wire``: the messages between parent and worker, and their framing;
+- ``pickling``: the pickle/cloudpickle fallback and unpicklable-item
+  diagnosis used on both sides;
+- ``arrays``, ``arrays_in``, ``arrays_out``: NumPy arrays to workers
+  (memmapped inputs, temp folders) and back (shared-memory results);
+- ``pool``: worker handles and the pool that feeds them;
+- ``registry``: the process-wide reusable pools;
+- ``worker``: the worker main loop (imports nothing of the parent side).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..._context import resolve_n_jobs
+from ...errors import RemoteTraceback, TaskFailedError, TerminatedWorkerError
+from ..base import ParallelBackendBase, ThreadingBackend
+from ..native import CallInput, CallOptions, PoolProvider
+from .arrays_in import ArrayExchange
+from .context import resolve_context
+from .pool import ProcessLease, ProcessPool
+from .registry import get_pool, reusable_pool_pids, shutdown_reusable_pools
+
+__all__ = [
+    "ProcessBackend",
+    "ProcessLease",
+    "ProcessPool",
+    "RemoteTraceback",
+    "TaskFailedError",
+    "TerminatedWorkerError",
+    "get_pool",
+    "resolve_context",
+    "reusable_pool_pids",
+    "shutdown_reusable_pools",
+]
+
+# Seconds an auto batch lasts on processes: a batch costs a pickle round
+# trip (~50-100 us) and the tail of a call is at most one batch per worker.
+# Compared with `python benchmarks/bench.py --only py1ms,uneven` at 0.002,
+# 0.004 and 0.01 s: 0.01 was best (py1ms 2.05x, uneven 1.37x that run).
+PROCESS_TARGET_BATCH_SECONDS = 0.01
+
+
+class ProcessBackend(PoolProvider, ParallelBackendBase):
+    """Worker processes: for pure-Python CPU-bound work (the default)."""
+
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = True
+    target_batch_duration = PROCESS_TARGET_BATCH_SECONDS
+
+    def __init__(self, nesting_level: int | None = None,
+                 inner_max_num_threads: int | None = None,
+                 context: Any = None, **backend_kwargs: Any) -> None:
+        super().__init__(nesting_level=nesting_level,
+                         inner_max_num_threads=inner_max_num_threads,
+                         **backend_kwargs)
+        self.context = context
+
+    def effective_n_jobs(self, n_jobs):
+        if n_jobs is not None and self.nesting_level and self.nesting_level > 0:
+            # Processes inside workers would oversubscribe: run in place.
+            return 1
+        return resolve_n_jobs(n_jobs)
+
+    def configure(self, n_jobs=1, parallel=None, prefer=None, require=None,
+                  context=None, **backend_kwargs):
+        self.parallel = parallel
+        if context is not None:
+            self.context = context
+        return self.effective_n_jobs(n_jobs)
+
+    def make_pool(self, n_jobs: int, options: CallOptions) -> ProcessLease:
+        """A pool leased for one call or ``with`` block, with the arrays
+        settings of ``Parallel`` (temp_folder, max_nbytes, mmap_mode,
+        return_shared)."""
+        context = resolve_context(self.context)
+        arrays = ArrayExchange(
+            max_nbytes=options.max_nbytes,
+            mmap_mode=options.mmap_mode,
+            temp_folder=options.temp_folder,
+            return_shared=options.return_shared)
+        pool = get_pool(n_jobs, context, self._prepare_worker_env(n_jobs),
+                        arrays.temp_folder)
+        pool.lease(arrays)
+        return ProcessLease(pool, n_jobs)
+
+    def prepare_input(self, pool, iterable, options, on_result) -> CallInput:
+        # A process worker is timed per batch: one task per batch.
+        batch_size = 1 if options.timeout is not None else options.batch_size
+        return CallInput(iterable, batch_size, on_result, options.timeout)
+
+    def get_nested_backend(self):
+        level = (self.nesting_level or 0) + 1
+        return ThreadingBackend(nesting_level=level), None

@@ -1,0 +1,170 @@
+"""The process-worker main loop (runs inside each worker process).
+
+Messages and framing: ``wire``.  A reader thread drains the inbound socket
+into a queue so that the parent never blocks on a full socket while this
+process is busy sending results (that would deadlock when both directions
+fill up).
+
+This module imports nothing of the parent side: only the wire, pickling
+and array modules, ``joblib_fast._context`` and ``backends.base``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from ..._context import DEFAULT_CONFIG, set_config
+from ..base import ThreadingBackend
+from . import wire
+from .arrays_in import worker_idle
+from .arrays_out import ResultPacker
+from .pickling import dumps, dumps_any, find_unpicklable
+from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
+
+
+def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
+    """Queue each whole message as (head frame, buffers); None at the end."""
+    try:
+        while True:
+            inbox.put(wire.recv_task(fd))
+    except (EOFError, OSError):
+        pass
+    finally:
+        inbox.put(None)
+
+
+def _error_message(index: int, exc: BaseException):
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob = dumps_any(exc, passthrough=())[0]
+        pickle.loads(blob)  # an exception that cannot come back is described
+    except Exception:  # noqa: BLE001 - any pickling failure
+        blob = None
+    return (index, blob, type(exc).__qualname__, str(exc), tb)
+
+
+def _run(kind: int, payload):
+    """Run a batch; return (status, data)."""
+    results = []
+    append = results.append
+    try:
+        if kind == UNIFORM:
+            func, args_list = payload
+            for args in args_list:
+                append(func(*args))
+        else:
+            for func, args, kwargs in payload:
+                append(func(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        return TASK_ERROR, _error_message(len(results), exc)
+    return OK, results
+
+
+class _Replier:
+    """Sends replies (main thread only); large result arrays go through
+    shared memory when the batch allows it."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        self._sock = None
+        self._packer = None
+
+    def _pack(self, data, threshold: int):
+        if "numpy" not in sys.modules:
+            blob, buffers = dumps_any(data, passthrough=())
+            return blob, buffers, []
+        if self._packer is None:
+            self._packer = ResultPacker()
+        packer = self._packer
+        packer.threshold = threshold
+        try:
+            blob, buffers = dumps_any(data, packer, passthrough=())
+        except BaseException:
+            packer.discard()
+            raise
+        fds, packer.fds = packer.fds, []
+        return blob, buffers, fds
+
+    def _socket(self):
+        if self._sock is None:
+            self._sock = wire.socket_for(self.conn)
+        return self._sock
+
+    def reply(self, key: int, status: int, data, duration: float,
+              threshold: int = -1) -> None:
+        try:
+            blob, buffers, fds = self._pack(data, threshold)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure
+            status, data = SEND_ERROR, _unpicklable_result(status, data, exc)
+            blob, buffers = dumps(data)
+            fds = []
+        try:
+            wire.send_reply(self.fd, self._socket, key, status, duration,
+                            blob, buffers, fds)
+        finally:
+            wire.close_fds(fds)
+
+
+def _unpicklable_result(status: int, data, exc: BaseException):
+    index = -1
+    if status == OK:
+        found = find_unpicklable(data)
+        if found is not None:
+            index = found[0]
+    message = (f"the result could not be pickled back to the parent: "
+               f"{type(exc).__name__}: {exc}")
+    return (index, message)
+
+
+def main(conn, env: dict, inherited=()) -> None:
+    """Serve batches from ``conn`` until it closes.
+
+    ``inherited``: the parent's ends of other workers' pipes that a forked
+    child got a copy of; closed at once."""
+    for other in inherited:
+        other.close()
+    os.environ.update(env)
+    # Ctrl-C in a terminal reaches the whole process group: the parent
+    # decides what stops; workers are stopped by it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Nested calls in a worker get threads at the first nesting level (what
+    # ProcessBackend.get_nested_backend gives), sequential beyond.
+    set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
+                     name="joblib_fast-worker-reader").start()
+    replier = _Replier(conn)
+    while True:
+        if inbox.empty():
+            worker_idle()  # nothing queued: unmap the inputs
+        message = inbox.get()
+        if message is None:
+            break
+        frame, buffers = message
+        del message
+        key, kind, threshold = wire.task_head(frame)
+        start = time.perf_counter()
+        try:
+            payload = wire.task_payload(frame, buffers)
+        except BaseException as exc:  # noqa: BLE001
+            replier.reply(
+                key, SEND_ERROR,
+                (-1, "the task batch could not be unpickled in the worker: "
+                     f"{type(exc).__name__}: {exc}"), 0.0)
+            continue
+        del frame, buffers
+        status, data = _run(kind, payload)
+        del payload
+        replier.reply(key, status, data, time.perf_counter() - start,
+                      threshold)
+        del data
+    conn.close()
+    sys.exit(0)

@@ -1,0 +1,212 @@
+"""The process backend's failures: dead workers, timeouts, Ctrl-C.
+
+The few time bounds are hang guards (NO_HANG, 15 s), an order of
+magnitude above what a working call needs: structure, not speed.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import proc_tasks
+import psutil
+import pytest
+from _jf_testutils import (
+    NO_HANG,
+    START_METHODS,
+    alive,
+    pids_of,
+    subprocess_env,
+    wait_until,
+)
+from proc_tasks import square
+
+from joblib_fast import Parallel, delayed
+from joblib_fast.backends.processes import (
+    TerminatedWorkerError,
+    reusable_pool_pids,
+)
+
+# --------------------------------------------------------- worker death
+
+
+DEATHS = [
+    pytest.param(proc_tasks.exit_worker, r"exit code 3", id="os._exit"),
+    pytest.param(proc_tasks.sigkill_worker, r"SIGKILL", id="sigkill"),
+    pytest.param(proc_tasks.segfault_worker, r"SIGSEGV", id="segfault"),
+]
+
+
+def _check_worker_death(parallel, func, pattern, old_pids):
+    start = time.monotonic()
+    with pytest.raises(TerminatedWorkerError, match=pattern):
+        list(parallel(delayed(func)(i) for i in range(20)))
+    assert time.monotonic() - start < NO_HANG
+    # The broken pool is gone: none of its workers is alive.
+    assert wait_until(lambda: not any(alive(pid) for pid in old_pids))
+    assert not set(reusable_pool_pids()) & old_pids
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("func, pattern", DEATHS)
+@pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
+def test_worker_death(func, pattern, return_as, warm_pool):
+    _check_worker_death(Parallel(n_jobs=2, return_as=return_as), func, pattern,
+                        warm_pool)
+    # The next call works, on fresh workers.
+    out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(20))
+    assert [x for x, _ in out] == list(range(20))
+    assert not pids_of(out) & warm_pool
+    assert pids_of(out) <= set(reusable_pool_pids())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("func, pattern", DEATHS)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_worker_death_each_start_method(func, pattern, method):
+    parallel = Parallel(n_jobs=2, backend=mp.get_context(method))
+    old = pids_of(parallel(delayed(proc_tasks.pid_of)(i) for i in range(4)))
+    old |= set(reusable_pool_pids())
+    _check_worker_death(parallel, func, pattern, old)
+    out = parallel(delayed(proc_tasks.pid_of)(i) for i in range(20))
+    assert [x for x, _ in out] == list(range(20))
+    assert not pids_of(out) & old
+
+
+def test_exit_code_zero_is_still_a_death():
+    with pytest.raises(TerminatedWorkerError, match="exit code 0"):
+        Parallel(n_jobs=2)(delayed(proc_tasks.exit_worker)(i, 0) for i in range(6))
+
+
+def test_idle_worker_killed_between_calls(warm_pool):
+    victim = min(warm_pool)
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: not alive(victim))
+    # The fork server reaps it and then reports its exit to us: give that
+    # a moment (a call racing with it is another matter).
+    wait_until(lambda: not psutil.pid_exists(victim), 2.0)
+    time.sleep(0.2)
+    out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(20))
+    assert [x for x, _ in out] == list(range(20))
+    assert victim not in pids_of(out)
+    assert victim not in reusable_pool_pids()
+
+
+def test_task_error_in_context_manager_then_next_call_works():
+    with Parallel(n_jobs=2) as parallel:
+        with pytest.raises(proc_tasks.CustomError):
+            parallel(delayed(proc_tasks.raise_custom)(i) for i in range(10))
+        assert parallel(delayed(square)(i) for i in range(10)) == \
+            [i * i for i in range(10)]
+
+
+def test_worker_death_in_context_manager(warm_pool):
+    with Parallel(n_jobs=2) as parallel:
+        before = pids_of(parallel(delayed(proc_tasks.pid_of)(i) for i in range(10)))
+        with pytest.raises(TerminatedWorkerError):
+            parallel(delayed(proc_tasks.exit_worker)(i) for i in range(20))
+        out = parallel(delayed(proc_tasks.pid_of)(i) for i in range(20))
+        assert [x for x, _ in out] == list(range(20))
+        assert not pids_of(out) & before
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", START_METHODS)
+@pytest.mark.parametrize("return_as", ["list", "generator"])
+def test_timeout_terminates_the_worker(tmp_path, method, return_as):
+    context = mp.get_context(method)
+    Parallel(n_jobs=2, backend=context)(delayed(square)(i) for i in range(4))
+    pool = set(reusable_pool_pids())
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        list(Parallel(n_jobs=2, timeout=0.5, return_as=return_as,
+                      backend=context)(
+            delayed(proc_tasks.write_pid_then_sleep)(str(tmp_path), i, 30)
+            for i in range(2)))
+    assert time.monotonic() - start < NO_HANG
+    pids = {int(p.stem) for p in tmp_path.glob("*.pid")}
+    assert pids and pids <= pool
+    assert wait_until(lambda: not any(alive(pid) for pid in pids)), \
+        [pid for pid in pids if alive(pid)]
+    out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(10))
+    assert [x for x, _ in out] == list(range(10))
+    assert not pids_of(out) & pids
+
+
+def test_timeout_not_reached_keeps_results():
+    out = Parallel(n_jobs=2, timeout=10)(
+        delayed(proc_tasks.sleep_then_return)(i, 0.01) for i in range(10))
+    assert out == list(range(10))
+
+
+CTRL_C_SCRIPT = """\
+import sys
+import time
+import proc_tasks
+from joblib_fast import Parallel, delayed
+
+pid_dir, mode = sys.argv[1], sys.argv[2]
+if mode == "list":
+    Parallel(n_jobs=2)(
+        delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 30)
+        for i in range(8))
+elif mode == "generator":
+    for _ in Parallel(n_jobs=2, return_as="generator")(
+            delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 30)
+            for i in range(8)):
+        pass
+elif mode == "with-block":
+    with Parallel(n_jobs=2) as parallel:
+        parallel(delayed(proc_tasks.square)(i) for i in range(8))
+        parallel(delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 30)
+                 for i in range(8))
+elif mode == "many-small-tasks":
+    Parallel(n_jobs=2)(
+        delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 0.001)
+        for i in range(10 ** 6))
+elif mode == "slow-consumer":
+    for _ in Parallel(n_jobs=2, return_as="generator")(
+            delayed(proc_tasks.write_pid_then_sleep)(pid_dir, i, 0.01)
+            for i in range(1000)):
+        time.sleep(30)
+print("FINISHED", flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["list", "generator", "with-block",
+                                  "many-small-tasks", "slow-consumer"])
+def test_ctrl_c_stops_the_call_and_its_workers(tmp_path, mode):
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(pid_dir), mode], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=str(tmp_path),
+        env=subprocess_env())
+    try:
+        assert wait_until(lambda: len(list(pid_dir.glob("*.pid"))) >= 2, 30), \
+            "the workers never started"
+        time.sleep(0.5)
+        # Everything the script started: workers, fork server, trackers.
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        os.kill(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=NO_HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "KeyboardInterrupt" in stderr, stderr
+    assert "FINISHED" not in stdout
+    assert proc.returncode != 0
+    worker_pids = {int(p.stem) for p in pid_dir.glob("*.pid")}
+    assert len(worker_pids) == 2
+    assert wait_until(lambda: not any(alive(pid) for pid in worker_pids)), \
+        [pid for pid in worker_pids if alive(pid)]
+    assert wait_until(lambda: not any(alive(p.pid) for p in descendants)), \
+        [(p.pid, p.name()) for p in descendants if alive(p.pid)]
