@@ -28,7 +28,7 @@ deadlock against the GIL, and they keep the shared state right without
 relying on the GIL.
 """
 
-from .errors import TaskError
+from .errors import TaskError, abandons_running_tasks
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
@@ -661,9 +661,10 @@ cdef class ThreadPool(Lease):
 
     def end_call(self, error):
         """After a failed call the pool is not reused (a task of the call
-        may still run); a timed-out one is not waited for."""
+        may still run); see abandons_running_tasks for when it is not
+        waited for."""
         if error is not None:
-            self.shutdown(wait=not isinstance(error, TimeoutError))
+            self.shutdown(wait=not abandons_running_tasks(error))
 
     cdef int submit(self, Batch batch) except -1:
         return self.submit_item(batch)

@@ -26,6 +26,7 @@ from . import _gc
 from ._args import eval_pre_dispatch, known_length
 from ._core import Call, iter_sequential, run_sequential
 from .backends.native import CallOptions, Pool, PoolProvider
+from .errors import abandons_running_tasks
 
 
 class Runner:
@@ -172,8 +173,7 @@ class _End:
                 runner.generator_call = None
             pool.end_call(error)
             if pool is not runner.pool:
-                # A task stuck past its timeout may never end: no waiting.
-                pool.shutdown(wait=not isinstance(error, TimeoutError))
+                pool.shutdown(wait=not abandons_running_tasks(error))
             elif pool.closed:
                 runner.pool = None
             if self.started:

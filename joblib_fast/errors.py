@@ -24,3 +24,12 @@ class RemoteTraceback(Exception):
 
 class TaskFailedError(RuntimeError):
     """A task raised an exception that could not be sent back as itself."""
+
+
+def abandons_running_tasks(error: BaseException | None) -> bool:
+    """True when a call that ended with ``error`` must not wait for its
+    running tasks: a task stuck past its timeout may never end, and Ctrl-C
+    (or an exit, or a ``return_as`` generator closed early) must return at
+    once.  The workers are stopped without being waited for."""
+    return isinstance(error, TimeoutError) or (
+        error is not None and not isinstance(error, Exception))

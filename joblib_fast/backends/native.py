@@ -98,7 +98,9 @@ class Pool(Protocol):
     def end_call(self, error: BaseException | None) -> None:
         """End of the call (once, also after an error): release per-call
         resources.  After an error the pool stops what still runs and
-        may close itself (``closed`` becomes True)."""
+        may close itself (``closed`` becomes True); it does not wait for
+        running tasks when ``errors.abandons_running_tasks(error)``
+        (a timeout, Ctrl-C, a generator closed early)."""
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the workers; ``wait``: join them.  Idempotent."""

@@ -24,7 +24,12 @@ from multiprocessing.connection import wait as _mp_wait
 from typing import Any, Protocol
 
 from ..._core import split_uniform
-from ...errors import RemoteTraceback, TaskFailedError, TerminatedWorkerError
+from ...errors import (
+    RemoteTraceback,
+    TaskFailedError,
+    TerminatedWorkerError,
+    abandons_running_tasks,
+)
 from . import wire
 from .arrays_in import ArrayExchange
 from .arrays_out import loads_reply
@@ -436,9 +441,8 @@ class ProcessLease:
         if error is None:
             self.process_pool.end_call()
         else:
-            # Never carry a failed call's leftovers into the next call; a
-            # task stuck past its timeout is not waited for.
-            self.shutdown(wait=not isinstance(error, TimeoutError))
+            # Never carry a failed call's leftovers into the next call.
+            self.shutdown(wait=not abandons_running_tasks(error))
 
     def shutdown(self, wait: bool = True) -> None:
         if not self._released:

@@ -1,0 +1,60 @@
+"""Ctrl-C while tasks run: KeyboardInterrupt in the caller at once, and the
+script exits without waiting for the running tasks (issue 9)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from _jf_testutils import subprocess_env
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    from joblib_fast import Parallel, delayed
+
+    def task(i, folder):
+        open(os.path.join(folder, f"started-{i}"), "w").close()
+        time.sleep(120)       # far longer than the test waits
+        return i
+
+    try:
+        out = Parallel(n_jobs=2, backend=sys.argv[2], return_as=sys.argv[3])(
+            delayed(task)(i, sys.argv[1]) for i in range(4))
+        list(out)          # a generator is consumed here
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+""")
+
+# A hang guard only: without the fix the script waits 120 s for its tasks.
+NO_HANG = 30.0
+
+
+@pytest.mark.parametrize("return_as", ["list", "generator"])
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_ctrl_c_ends_the_script_without_waiting_for_tasks(
+        tmp_path, backend, return_as):
+    path = tmp_path / "script.py"
+    path.write_text(SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(path), str(tmp_path), backend, return_as],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env())
+    try:
+        deadline = time.monotonic() + NO_HANG
+        while len([n for n in os.listdir(tmp_path)
+                   if n.startswith("started-")]) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "tasks never started"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=NO_HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "interrupted" in out, err
+    assert "KeyboardInterrupt" in err
+    assert proc.returncode != 0
