@@ -70,6 +70,7 @@ cdef class WorkerPool:
     cdef readonly int base           # threads kept while idle, at least
     cdef int reserved                # [plock] sum of the limits of leases
     cdef object plock                # a threading.Lock for the [plock] fields
+    cdef bint keep_c                 # never free `c` (the shared pool's)
 
     cdef int ensure(self, int n) except -1
     cdef int reserve(self, int n) except -1

@@ -108,8 +108,10 @@ cdef class WorkerPool:
 
     def __dealloc__(self):
         # Only a pool whose threads have all exited is freed (a pool a
-        # forked child abandoned is kept alive by _ABANDONED).
-        if self.c != NULL and jf_pool_threads(self.c) == 0:
+        # forked child abandoned is kept alive by _ABANDONED), and never the
+        # shared pool's: a parallel_for caller may still hold its pointer.
+        if self.c != NULL and not self.keep_c and \
+                jf_pool_threads(self.c) == 0:
             jf_pool_free(self.c)
 
     @property
@@ -349,6 +351,7 @@ def shared_workers():
     with _shared_lock:
         if _shared is None:
             _shared = WorkerPool(SHARED_THREAD_NAME, _cap())
+            _shared.keep_c = True
             jf_ptr_store(&_shared_c, <void *>_shared.c)
         return _shared
 
