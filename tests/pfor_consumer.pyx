@@ -3,6 +3,7 @@
 # installed package only (include_dirs=[joblib_fast.get_include()]).
 from cpython.exc cimport PyErr_SetString
 from libc.stdlib cimport free, malloc
+from posix.unistd cimport usleep
 
 from joblib_fast.parallel_for cimport (
     import_parallel_for,
@@ -42,6 +43,8 @@ cdef struct Log:
     int nested                # run a nested parallel_for in each chunk
     int nested_ok             # atomic: nested calls that ran inline
     int nested_mw             # max_workers(-1) seen inside the body
+    long in_flight            # atomic: bodies running now
+    long entries              # atomic: bodies started
 
 
 cdef double _sink = 0.0
@@ -67,8 +70,18 @@ cdef int _inner(void *ctx, Py_ssize_t start, Py_ssize_t stop,
 cdef int _body(void *ctx, Py_ssize_t start, Py_ssize_t stop,
                int worker) noexcept nogil:
     cdef Log *log = <Log *>ctx
-    cdef Py_ssize_t i
     cdef long slot = pfc_add(&log.n_chunks, 1)
+    cdef int rc = 0
+    pfc_add(&log.entries, 1)
+    pfc_add(&log.in_flight, 1)
+    rc = _body_run(log, start, stop, worker, slot)
+    pfc_add(&log.in_flight, -1)
+    return rc
+
+
+cdef int _body_run(Log *log, Py_ssize_t start, Py_ssize_t stop, int worker,
+                   long slot) noexcept nogil:
+    cdef Py_ssize_t i
     cdef unsigned long seen[2]
     if slot < log.capacity:
         log.starts[slot] = start
@@ -100,14 +113,14 @@ def max_workers(int n_workers):
 
 def visit(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain=0,
           int n_workers=-1, long spin=0, bad=None, int code=0,
-          bint nested=False, bint gil=False):
+          bint nested=False, bint gil=False, double linger=0.0):
     """Run the logging body over [start, stop).  Returns a dict: rc,
     counts (per index), chunks [(start, stop, worker, thread)], caller
     thread id, nested calls that ran inline, max_workers seen inside."""
     cdef Log log
     cdef Py_ssize_t n = stop - start if stop > start else 0
     cdef int rc = 0
-    cdef long k
+    cdef long k, in_flight = 0, entries = 0, entries_later = 0
     log.counts = <int *>malloc((n + 1) * sizeof(int))
     log.capacity = 1 << 16
     log.starts = <Py_ssize_t *>malloc(log.capacity * sizeof(Py_ssize_t))
@@ -129,18 +142,27 @@ def visit(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain=0,
         log.nested = nested
         log.nested_ok = 0
         log.nested_mw = -1
+        log.in_flight = 0
+        log.entries = 0
         if gil:
             # Called with the GIL held: parallel_for releases it itself.
             rc = parallel_for(start, stop, grain, _body, &log, n_workers)
         else:
             with nogil:
                 rc = parallel_for(start, stop, grain, _body, &log, n_workers)
+                in_flight = pfc_add(&log.in_flight, 0)
+                entries = pfc_add(&log.entries, 0)
+                if linger > 0.0:
+                    usleep(<unsigned int>(linger * 1e6))
+                entries_later = pfc_add(&log.entries, 0)
         chunks = [(log.starts[k], log.stops[k], log.workers[k],
                    log.threads[k]) for k in range(min(log.n_chunks,
                                                       log.capacity))]
         return {"rc": rc, "counts": [log.counts[k] for k in range(n)],
                 "chunks": chunks, "caller": pfc_thread_id(),
-                "nested_ok": log.nested_ok, "nested_mw": log.nested_mw}
+                "nested_ok": log.nested_ok, "nested_mw": log.nested_mw,
+                "in_flight_after": in_flight,
+                "started_after": entries_later - entries}
     finally:
         free(log.counts)
         free(log.starts)

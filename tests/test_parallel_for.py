@@ -180,6 +180,18 @@ def test_python_exception_in_a_body_is_reraised(consumer, gil, where):
     check_visit(consumer, out, 0, n, 1, -1)
 
 
+@pytest.mark.parametrize("code", (0, 3))
+def test_no_body_runs_after_return(consumer, code):
+    # Bodies long enough that pool threads are inside when the caller runs
+    # out of chunks (or fails at once): parallel_for waits for them.
+    bad = None if code == 0 else 0
+    out = consumer.visit(0, 400, 1, -1, spin=5000, bad=bad, code=code,
+                         linger=0.05)
+    assert out["rc"] == code
+    assert out["in_flight_after"] == 0
+    assert out["started_after"] == 0
+
+
 def test_minus_one_without_an_exception_is_a_system_error(consumer):
     with pytest.raises(SystemError, match="without setting"):
         consumer.minus_one_without_exception(100)
