@@ -245,6 +245,37 @@ def _open_mpire(n_jobs: int):
             func, items, chunk_size=_chunksize(items, n_jobs))
 
 
+# One LocalCluster (2 worker processes, one thread each, on 127.0.0.1) for
+# every dask peer of the run, started when first needed, closed at exit.
+_DASK: dict[str, Any] = {}
+
+
+def _dask_client(n_jobs: int):
+    if "client" not in _DASK:
+        import atexit
+
+        from distributed import Client, LocalCluster
+        cluster = LocalCluster(n_workers=n_jobs, threads_per_worker=1,
+                               processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+        _DASK["cluster"], _DASK["client"] = cluster, Client(cluster)
+
+        def close() -> None:
+            _DASK["client"].close()
+            _DASK["cluster"].close()
+        atexit.register(close)
+    return _DASK["client"]
+
+
+@contextlib.contextmanager
+def _open_dask(module: str, n_jobs: int):
+    lib = importlib.import_module(module)
+    client = _dask_client(n_jobs)
+    with lib.parallel_config(backend="dask", client=client):
+        with lib.Parallel() as par:
+            yield lambda func, items: par(lib.delayed(func)(x) for x in items)
+
+
 def _reset_joblib_loky() -> None:
     """Shut joblib's reusable loky executor down so the next call is cold
     and its idle workers don't count in another peer's memory."""
@@ -305,6 +336,12 @@ PEERS: dict[str, Peer] = {peer.name: peer for peer in (
          partial(_open_mp_pool, "Pool"), ("multiprocessing.pool",)),
     Peer("mpire", "mpire.WorkerPool(keep_alive=True).map, chunked (fork)",
          _open_mpire, ("mpire",)),
+    Peer("joblib_fast[dask]",
+         "joblib_fast.Parallel, parallel_config(backend='dask'), LocalCluster "
+         "of n_jobs worker processes x 1 thread",
+         partial(_open_dask, "joblib_fast"), ("joblib_fast",)),
+    Peer("joblib[dask]", "joblib.Parallel, parallel_config(backend='dask'), "
+         "the same LocalCluster", partial(_open_dask, "joblib"), ("joblib",)),
 )}
 
 THREAD_PEERS = ("joblib_fast[threading]", "joblib[threading]",
@@ -312,6 +349,7 @@ THREAD_PEERS = ("joblib_fast[threading]", "joblib[threading]",
 PROCESS_PEERS = ("joblib_fast[loky]", "joblib[loky]", "joblib[multiprocessing]",
                  "ProcessPoolExecutor", "mp.Pool", "mpire")
 NUMPY_PEERS = ("joblib_fast[loky]", "joblib[loky]", "mp.Pool")
+DASK_PEERS = ("joblib_fast[dask]", "joblib[dask]")
 
 
 # -------------------------------------------------------------- workloads
@@ -434,7 +472,18 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
              _prepare_bigarray_in, memory=True),
     Workload("bigarray_out", ("loop",) + NUMPY_PEERS, (8, 8),
              _prepare_bigarray_out, memory=True, digest=_shapes),
+    # Issue 12: dask.distributed (a LocalCluster of n_jobs workers).
+    Workload("dask_trivial", ("loop",) + DASK_PEERS, (100, 100),
+             _prepare_noop),
+    Workload("dask_noop", ("loop",) + DASK_PEERS, (10_000, 10_000),
+             _prepare_noop, per_task=True),
+    Workload("dask_py1ms", ("loop",) + DASK_PEERS + ("joblib_fast[loky]",),
+             (400, 200), _prepare_py1ms),
 )}
+# --only NAME for a group of workloads.
+GROUPS = {"dask": ("dask_trivial", "dask_noop", "dask_py1ms")}
+# Workloads that need an optional package: skipped, with a note, without it.
+NEEDS = {name: "distributed" for name in GROUPS["dask"]}
 
 
 # ----------------------------------------------------------------- timing
@@ -778,7 +827,18 @@ def print_table(rows: list[Row]) -> None:
     print()
 
 
+def print_side_by_side(rows: list[Row], ours: str, theirs: str) -> None:
+    """``theirs / ours`` time per workload where both ran (>1: ours faster)."""
+    times = {(row.workload, row.peer): row.seconds for row in rows
+             if row.seconds}
+    for workload in dict.fromkeys(row.workload for row in rows):
+        a, b = times.get((workload, ours)), times.get((workload, theirs))
+        if a and b:
+            print(f"  {workload}: {ours} is {b / a:.2f}x faster than {theirs}")
+
+
 def print_legend(rows: list[Row], ctx: Context) -> None:
+    print_side_by_side(rows, "joblib_fast[dask]", "joblib[dask]")
     used = list(dict.fromkeys(row.peer for row in rows))
     print("peers:")
     for name in used:
@@ -818,7 +878,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fewer repeats and smaller sizes (< 1 minute)")
     parser.add_argument("--only", default="",
                         help="comma-separated workloads: "
-                        + ",".join(list(WORKLOADS) + [PFOR]))
+                        + ",".join(list(WORKLOADS) + list(GROUPS) + [PFOR]))
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--json", metavar="FILE",
                         help="also write the results to FILE")
@@ -827,6 +887,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or \
         list(WORKLOADS) + [PFOR]
+    names = [w for n in names for w in GROUPS.get(n, (n,))]
     unknown = [n for n in names if n not in WORKLOADS and n != PFOR]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from "
@@ -840,6 +901,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.coldstart_child:
         coldstart_child(args.coldstart_child, args.n_jobs)
         return 0
+    import importlib.util
+    missing = sorted({NEEDS[n] for n in args.workloads if n in NEEDS
+                      and importlib.util.find_spec(NEEDS[n]) is None})
+    if missing:
+        skipped = [n for n in args.workloads if NEEDS.get(n) in missing]
+        print(f"note: skipping {', '.join(skipped)}: {', '.join(missing)} "
+              "is not installed (pip install '.[bench]')")
+        args.workloads = [n for n in args.workloads if n not in skipped]
+        if not args.workloads:
+            return 0
     started = time.perf_counter()
     ctx = Context.calibrated(args.quick, args.n_jobs)
     info = machine_info()

@@ -6,6 +6,7 @@ Used by ``parallel`` to check arguments when a ``Parallel`` is made, and by
 from __future__ import annotations
 
 import ast
+import math
 import sys
 from numbers import Integral, Real
 from typing import Any
@@ -14,14 +15,16 @@ VALID_RETURN_AS = ("list", "generator", "generator_unordered")
 _SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def memstr_to_bytes(text: Any) -> int | None:
-    """``"1M"`` -> 1048576; ints pass through; None stays None."""
+def memstr_to_bytes(text: Any) -> int | float | None:
+    """``"1M"`` -> 1048576; numbers pass through (joblib compares
+    ``a.nbytes > max_nbytes``: a float such as ``1e6`` is fine, and a
+    negative number memmaps every array); None stays None."""
     if text is None:
         return None
-    if isinstance(text, Integral) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"max_nbytes must be >= 0, got {text}")
-        return int(text)
+    if isinstance(text, Real) and not isinstance(text, bool):
+        if text != text:
+            raise ValueError("max_nbytes must be a number of bytes, got nan")
+        return int(text) if isinstance(text, Integral) else float(text)
     if isinstance(text, str):
         value = text.strip().lower()
         unit = 1
@@ -47,10 +50,11 @@ def eval_pre_dispatch(value: Any, n_jobs: int) -> int:
         try:
             number = _eval_expr(ast.parse(value.strip(), mode="eval").body,
                                 n_jobs)
-        except (SyntaxError, ValueError, ZeroDivisionError) as exc:
+        except (SyntaxError, ValueError, ZeroDivisionError, OverflowError,
+                RecursionError, MemoryError) as exc:
             raise ValueError(
                 "pre_dispatch must be 'all', a positive integer or an "
-                f"expression such as '2*n_jobs'; got {value!r} ({exc})"
+                f"expression such as '2*n_jobs'; got {_short(value)} ({exc})"
             ) from None
     elif isinstance(value, Real) and not isinstance(value, bool):
         number = value
@@ -58,9 +62,16 @@ def eval_pre_dispatch(value: Any, n_jobs: int) -> int:
         raise ValueError(
             "pre_dispatch must be 'all', a positive integer or an "
             f"expression such as '2*n_jobs'; got {value!r}")
-    if number < 1:
+    if not number >= 1:  # also nan
         raise ValueError(f"pre_dispatch must be at least 1, got {value!r}")
-    return int(number)
+    if number == math.inf:
+        raise ValueError(f"pre_dispatch must be finite, got {value!r}")
+    return min(int(number), sys.maxsize)
+
+
+def _short(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(value)} characters)"
 
 
 def _eval_expr(node: ast.AST, n_jobs: int) -> float:

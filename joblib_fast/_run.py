@@ -3,7 +3,8 @@
 ``Parallel`` owns one :class:`Runner`; each ``Parallel.__call__`` is one
 :meth:`Runner.run`::
 
-    provider.configure_call --n_jobs == 1 or sequential--> run in the caller
+    provider.configure_call --n_jobs == 1 (and runs_one_job_inline) or
+        sequential--> run in the caller
         | n_jobs > 1
     pool (kept across the calls of a ``with`` block, else new)
     GC relaxed, reporter started, backend.start_call()
@@ -72,7 +73,7 @@ class Runner:
         if self.provider.sequential:
             return run_inline(iterable, return_as, reporter)
         n_jobs = self.provider.configure_call(options)
-        if n_jobs == 1:
+        if n_jobs == 1 and self.provider.runs_one_job_inline:
             cleanup = None if self.managed else self.backend.terminate
             return run_inline(iterable, return_as, reporter, cleanup)
         self.running = True

@@ -317,17 +317,22 @@ SHARED_THREAD_NAME = "joblib_fast-thread"
 
 
 def thread_cap():
-    """Workers ``n_jobs=-1`` means for parallel_for here: cpu_count(),
-    capped by OMP_NUM_THREADS when set (the cap the process backend sets
-    in its workers, and the one OpenMP's prange obeys)."""
+    """Workers ``n_jobs=-1`` means for parallel_for here: cpu_count(); in a
+    worker process (started by multiprocessing: joblib_fast's process
+    backend, loky, dask), capped by OMP_NUM_THREADS, the cap the process
+    backend sets there and the one OpenMP's prange obeys.  Not in the
+    user's own process, where a library may set it for its own reasons
+    (importing dask.distributed sets OMP_NUM_THREADS=1)."""
+    import multiprocessing
     cap = cpu_count()
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    try:
-        omp = int(value)
-    except ValueError:
-        omp = 0
-    if omp > 0:
-        cap = min(cap, omp)
+    if multiprocessing.parent_process() is not None:
+        value = os.environ.get("OMP_NUM_THREADS", "").strip()
+        try:
+            omp = int(value)
+        except ValueError:
+            omp = 0
+        if omp > 0:
+            cap = min(cap, omp)
     return max(cap, 1)
 
 

@@ -30,6 +30,7 @@ BACKENDS: dict[str, Callable[..., ParallelBackendBase]] = {
 _LAZY_BACKENDS = {
     "loky": ("joblib_fast.backends.processes", "ProcessBackend"),
     "multiprocessing": ("joblib_fast.backends.processes", "ProcessBackend"),
+    "dask": ("joblib_fast.backends.dask", "DaskDistributedBackend"),
 }
 # name -> a function that registers that backend, called the first time the
 # name is asked for: how third-party packages make their backend known

@@ -28,6 +28,18 @@ _POLL_SECONDS = 0.02
 # every later test that looks for worker threads.
 BASELINE_THREADS = frozenset()
 
+# Functions returning the pids of processes a module fixture keeps alive
+# across its tests (the workers of test_dask.py's LocalCluster, restarted
+# by their nanny when a test kills one): conftest's leak check ignores
+# them.
+INFRASTRUCTURE_PIDS = []
+# The same for threads (functions returning thread objects).
+INFRASTRUCTURE_THREADS = []
+# scheduler_kwargs of a test LocalCluster: the scheduler's HTTP server
+# (metrics; the dashboard is off) on a free port of 127.0.0.1 rather than
+# 8787, which another cluster on the machine may hold.
+DASK_NO_HTTP_PORT = {"dashboard_address": "127.0.0.1:0"}
+
 
 def shared_threads():
     """The threads of the process-wide pool (the threading backend's and

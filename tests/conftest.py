@@ -8,7 +8,8 @@ of ``LEAK_GRACE_SECONDS`` has passed, one of these is still around:
 
 * a thread that did not exist before the test (``threading.enumerate()``);
 * a child process of this process that did not exist before the test
-  (``psutil``, recursive);
+  (``psutil``, recursive), except the long-lived helpers a fixture
+  declares (``_infrastructure_pids``);
 * a new entry whose name contains ``joblib`` in ``tempfile.gettempdir()``
   or in ``/dev/shm`` (entries named with the pid of another live process,
   one that is not a descendant of this one, belong to someone else and are
@@ -91,17 +92,29 @@ def pytest_unconfigure(config):
 # The idle reusable process pool owns this timer thread (it stops the pool
 # after its idle timeout); it is not a leak of the test that released it.
 _POOL_THREADS = ("joblib_fast-pool-reaper",)
+# Name prefixes of threads that distributed starts once per process, when
+# first needed, and keeps until exit (its offload executor and the thread
+# running Future callbacks), and of the threads with which a nanny of the
+# session's LocalCluster (dask_cluster) watches the worker process it
+# restarted after a test killed one: they live as long as the cluster.
+_DASK_THREADS = ("Dask-Offload", "Dask-Callback-Thread",
+                 "AsyncProcess Dask Worker process (from Nanny)")
 
 
 def _threads():
+    keep = {t for source in _jf_testutils.INFRASTRUCTURE_THREADS
+            for t in source()}
     return {t for t in threading.enumerate()
-            if t.is_alive() and t.name not in _POOL_THREADS}
+            if t.is_alive() and t.name not in _POOL_THREADS
+            and not t.name.startswith(_DASK_THREADS) and t not in keep}
 
 
 def _infrastructure_pids():
     """Processes meant to outlive a test: the workers of the process-wide
     reusable pool, multiprocessing's fork server and resource tracker."""
     pids = set()
+    for source in _jf_testutils.INFRASTRUCTURE_PIDS:
+        pids.update(source())
     processes = sys.modules.get("joblib_fast.backends.processes")
     if processes is not None:
         pids.update(processes.reusable_pool_pids())
@@ -294,3 +307,70 @@ def process_helpers():
         tempfile.tempdir = saved
     processes.shutdown_reusable_pools()
     yield processes
+
+
+# The session's dask cluster: a worker killed twice running the same task
+# ends its future with KilledWorker (dask's default, 3, would make
+# test_dask.py slower).
+DASK_ALLOWED_FAILURES = 1
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """One dask.distributed LocalCluster for the session (2 worker
+    processes x 1 thread, on 127.0.0.1, no dashboard) and a client that is
+    not the default one; started by the first test that needs it.
+
+    What it starts is declared to the leak check: its worker processes
+    (also those a nanny restarts after a test killed a worker), the
+    threads the cluster and client started, and the thread feeding each
+    nanny's queue to its worker."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    from joblib_fast import Parallel, delayed, parallel_config
+    before = set(threading.enumerate())
+    with dask.config.set({"distributed.scheduler.allowed-failures":
+                          DASK_ALLOWED_FAILURES}):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True,
+            host="127.0.0.1", dashboard_address=None,
+            scheduler_kwargs=_jf_testutils.DASK_NO_HTTP_PORT)
+    client = distributed.Client(cluster, set_as_default=False)
+    # dask's lazily created threads (callbacks, offload) start now too.
+    with parallel_config(backend="dask", client=client):
+        Parallel()(delayed(_jf_testutils.square)(i) for i in range(4))
+    started = set(threading.enumerate()) - before
+
+    def worker_pids():
+        return [n.pid for n in list(cluster.workers.values()) if n.pid]
+
+    def cluster_threads():
+        yield from started
+        for nanny in list(cluster.workers.values()):
+            process = nanny.process
+            for q in (getattr(process, "init_result_q", None),
+                      getattr(process, "child_stop_q", None)):
+                thread = getattr(q, "_thread", None)
+                if thread is not None:
+                    yield thread
+
+    _jf_testutils.INFRASTRUCTURE_PIDS.append(worker_pids)
+    _jf_testutils.INFRASTRUCTURE_THREADS.append(cluster_threads)
+    try:
+        yield cluster, client
+    finally:
+        client.close()
+        cluster.close()
+        _jf_testutils.INFRASTRUCTURE_PIDS.remove(worker_pids)
+        _jf_testutils.INFRASTRUCTURE_THREADS.remove(cluster_threads)
+
+
+@pytest.fixture
+def dask_client(dask_cluster):
+    """The session cluster's client, with both workers up (before and
+    after the test: a test may kill one)."""
+    client = dask_cluster[1]
+    client.wait_for_workers(2, timeout=30)
+    yield client
+    client.wait_for_workers(2, timeout=30)

@@ -18,3 +18,12 @@ def test_progress_section_examples_run(index, capsys, monkeypatch):
     exec(code, {})  # noqa: S102 - the README's own examples
     captured = capsys.readouterr()
     assert captured.out or captured.err
+
+
+def test_dask_section_example_runs(capsys):
+    pytest.importorskip("distributed")  # in the test extra: runs in CI
+    blocks = readme_python_blocks("Running on a dask cluster")
+    assert len(blocks) == 1
+    code = compile(blocks[0], "README dask block", "exec")
+    exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own
+    assert "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" in capsys.readouterr().out

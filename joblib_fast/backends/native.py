@@ -116,6 +116,9 @@ class PoolProvider:
     """
 
     sequential = False
+    # A call whose effective n_jobs is 1 runs in the caller (no pool);
+    # False for a backend whose single worker is elsewhere (dask).
+    runs_one_job_inline = True
 
     @property
     def backend(self) -> Any:

@@ -41,6 +41,7 @@ from .arrays import (
     tables,
     write_array,
 )
+from .wire import NEVER
 
 PREFIX = "joblib_fast_"
 SHM_FOLDER = "/dev/shm"
@@ -275,10 +276,10 @@ class ArrayExchange:
         self.max_nbytes = max_nbytes
         self.mmap_mode = mmap_mode
         self.temp_folder = temp_folder
-        # Workers write results larger than this to shared memory (-1: never).
-        self.out_threshold = max_nbytes if (
-            return_shared and max_nbytes is not None
-            and hasattr(os, "memfd_create")) else -1
+        # Workers write results larger than this many bytes to shared
+        # memory (an int for the wire; wire.NEVER: never).
+        self.out_threshold = result_threshold(max_nbytes) if (
+            return_shared and hasattr(os, "memfd_create")) else NEVER
         self._dump_threshold = max_nbytes if mmap_mode is not None else None
         self._worker_mode = "r+" if mmap_mode == "w+" else mmap_mode
         self._dumps: dict[int, _Dump] = {}   # id(array) -> its dump
@@ -296,7 +297,8 @@ class ArrayExchange:
         if m is not None and m.mode != "c" and a.size:
             return reduce_by_reference(a, m)
         threshold = self._dump_threshold
-        if threshold is None or a.nbytes <= threshold or a.dtype.hasobject:
+        if threshold is None or not a.nbytes > threshold or not a.nbytes \
+                or a.dtype.hasobject:
             return plain_reduce(a)
         path, order = self._dump(a)
         return _open_dump, (path, a.dtype, a.shape, order, self._worker_mode)
@@ -381,6 +383,15 @@ class ArrayExchange:
                 shutil.rmtree(folder, ignore_errors=True)
             with _LIVE_LOCK:
                 _LIVE_FOLDERS.discard(folder)
+
+
+def result_threshold(max_nbytes: float | None) -> int:
+    """``max_nbytes`` as the wire's integer threshold: an array goes to
+    shared memory when ``a.nbytes > threshold``, as joblib compares it
+    (floats are floored, a negative value means every array)."""
+    if max_nbytes is None or max_nbytes >= NEVER:
+        return NEVER
+    return max(int(max_nbytes // 1), 0)
 
 
 def _dump_error(a, folder: str, exc: OSError) -> OSError:

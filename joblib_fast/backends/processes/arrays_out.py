@@ -3,7 +3,8 @@
 A result array larger than ``max_nbytes`` is written once, in the worker,
 into an anonymous shared-memory file (``memfd_create``); its descriptor
 travels with the reply (``SCM_RIGHTS``, see ``wire``) and the parent maps
-it: the caller gets an ordinary writable ndarray on that memory.  No name
+it privately (copy-on-write, see ``_PrivateMapping``) and closes it: the
+caller gets an ordinary writable ndarray on that memory.  No name
 ever exists in a file system, so nothing can be left behind: the memory is
 freed when the array is garbage-collected, and by the kernel when a reply
 is dropped (an aborted call, a dead worker, a killed parent).
@@ -20,6 +21,7 @@ import io
 import mmap
 import os
 import pickle
+import weakref
 
 from .arrays import (
     backing_memmap,
@@ -30,6 +32,7 @@ from .arrays import (
     write_array,
 )
 from .arrays_in import is_dump
+from .wire import NEVER
 
 
 class ResultPacker:
@@ -42,7 +45,7 @@ class ResultPacker:
     """
 
     def __init__(self) -> None:
-        self.threshold = -1
+        self.threshold = NEVER
         self.fds: list[int] = []
         self._tables: dict[bool, dict] = {}
 
@@ -56,7 +59,7 @@ class ResultPacker:
         m = backing_memmap(a)
         if m is not None and m.mode != "c" and a.size and not is_dump(m.filename):
             return reduce_by_reference(a, m)
-        if 0 <= self.threshold < a.nbytes and not a.dtype.hasobject:
+        if a.nbytes > self.threshold and not a.dtype.hasobject:
             index = self._share(a)
             if index is not None:
                 return _shared_result, (index, a.dtype, a.shape,
@@ -117,11 +120,61 @@ def _map_shared(fds: list[int], index, dtype, shape, order):
     for n in shape:
         count *= n
     try:
-        mm = mmap.mmap(fd, count * dtype.itemsize)
+        owner = _PrivateMapping(fd, count * dtype.itemsize)
     finally:
         os.close(fd)
-    return np.frombuffer(mm, dtype=dtype, count=count).reshape(
-        shape, order=order)
+    return np.asarray(owner).view(dtype)[:count].reshape(shape, order=order)
+
+
+class _PrivateMapping:
+    """A private, writable mapping of a result's shared-memory file,
+    unmapped when the last array on it is collected.
+
+    ``MAP_PRIVATE``: what the parent (or a process it forks) writes goes
+    to its own copy-on-write pages, so a forked child and its parent never
+    see each other's writes, as with any array; pages nobody writes stay
+    the worker's pages (zero copy).  Mapped with libc's ``mmap`` because
+    ``mmap.mmap`` keeps a duplicate of the descriptor for as long as the
+    mapping lives (one descriptor per kept result; ``trackfd=False`` comes
+    with Python 3.13): the segment lives on through the mapping alone.
+    """
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+    def __init__(self, fd: int, size: int) -> None:
+        libc = _libc()
+        length = max(size, 1)
+        addr = libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_PRIVATE, fd, 0)
+        if addr is None or addr == _MAP_FAILED:
+            import ctypes
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap of a {size}-byte result failed: "
+                               f"{os.strerror(err)}")
+        self.__array_interface__ = {
+            "data": (addr, False), "shape": (size,), "typestr": "|u1",
+            "version": 3}
+        finalizer = weakref.finalize(self, libc.munmap, addr, length)
+        # At exit the memory may still be in use: the OS frees it.
+        finalizer.atexit = False
+
+
+_MAP_FAILED = (1 << 64) - 1  # (void *) -1 as ctypes returns it
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _LIBC = libc
+    return _LIBC
 
 
 def loads_reply(blob, buffers, fds: list[int]):

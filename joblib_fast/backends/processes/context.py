@@ -65,6 +65,15 @@ def _prepare_forkserver(context) -> None:
         pass
 
 
+def fork_server_pid() -> int | None:
+    """The pid of multiprocessing's fork server, if it was started."""
+    try:
+        from multiprocessing import forkserver
+        return forkserver._forkserver._forkserver_pid
+    except (AttributeError, ImportError):  # pragma: no cover - other Pythons
+        return None
+
+
 def resolve_context(context: Any = None):
     """The multiprocessing context: given one, JOBLIB_START_METHOD, or
     forkserver (safe with threads, OpenMP and BLAS pools in the parent)."""

@@ -99,3 +99,48 @@ def _cloud_pickler_class():
 
         _CloudPickler = CloudPickler
     return _CloudPickler
+
+
+def dumps_exception(exc: BaseException) -> bytes | None:
+    """Pickle an exception raised in a worker so that the parent gets the
+    same type, message (``args``) and attributes, or None if it cannot.
+
+    The default pickling calls ``type(exc)(*exc.args)``: an exception whose
+    ``__init__`` builds its message from its arguments would build it
+    again from the message ("failed with code failed with code 3").  When
+    that round trip changes the exception, it travels as its class, args
+    and ``__dict__`` and is rebuilt without calling ``__init__``."""
+    for candidate in (exc, _ExactException(exc)):
+        try:
+            blob = dumps_any(candidate, passthrough=())[0]
+            back = pickle.loads(blob)
+            if type(back) is type(exc) and back.args == exc.args \
+                    and str(back) == str(exc):
+                return blob
+        except Exception:  # noqa: BLE001 - any pickling failure
+            pass
+    return None
+
+
+class _ExactException:
+    """Pickles as ``rebuild_exception(type, args, __dict__)``."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self):
+        exc = self.exc
+        return rebuild_exception, (type(exc), exc.args,
+                                   getattr(exc, "__dict__", None) or None)
+
+
+def rebuild_exception(cls, args: tuple, state: dict | None):
+    """An exception of class ``cls`` with these args and attributes, made
+    without running its ``__init__``."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc

@@ -15,6 +15,7 @@ A reusable pool is leased out by ``registry``, and handed back to it (its
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 import signal
 import sys
@@ -33,8 +34,9 @@ from ...errors import (
 from . import wire
 from .arrays_in import ArrayExchange
 from .arrays_out import loads_reply
-from .context import WORKER_NAME, install
+from .context import WORKER_NAME, fork_server_pid, install
 from .pickling import dumps, dumps_any, find_unpicklable
+from .tree import descendants, same_process, start_time, terminate_trees
 from .worker import main as worker_main
 
 # Batches sent ahead to one worker: 2 means the next one is already in its
@@ -65,6 +67,17 @@ def _describe_exit(code: int | None) -> str:
         hint = " (the OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
         return f"killed by {name} ({-code}){hint}"
     return f"with exit code {code}"
+
+
+def _gone(pid: int, seconds: float = 1.0) -> bool:
+    """Process ``pid`` ends within ``seconds`` (a process killed a moment
+    ago may still be exiting)."""
+    deadline = time.monotonic() + seconds
+    while start_time(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _task_blob(tasks: list, start: int = 0, arrays=None):
@@ -113,7 +126,7 @@ class _Worker:
     """Parent-side handle of one worker process."""
 
     __slots__ = ("batches", "conn", "fd", "pid", "process", "sentinel",
-                 "sock", "started")
+                 "sock", "started", "started_at")
 
     def __init__(self, process, conn) -> None:
         self.process = process
@@ -124,6 +137,14 @@ class _Worker:
         self.pid = process.pid
         self.batches: collections.deque[Any] = collections.deque()  # in sending order
         self.started = 0.0  # when its current batch started (timeouts)
+        # With the pid, names this process for good (tree.start_time).
+        self.started_at = start_time(self.pid)
+
+    def running(self) -> bool:
+        """Alive: a forkserver worker whose fork server died has a sentinel
+        that says it exited (code 255) while it still runs."""
+        return self.process.is_alive() or same_process(self.pid,
+                                                       self.started_at)
 
     def socket(self):
         if self.sock is None:
@@ -172,20 +193,37 @@ class ProcessPool:
             raise
 
     def _spawn(self) -> None:
-        parent_conn, child_conn = self.context.Pipe(duplex=True)
-        # A forked child inherits our ends of its own and the earlier
-        # workers' pipes; it closes them, or no worker would see end-of-file
-        # when we close (fork passes these objects as they are, unpickled).
-        inherited = [w.conn for w in self.workers] + [parent_conn] \
-            if self.context.get_start_method() == "fork" else []
-        process = self.context.Process(
-            target=worker_main, args=(child_conn, self.env, inherited),
-            name=WORKER_NAME, daemon=True)
-        try:
-            process.start()
-        finally:
-            child_conn.close()
-        self.workers.append(_Worker(process, parent_conn))
+        forkserver = self.context.get_start_method() == "forkserver"
+        for attempt in range(2):
+            parent_conn, child_conn = self.context.Pipe(duplex=True)
+            # A forked child inherits our ends of its own and the earlier
+            # workers' pipes; it closes them, or no worker would see
+            # end-of-file when we close (fork passes these objects as they
+            # are, unpickled).
+            inherited = [w.conn for w in self.workers] + [parent_conn] \
+                if self.context.get_start_method() == "fork" else []
+            process = self.context.Process(
+                target=worker_main, args=(child_conn, self.env, inherited),
+                name=WORKER_NAME, daemon=True)
+            try:
+                process.start()
+            except (EOFError, OSError) as exc:
+                parent_conn.close()
+                # The fork server died while starting it (it is restarted
+                # by the next start): once more, then a clear error.
+                if not forkserver or attempt:
+                    server = f" (pid {fork_server_pid()})" if forkserver \
+                        else ""
+                    raise TerminatedWorkerError(
+                        "could not start a joblib_fast worker process"
+                        + (f": the multiprocessing fork server{server} died "
+                           "while starting it" if forkserver else "")
+                        + f" ({type(exc).__name__}: {exc})") from exc
+                continue
+            finally:
+                child_conn.close()
+            self.workers.append(_Worker(process, parent_conn))
+            return
 
     @property
     def pids(self) -> list[int]:
@@ -325,10 +363,20 @@ class ProcessPool:
             batch = worker.batches[0][1]
             n = len(batch.tasks) if batch.tasks is not None else 0
             running = f" while running tasks {batch.start}..{batch.start + n - 1}"
+        server = fork_server_pid() \
+            if self.context.get_start_method() == "forkserver" else None
+        if code == 255 and server is not None and _gone(server):
+            # multiprocessing reports 255 for every worker of a fork server
+            # that died: the workers may well be running still.
+            what = (f"The multiprocessing fork server (pid {server}), which "
+                    "started the joblib_fast worker processes and reports "
+                    f"their exit, died unexpectedly{running}")
+        else:
+            what = (f"A joblib_fast worker process (pid {worker.pid}) died "
+                    f"unexpectedly {_describe_exit(code)}{running}")
         error = TerminatedWorkerError(
-            f"A joblib_fast worker process (pid {worker.pid}) died "
-            f"unexpectedly {_describe_exit(code)}{running}. The pool was "
-            "discarded; the next call starts fresh workers.")
+            f"{what}. The pool was discarded; the next call starts fresh "
+            "workers.")
         self.broken = error
         self.terminate()
         raise error
@@ -388,8 +436,8 @@ class ProcessPool:
         self.closed = True
         for w in self.workers:
             w.close_conn()
-            if w.process.is_alive():
-                w.process.terminate()
+        # Each worker with the processes its tasks started (tree.py).
+        terminate_trees([w.pid for w in self.workers if w.running()])
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for w in self.workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
@@ -399,6 +447,12 @@ class ProcessPool:
 
     def _kill_remaining(self) -> None:
         self._reaped = True
+        lingering = [w.pid for w in self.workers if w.running()]
+        for pid in descendants(lingering) + lingering:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         for w in self.workers:
             if w.process.is_alive():
                 w.process.kill()

@@ -11,7 +11,7 @@ parent -> worker   task: ``TASK_HEAD (key, kind, out_threshold, n_buffers)``
     keyword arguments: the common ``delayed(f)(x)`` case, smaller to send);
     kind ``GENERAL``: ``payload = [(func, args, kwargs), ...]``;
     ``out_threshold``: result arrays larger than this many bytes go back
-    through shared memory (``arrays_out.ResultPacker``); -1: never.
+    through shared memory (``arrays_out.ResultPacker``); ``NEVER``: never.
 worker -> parent   reply: ``REPLY_HEAD (key, status, duration, n_buffers,
     n_fds)`` followed by the pickled data, then ``n_fds`` descriptors
     (shared-memory results), then ``n_buffers`` buffer frames;
@@ -55,6 +55,9 @@ PROTOCOL = 5
 UNIFORM, GENERAL = 0, 1                 # task kinds
 OK, TASK_ERROR, SEND_ERROR = 0, 1, 2    # reply statuses
 TASK_HEAD = struct.Struct("<qBqI")
+# out_threshold meaning "no result through shared memory" (no array has
+# more bytes than this).
+NEVER = (1 << 63) - 1
 REPLY_HEAD = struct.Struct("<qBdII")
 
 _LEN = struct.Struct("!i")

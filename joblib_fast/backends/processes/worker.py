@@ -11,7 +11,6 @@ and array modules, ``joblib_fast._context`` and ``backends.base``.
 from __future__ import annotations
 
 import os
-import pickle
 import queue
 import signal
 import sys
@@ -24,7 +23,7 @@ from ..base import ThreadingBackend
 from . import wire
 from .arrays_in import worker_idle
 from .arrays_out import ResultPacker
-from .pickling import dumps, dumps_any, find_unpicklable
+from .pickling import dumps, dumps_any, dumps_exception, find_unpicklable
 from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
 
 
@@ -41,11 +40,8 @@ def _reader(fd: int, inbox: queue.SimpleQueue) -> None:
 
 def _error_message(index: int, exc: BaseException):
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        blob = dumps_any(exc, passthrough=())[0]
-        pickle.loads(blob)  # an exception that cannot come back is described
-    except Exception:  # noqa: BLE001 - any pickling failure
-        blob = None
+    # None: an exception that cannot come back is described instead.
+    blob = dumps_exception(exc)
     return (index, blob, type(exc).__qualname__, str(exc), tb)
 
 
@@ -98,7 +94,7 @@ class _Replier:
         return self._sock
 
     def reply(self, key: int, status: int, data, duration: float,
-              threshold: int = -1) -> None:
+              threshold: int = wire.NEVER) -> None:
         try:
             blob, buffers, fds = self._pack(data, threshold)
         except Exception as exc:  # noqa: BLE001 - any pickling failure
@@ -123,25 +119,8 @@ def _unpicklable_result(status: int, data, exc: BaseException):
     return (index, message)
 
 
-def main(conn, env: dict, inherited=()) -> None:
-    """Serve batches from ``conn`` until it closes.
-
-    ``inherited``: the parent's ends of other workers' pipes that a forked
-    child got a copy of; closed at once."""
-    for other in inherited:
-        other.close()
-    os.environ.update(env)
-    # Ctrl-C in a terminal reaches the whole process group: the parent
-    # decides what stops; workers are stopped by it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Nested calls in a worker get threads at the first nesting level (what
-    # ProcessBackend.get_nested_backend gives), sequential beyond.
-    set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
-
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
-                     name="joblib_fast-worker-reader").start()
-    replier = _Replier(conn)
+def _serve(inbox: queue.SimpleQueue, replier: _Replier) -> None:
+    """Run each batch of the inbox and reply, until the inbox ends."""
     while True:
         if inbox.empty():
             worker_idle()  # nothing queued: unmap the inputs
@@ -166,5 +145,32 @@ def main(conn, env: dict, inherited=()) -> None:
         replier.reply(key, status, data, time.perf_counter() - start,
                       threshold)
         del data
+
+
+def main(conn, env: dict, inherited=()) -> None:
+    """Serve batches from ``conn`` until it closes.
+
+    ``inherited``: the parent's ends of other workers' pipes that a forked
+    child got a copy of; closed at once."""
+    for other in inherited:
+        other.close()
+    os.environ.update(env)
+    # Ctrl-C in a terminal reaches the whole process group: the parent
+    # decides what stops; workers are stopped by it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Nested calls in a worker get threads at the first nesting level (what
+    # ProcessBackend.get_nested_backend gives), sequential beyond.
+    set_config(dict(DEFAULT_CONFIG, backend=ThreadingBackend(nesting_level=1)))
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
+                     name="joblib_fast-worker-reader").start()
+    replier = _Replier(conn)
+    try:
+        _serve(inbox, replier)
+    except (BrokenPipeError, ConnectionResetError):
+        # The parent closed our pipe: it stopped the pool (a failed call,
+        # a dead sibling) or is gone.  Nothing for the user's stderr.
+        pass
     conn.close()
     sys.exit(0)
