@@ -220,6 +220,21 @@ def _open_joblib_like(module: str, backend: str, n_jobs: int):
 
 
 @contextlib.contextmanager
+def _open_joblib_on_fast(kind: str, n_jobs: int):
+    """joblib.Parallel on joblib_fast's pools (issue 11): the process
+    backend by its registered name, the thread backend as an instance
+    (it is registered only as joblib's "threading")."""
+    import joblib
+
+    import joblib_fast
+    from joblib_fast.joblib_backend import FastThreadingBackend
+    backend = joblib_fast.register_joblib_backend() if kind == "processes" \
+        else FastThreadingBackend()
+    with joblib.Parallel(n_jobs=n_jobs, backend=backend) as par:
+        yield lambda func, items: par(joblib.delayed(func)(x) for x in items)
+
+
+@contextlib.contextmanager
 def _open_executor(cls_name: str, n_jobs: int):
     import concurrent.futures
     cls = getattr(concurrent.futures, cls_name)
@@ -317,6 +332,9 @@ PEERS: dict[str, Peer] = {peer.name: peer for peer in (
          ("joblib_fast",)),
     Peer("joblib[threading]", "joblib.Parallel(backend='threading')",
          partial(_open_joblib_like, "joblib", "threading"), ("joblib",)),
+    Peer("joblib->jf[threading]",
+         "joblib.Parallel on joblib_fast's threads (register_joblib_backend)",
+         partial(_open_joblib_on_fast, "threads"), ("joblib", "joblib_fast")),
     Peer("ThreadPoolExecutor", "concurrent.futures, ex.map (no chunking)",
          partial(_open_executor, "ThreadPoolExecutor"),
          ("concurrent.futures",)),
@@ -327,6 +345,9 @@ PEERS: dict[str, Peer] = {peer.name: peer for peer in (
          partial(_open_joblib_like, "joblib_fast", "loky"), ("joblib_fast",)),
     Peer("joblib[loky]", "joblib.Parallel(backend='loky')",
          partial(_open_joblib_like, "joblib", "loky"), ("joblib",)),
+    Peer("joblib->jf[loky]",
+         "joblib.Parallel on joblib_fast's processes (register_joblib_backend)",
+         partial(_open_joblib_on_fast, "processes"), ("joblib", "joblib_fast")),
     Peer("joblib[multiprocessing]", "joblib.Parallel(backend='multiprocessing')",
          partial(_open_joblib_like, "joblib", "multiprocessing"), ("joblib",)),
     Peer("ProcessPoolExecutor", "concurrent.futures, ex.map chunked (fork)",
@@ -345,8 +366,10 @@ PEERS: dict[str, Peer] = {peer.name: peer for peer in (
 )}
 
 THREAD_PEERS = ("joblib_fast[threading]", "joblib[threading]",
+                "joblib->jf[threading]",
                 "ThreadPoolExecutor", "mp.ThreadPool")
-PROCESS_PEERS = ("joblib_fast[loky]", "joblib[loky]", "joblib[multiprocessing]",
+PROCESS_PEERS = ("joblib_fast[loky]", "joblib[loky]", "joblib->jf[loky]",
+                 "joblib[multiprocessing]",
                  "ProcessPoolExecutor", "mp.Pool", "mpire")
 NUMPY_PEERS = ("joblib_fast[loky]", "joblib[loky]", "mp.Pool")
 DASK_PEERS = ("joblib_fast[dask]", "joblib[dask]")

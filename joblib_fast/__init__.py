@@ -31,6 +31,7 @@ are for optional third-party packages (numpy, cloudpickle, tqdm, dask,
 joblib).  One documented exception: ``SequentialBackend.get_nested_backend``
 imports ``config`` (its nested backend is "whatever is active here").
 """
+import importlib
 import os
 
 from ._core import delayed
@@ -56,6 +57,21 @@ def get_include() -> str:
                         "include")
 
 
+def register_joblib_backend(name: str = "joblib_fast",
+                            replace_builtin: bool = False) -> str:
+    """Run ``joblib.Parallel`` (and scikit-learn...) on joblib_fast's pools.
+
+    Registers joblib_fast's process backend under ``name`` with
+    ``joblib.register_parallel_backend``; with ``replace_builtin=True``
+    joblib's ``"loky"``, ``"multiprocessing"`` and ``"threading"`` names run
+    on joblib_fast too.  Returns ``name``.  Needs joblib (the ``joblib``
+    extra); importing joblib_fast does not import it.  See
+    :func:`joblib_fast.joblib_backend.register_joblib_backend`.
+    """
+    module = importlib.import_module(".joblib_backend", __name__)
+    return module.register_joblib_backend(name, replace_builtin)
+
+
 __all__ = [
     "Parallel",
     "delayed",
@@ -68,5 +84,6 @@ __all__ = [
     "TaskError",
     "TerminatedWorkerError",
     "RemoteTraceback",
+    "register_joblib_backend",
     "get_include",
 ]

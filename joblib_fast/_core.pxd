@@ -47,6 +47,8 @@ cdef class Batch:
     cdef readonly Py_ssize_t start
     cdef readonly list tasks
     cdef public object results
+    # The batch's own error, kept only when its call has stop_on_error off.
+    cdef object error
     # Monotonic time the task now running started, 0.0 when none runs.
     # Written by the worker, read by the caller's timeout check (a benign race
     # on an aligned double: it is only compared against a deadline).
@@ -87,6 +89,9 @@ cdef class Call:
     cdef readonly int track_start        # workers record task start times
     cdef object on_result                # callback(index, value) or None
     cdef bint thread_pool                # pool is a ThreadPool: fast submit
+    # False for push-style calls: a batch's error is the batch's, it does
+    # not abort the call (see push / take_done).
+    cdef bint stop_on_error
 
     cdef Py_ssize_t _auto_size(self)
     cdef list _newly_done(self)

@@ -144,6 +144,7 @@ cdef class Batch:
         self.start = start
         self.tasks = tasks
         self.results = None
+        self.error = None
         self.task_started = 0.0
 
     @cython.boundscheck(False)
@@ -211,7 +212,7 @@ cdef class Call:
     def __init__(self, pool, iterable, *, Py_ssize_t pre_dispatch,
                  Py_ssize_t batch_size=0, double target_duration=0.002,
                  timeout=None, on_result=None, Py_ssize_t n_workers=0,
-                 Py_ssize_t total=-1):
+                 Py_ssize_t total=-1, bint stop_on_error=True):
         if pre_dispatch < 1:
             raise ValueError("pre_dispatch must be at least 1")
         if batch_size < 0:
@@ -230,6 +231,7 @@ cdef class Call:
         self.error_index = -1
         self.n_workers = n_workers
         self.total = total
+        self.stop_on_error = stop_on_error
 
     # ----------------------------------------------------------- workers
 
@@ -239,8 +241,10 @@ cdef class Call:
         cdef int rc
         batch.results = results
         batch.tasks = None
+        if not self.stop_on_error:
+            batch.error = error
         jf_mutex_lock(&self.lock)
-        if error is not None and self.error is None:
+        if error is not None and self.error is None and self.stop_on_error:
             self.error = error
             self.error_index = error_index
             self.aborted = 1
@@ -502,6 +506,53 @@ cdef class Call:
                 for k, value in enumerate(batch.results):
                     self.on_result(batch.start + k, value)
         return 0
+
+    # ------------------------------------------------------ push-style
+
+    def push(self, list tasks):
+        """Make one batch of ``tasks`` and submit it to the pool, for a
+        caller that hands batches over itself instead of giving an
+        iterable (``joblib_backend``: joblib's Parallel decides the
+        batches).  Returns the :class:`Batch`; :meth:`take_done` reports
+        it once it has finished.  Any thread, one at a time."""
+        cdef int64_t batch_id
+        cdef Batch batch
+        cdef int rc
+        jf_mutex_lock(&self.lock)
+        rc = jf_order_add(&self.order, &batch_id)
+        jf_mutex_unlock(&self.lock)
+        if rc:
+            raise MemoryError()
+        batch = Batch(self, batch_id, self.n_tasks, tasks)
+        self.n_tasks += len(tasks)
+        self.batches.append(batch)
+        if self.thread_pool:
+            (<ThreadPool>self.pool).submit(batch)
+        else:
+            self.pool.submit(batch)
+        return batch
+
+    def take_done(self):
+        """The pushed batches finished since the last call, in completion
+        order, as ``(batch, results, error)``: ``results`` is None when the
+        batch did not run to the end, and ``error`` is then its error (with
+        ``stop_on_error``: the first error of the call), or None when the
+        call was aborted before the batch ran.  The batches are released.
+        One thread at a time."""
+        cdef list out = []
+        cdef Batch batch
+        cdef object error
+        for b in self._newly_done():
+            batch = <Batch>self.batches[b]
+            self.batches[b] = None
+            results, batch.results = batch.results, None
+            error, batch.error = batch.error, None
+            if results is None and error is None:
+                jf_mutex_lock(&self.lock)
+                error = self.error
+                jf_mutex_unlock(&self.lock)
+            out.append((batch, results, error))
+        return out
 
     def start(self):
         """Dispatch the first batches (before the user asks for results)."""

@@ -20,6 +20,25 @@ def test_progress_section_examples_run(index, capsys, monkeypatch):
     assert captured.out or captured.err
 
 
+def test_joblib_section_example_runs(capsys):
+    import joblib
+    from joblib._parallel_backends import (
+        LokyBackend,
+        MultiprocessingBackend,
+        ThreadingBackend,
+    )
+    blocks = readme_python_blocks("Using joblib_fast from joblib and scikit-learn")
+    assert len(blocks) == 1
+    try:
+        exec(compile(blocks[0], "README joblib block", "exec"), {})  # noqa: S102
+    finally:  # joblib's own backends back under their names
+        joblib.register_parallel_backend("loky", LokyBackend)
+        joblib.register_parallel_backend("multiprocessing",
+                                         MultiprocessingBackend)
+        joblib.register_parallel_backend("threading", ThreadingBackend)
+    assert capsys.readouterr().out.splitlines()[-1] == "[0, 1, 2, 3, 4]"
+
+
 def test_dask_section_example_runs(capsys):
     pytest.importorskip("distributed")  # in the test extra: runs in CI
     blocks = readme_python_blocks("Running on a dask cluster")

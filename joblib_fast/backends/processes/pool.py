@@ -399,6 +399,41 @@ class ProcessPool:
 
     # -------------------------------------------------------- lifetime
 
+    def stop_running(self) -> list[int]:
+        """Drop what runs and keep the idle workers: batches not sent yet
+        are reported as skipped, the workers running a batch are killed
+        and replaced by fresh ones.  Returns the pids killed."""
+        while self.queue:
+            batch = self.queue.popleft()
+            batch.call.complete(batch, None)
+        busy = [w for w in self.workers if w.batches]
+        if not busy or self.closed:
+            return []
+        self.workers = [w for w in self.workers if not w.batches]
+        for w in busy:
+            w.close_conn()
+        # Each busy worker with the processes its task started (tree.py).
+        pids = [w.pid for w in busy if w.running()]
+        for pid in descendants(pids) + pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for w in busy:
+            w.process.join(SHUTDOWN_GRACE)
+            try:
+                w.process.close()
+            except ValueError:  # still running: reaped by the OS later
+                pass
+        try:
+            for _ in busy:
+                self._spawn()
+        except BaseException as exc:
+            self.broken = exc
+            self.terminate()
+            raise
+        return [w.pid for w in busy]
+
     def shutdown(self, wait: bool = True) -> None:
         """End of a call or of a ``with`` block: a healthy reusable pool
         stays for the next call; anything else is stopped."""
@@ -497,6 +532,11 @@ class ProcessLease:
         else:
             # Never carry a failed call's leftovers into the next call.
             self.shutdown(wait=not abandons_running_tasks(error))
+
+    def stop_running(self) -> list[int]:
+        """Abort what this lease runs without stopping the idle workers
+        (see :meth:`ProcessPool.stop_running`); the lease goes on."""
+        return self.process_pool.stop_running()
 
     def shutdown(self, wait: bool = True) -> None:
         if not self._released:
