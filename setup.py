@@ -19,6 +19,15 @@ DIRECTIVES = {
 HEADERS = sorted(glob("src_c/*.h"))
 
 extensions = [
+    # The worker threads and the parallel_for C API (its public header is
+    # under joblib_fast/include, shipped for users' builds).
+    Extension(
+        "joblib_fast._threads",
+        ["joblib_fast/_threads.pyx"],
+        include_dirs=["src_c", "joblib_fast/include"],
+        depends=HEADERS + ["joblib_fast/include/joblib_fast/parallel_for.h"],
+        extra_compile_args=["-O2"],
+    ),
     Extension(
         "joblib_fast._core",
         ["joblib_fast/_core.pyx"],

@@ -8,6 +8,7 @@ measured side by side are the figures, never the absolute times.
 
     PYTHONPATH=. python benchmarks/bench.py --quick
     PYTHONPATH=. python benchmarks/bench.py --only noop,nogil10us --json out.json
+    python benchmarks/bench.py --only pfor      # parallel_for vs prange, loop
 
 Pools are warm (created once, one warm-up call) unless the workload is
 "cold": then pool creation is inside the timed region; pool teardown never
@@ -34,7 +35,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_pfor  # noqa: E402 - the folder of this script, first
+
 MB = 1 << 20
+# The parallel_for section (benchmarks/bench_pfor.py): its own table.
+PFOR = "pfor"
 
 # ------------------------------------------------------------------ tasks
 # Defined at module top level so that process peers can pickle them.
@@ -895,19 +901,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fewer repeats and smaller sizes (< 1 minute)")
     parser.add_argument("--only", default="",
                         help="comma-separated workloads: "
-                        + ",".join(list(WORKLOADS) + list(GROUPS)))
+                        + ",".join(list(WORKLOADS) + list(GROUPS) + [PFOR]))
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--json", metavar="FILE",
                         help="also write the results to FILE")
     parser.add_argument("--coldstart-child", metavar="PEER",
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    names = [n for n in args.only.split(",") if n] or list(WORKLOADS)
+    names = [n for n in args.only.split(",") if n] or \
+        list(WORKLOADS) + [PFOR]
     names = [w for n in names for w in GROUPS.get(n, (n,))]
-    unknown = [n for n in names if n not in WORKLOADS]
+    unknown = [n for n in names if n not in WORKLOADS and n != PFOR]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from "
-                     f"{', '.join(WORKLOADS)}")
+                     f"{', '.join(list(WORKLOADS) + [PFOR])}")
     args.workloads = names
     return args
 
@@ -932,14 +939,21 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print_header(info, ctx)
     rows: list[Row] = []
+    pfor_rows: list[dict] = []
     for name in args.workloads:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        rows.extend(run_workload(WORKLOADS[name], ctx))
+        if name == PFOR:
+            pfor_rows = bench_pfor.run(ctx.n_jobs, ctx.quick)
+        else:
+            rows.extend(run_workload(WORKLOADS[name], ctx))
         print(f"  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr,
               flush=True)
-    print_table(rows)
-    print_legend(rows, ctx)
+    if rows:
+        print_table(rows)
+        print_legend(rows, ctx)
+    if pfor_rows:
+        bench_pfor.print_rows(pfor_rows, ctx.n_jobs)
     elapsed = time.perf_counter() - started
     print(f"total run time {elapsed:.0f} s; load at the end {_load()}")
     if args.json:
@@ -949,7 +963,8 @@ def main(argv: list[str] | None = None) -> int:
                        "calibration": {"burn": ctx.burn_k,
                                        "spin_per_ms": ctx.spin_per_ms},
                        "elapsed_s": elapsed, "load_at_end": _load(),
-                       "rows": [row.__dict__ for row in rows]}, f, indent=1)
+                       "rows": [row.__dict__ for row in rows],
+                       "parallel_for": pfor_rows}, f, indent=1)
     return 0
 
 

@@ -21,6 +21,7 @@ so.  A module may import its own layer or any layer below it::
     backends.base                   ParallelBackendBase, sequential, threading
     backends.native                 the pool contract (CallOptions, Pool)
     _core, _kernels                 compiled: dispatch core, test kernels
+    _threads                        compiled: the worker threads, parallel_for
     _context                        thread-local settings, n_jobs rules
     _cpu, _gc, _progress, _args, errors
                                     leaves: no package imports but these
@@ -31,6 +32,7 @@ joblib).  One documented exception: ``SequentialBackend.get_nested_backend``
 imports ``config`` (its nested backend is "whatever is active here").
 """
 import importlib
+import os
 
 from ._core import delayed
 from .backends.base import ParallelBackendBase
@@ -51,6 +53,13 @@ from .parallel import Parallel
 
 __version__ = "0.1.0"
 
+
+def get_include() -> str:
+    """The folder to add to ``include_dirs`` when building a Cython module
+    that does ``from joblib_fast.parallel_for cimport ...`` (it holds
+    ``joblib_fast/parallel_for.h``; nothing to link)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "include")
 
 
 def register_joblib_backend(name: str = "joblib_fast",
@@ -82,4 +91,5 @@ __all__ = [
     "RemoteTraceback",
     "ParallelTimeoutError",
     "register_joblib_backend",
+    "get_include",
 ]

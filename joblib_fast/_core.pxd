@@ -2,6 +2,8 @@
 from libc.stdint cimport int64_t
 from cpython.object cimport PyObject
 
+from ._threads cimport Lease, WorkerPool
+
 
 cdef extern from "jf_sync.h" nogil:
     ctypedef struct jf_mutex_t:
@@ -104,19 +106,8 @@ cdef class Call:
                            object error, Py_ssize_t error_index) except -1
 
 
-cdef class ThreadPool:
-    # `lock` guards the queue fields, `closing` and `n_alive`.
-    cdef jf_mutex_t lock
-    cdef jf_cond_t work              # a batch was queued, or closing
-    cdef PyObject **queue            # [lock] ring of owned Batch references
-    cdef Py_ssize_t head             # [lock]
-    cdef Py_ssize_t count            # [lock]
-    cdef Py_ssize_t capacity         # [lock]
-    cdef int closing                 # [lock]
-    cdef int n_alive                 # [lock]
+cdef class ThreadPool(Lease):
     cdef readonly int n_threads
-    cdef readonly list threads
-    cdef object initializer          # run first in each thread
+    cdef readonly bint shared        # a lease on the process-wide pool
 
     cdef int submit(self, Batch batch) except -1
-    cdef int alive(self)

@@ -2,6 +2,7 @@
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
+from ._threads import Lease
 from .errors import TaskError as TaskError
 
 Task = tuple[Callable[..., Any], tuple, dict]
@@ -59,13 +60,13 @@ class Call:
     def iter_ordered(self) -> Iterator[Any]: ...
     def iter_unordered(self) -> Iterator[Any]: ...
 
-class ThreadPool:
+class ThreadPool(Lease):
     n_threads: int
+    shared: bool
     threads: list
-    closed: bool
-    n_alive: int
     def __init__(self, n_threads: int, name: str = ...,
-                 initializer: Callable[[], Any] | None = ...) -> None: ...
+                 initializer: Callable[[], Any] | None = ...,
+                 shared: bool = ...) -> None: ...
     @property
     def n_jobs(self) -> int: ...
     def wait(self, call: Call, seconds: float) -> None: ...

@@ -4,7 +4,8 @@ One ``Parallel.__call__`` is one :class:`Call`.  Its data flow::
 
     user iterable --(caller thread only: Call._feed, at most pre_dispatch
                      batches in flight)--> Batch(id, start, tasks)
-        --> pool.submit(batch)          ThreadPool: a C ring of Batch refs
+        --> pool.submit(batch)          ThreadPool: a lease on the worker
+                                        threads (_threads.pyx), a C ring
                                         process pool: pickled over a pipe
         --> worker: Batch.run           per task: f(*args, **kwargs), store
         --> Call._finish_batch          under Call.lock: results kept, order
@@ -20,23 +21,23 @@ a batch lasts about ``target_duration`` seconds (the batch sizer), and grows
 at most twofold per batch so that one fast first task cannot make one huge
 batch.
 
-Locks: Call.lock and ThreadPool.lock are C mutexes.  They are taken either
+Locks: Call.lock and the worker pool's lock are C mutexes.  They are taken either
 with the GIL held (and then released before the GIL is released) or without
 the GIL (and then never held while acquiring the GIL), so they cannot
 deadlock against the GIL, and they keep the shared state right without
 relying on the GIL.
 """
 
-import threading
-
 from .errors import ParallelTimeoutError, TaskError, abandons_running_tasks
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.object cimport PyObject, PyObject_Call
-from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.object cimport PyObject_Call
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
+
+# in_worker_thread is re-exported: tests and users ask the core for it.
+from ._threads import in_worker_thread, shared_workers  # no-cython-lint
 
 # The caller sleeps in C at most this long before it looks for Ctrl-C and
 # for timed-out tasks again.
@@ -46,13 +47,6 @@ cdef double SIGNAL_POLL_SECONDS = 0.05
 cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
 
 cdef object _NO_ITEM = object()
-
-_thread_state = threading.local()
-
-
-def in_worker_thread():
-    """True when called from a task run by a joblib_fast worker thread."""
-    return getattr(_thread_state, "in_worker", False)
 
 
 cdef object _bad_task(object item, Py_ssize_t index):
@@ -669,67 +663,38 @@ cdef class Call:
 
 
 @cython.final
-cdef class ThreadPool:
-    """Persistent worker threads running :class:`Batch` objects.
+cdef class ThreadPool(Lease):
+    """The threading backend's pool: :class:`Batch` objects run by worker
+    threads (``_threads.WorkerPool``), at most ``n_threads`` at once.
 
-    Threads wait for work in ``with nogil`` on a C condition variable and
-    hold the GIL only to run the tasks and record the results.
+    ``shared=True``: a lease on the process-wide pool that parallel_for
+    uses too (the threading backend's pools); ``initializer`` then runs in
+    a thread before it runs this pool's first batch.  Otherwise the pool
+    has threads of its own named ``name-0``, ``name-1``, ..., which run
+    ``initializer`` when they start.
     """
 
-    def __cinit__(self):
-        jf_mutex_init(&self.lock)
-        jf_cond_init(&self.work)
-        self.queue = NULL
-
-    def __dealloc__(self):
-        cdef Py_ssize_t i
-        if self.queue != NULL:
-            for i in range(self.count):
-                Py_DECREF(<object>self.queue[(self.head + i) % self.capacity])
-            free(self.queue)
-        jf_cond_destroy(&self.work)
-        jf_mutex_destroy(&self.lock)
-
     def __init__(self, int n_threads, str name="joblib_fast-thread",
-                 initializer=None):
+                 initializer=None, bint shared=False):
         if n_threads < 1:
             raise ValueError(f"n_threads must be at least 1, got {n_threads}")
-        self.capacity = 64
-        self.queue = <PyObject **>malloc(self.capacity * sizeof(PyObject *))
-        if self.queue == NULL:
-            raise MemoryError()
         self.n_threads = n_threads
-        self.initializer = initializer
-        self.threads = []
-        jf_mutex_lock(&self.lock)
-        self.n_alive = n_threads
-        jf_mutex_unlock(&self.lock)
-        for i in range(n_threads):
-            t = threading.Thread(target=self._worker_main,
-                                 name=f"{name}-{i}", daemon=True)
-            self.threads.append(t)
-        started = 0
-        try:
-            for t in self.threads:
-                t.start()
-                started += 1
-        finally:
-            if started < n_threads:
-                jf_mutex_lock(&self.lock)
-                self.n_alive = started
-                jf_mutex_unlock(&self.lock)
-                self.shutdown(wait=True)
+        self.shared = shared
+        if shared:
+            self.open(shared_workers(), n_threads, initializer, True)
+        else:
+            workers = WorkerPool(name, n_threads, initializer)
+            try:
+                workers.ensure(n_threads)
+            except BaseException:
+                workers.shutdown(wait=True)
+                raise
+            self.open(workers, n_threads, None, False)
 
     @property
-    def closed(self):
-        return bool(self.closing)
-
-    @property
-    def n_alive(self):
-        jf_mutex_lock(&self.lock)
-        n = self.n_alive
-        jf_mutex_unlock(&self.lock)
-        return n
+    def threads(self):
+        """The threads that may run this pool's batches, alive now."""
+        return self.workers.threads
 
     @property
     def n_jobs(self):
@@ -746,100 +711,32 @@ cdef class ThreadPool:
         return None
 
     def end_call(self, error):
-        """After a failed call the threads are not reused (a task of
-        the call may still run); see abandons_running_tasks for when they
-        are not waited for."""
+        """After a failed call the pool is not reused (a task of the call
+        may still run); see abandons_running_tasks for when it is not
+        waited for."""
         if error is not None:
             self.shutdown(wait=not abandons_running_tasks(error))
 
-    cdef int alive(self):
-        cdef int n
-        jf_mutex_lock(&self.lock)
-        n = self.n_alive
-        jf_mutex_unlock(&self.lock)
-        return n
-
     cdef int submit(self, Batch batch) except -1:
-        cdef PyObject **grown
-        cdef Py_ssize_t i, cap
-        jf_mutex_lock(&self.lock)
-        if self.closing:
-            jf_mutex_unlock(&self.lock)
-            raise RuntimeError("the thread pool is shut down")
-        if self.count == self.capacity:
-            cap = self.capacity * 2
-            grown = <PyObject **>malloc(cap * sizeof(PyObject *))
-            if grown == NULL:
-                jf_mutex_unlock(&self.lock)
-                raise MemoryError()
-            for i in range(self.count):
-                grown[i] = self.queue[(self.head + i) % self.capacity]
-            free(self.queue)
-            self.queue = grown
-            self.head = 0
-            self.capacity = cap
-        Py_INCREF(batch)
-        self.queue[(self.head + self.count) % self.capacity] = <PyObject *>batch
-        self.count += 1
-        jf_cond_signal(&self.work)
-        jf_mutex_unlock(&self.lock)
+        return self.submit_item(batch)
+
+    cdef int run_item(self, object item) except -1:
+        cdef Batch batch = <Batch>item
+        try:
+            batch.run()
+        except BaseException as exc:
+            # Only an internal failure gets here; never let the caller
+            # wait for a batch that will not finish.
+            batch.call.abort(exc)
         return 0
 
-    def _worker_main(self):
-        cdef PyObject *item
-        cdef Batch batch
-        _thread_state.in_worker = True
-        try:
-            if self.initializer is not None:
-                try:
-                    self.initializer()
-                except BaseException:
-                    # The thread still serves; the failure is reported.
-                    import traceback
-                    traceback.print_exc()
-            while True:
-                with nogil:
-                    jf_mutex_lock(&self.lock)
-                    while self.count == 0 and not self.closing:
-                        jf_cond_wait(&self.work, &self.lock)
-                    if self.count == 0:
-                        item = NULL
-                    else:
-                        item = self.queue[self.head]
-                        self.head = (self.head + 1) % self.capacity
-                        self.count -= 1
-                    jf_mutex_unlock(&self.lock)
-                if item == NULL:
-                    break
-                batch = <Batch>item
-                Py_DECREF(batch)  # the queue's reference; `batch` holds one
-                try:
-                    batch.run()
-                except BaseException as exc:
-                    # Only an internal failure gets here; never let the
-                    # caller wait for a batch that will not finish.
-                    batch.call.abort(exc)
-                batch = None
-        finally:
-            jf_mutex_lock(&self.lock)
-            self.n_alive -= 1
-            jf_mutex_unlock(&self.lock)
-
     def shutdown(self, wait=True, timeout=None):
-        """Stop the threads after the queued batches; join them if `wait`.
-
-        Returns True when every thread has exited."""
-        jf_mutex_lock(&self.lock)
-        self.closing = 1
-        jf_cond_broadcast(&self.work)
-        jf_mutex_unlock(&self.lock)
-        if not wait:
-            return self.n_alive == 0
-        me = threading.current_thread()
-        for t in self.threads:
-            if t is not me and t.ident is not None:
-                t.join(timeout)
-        return all(not t.is_alive() for t in self.threads)
+        """No more batches; the queued ones still run.  A pool of its own
+        stops its threads (joined if `wait`).  True when done."""
+        done = self.close(wait, timeout)
+        if not self.shared:
+            return self.workers.shutdown(wait, timeout)
+        return done
 
 
 # ------------------------------------------------------------ sequential

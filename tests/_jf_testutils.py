@@ -41,11 +41,21 @@ INFRASTRUCTURE_THREADS = []
 DASK_NO_HTTP_PORT = {"dashboard_address": "127.0.0.1:0"}
 
 
+def shared_threads():
+    """The threads of the process-wide pool (the threading backend's and
+    parallel_for's): they outlive calls by design."""
+    from joblib_fast import _threads
+    return _threads.shared_pool_threads()
+
+
 def worker_threads():
-    """joblib_fast worker threads alive now and started during this test."""
+    """joblib_fast worker threads alive now and started during this test,
+    other than the shared pool's (which outlive calls by design; conftest
+    stops them after each test)."""
+    shared = set(shared_threads())
     return [t for t in threading.enumerate()
             if t.name.startswith(WORKER_THREAD_PREFIX) and t.is_alive()
-            and t not in BASELINE_THREADS]
+            and t not in BASELINE_THREADS and t not in shared]
 
 
 def wait_no_worker_threads(seconds=GRACE_SECONDS):

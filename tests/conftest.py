@@ -235,8 +235,8 @@ def no_leaks(request):
 def isolated_config(no_leaks):
     """Undo what a test did to the backend registry and the active
     configuration, and fail the test if it left a ``parallel_config``
-    active; stop the reusable process pool (it outlives calls by design)
-    before ``no_leaks`` looks for leftovers."""
+    active; stop the reusable process pool and the shared worker threads (they
+    outlive calls by design) before ``no_leaks`` looks for leftovers."""
     from joblib_fast import _context
     from joblib_fast import config as _config
     backends = dict(_config.BACKENDS)
@@ -254,6 +254,13 @@ def isolated_config(no_leaks):
     processes = sys.modules.get("joblib_fast.backends.processes")
     if processes is not None:
         processes.shutdown_reusable_pools()
+    # The threads shared by the threading backend and parallel_for outlive
+    # calls by design: each test starts without them (and this checks that
+    # they stop).  A task stuck past its timeout may still be running:
+    # no_leaks gives it its grace period.
+    threads = sys.modules.get("joblib_fast._threads")
+    if threads is not None:
+        threads.shutdown_shared_pool(timeout=LEAK_GRACE_SECONDS)
     assert not leaked_config, "the test left a parallel_config active"
 
 

@@ -19,6 +19,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 LAYERS = [
     ("_cpu", "_gc", "_progress", "_args", "errors"),
     ("_context",),
+    ("_threads",),
     ("_core", "_kernels"),
     ("backends.native",),
     ("backends.base",),

@@ -7,15 +7,17 @@ import time
 
 import pytest
 from _jf_testutils import (
+    GRACE_SECONDS,
     RETURN_AS,
     WORKER_THREAD_PREFIX,
     fail_on,
+    shared_threads,
     square,
     wait_no_worker_threads,
     worker_threads,
 )
 
-from joblib_fast import Parallel, _kernels, delayed, parallel_config
+from joblib_fast import Parallel, _kernels, _threads, delayed, parallel_config
 from joblib_fast._core import in_worker_thread
 
 BARRIER_SECONDS = 10.0
@@ -111,7 +113,9 @@ def test_in_worker_thread_flag():
 @pytest.mark.parametrize("return_as", RETURN_AS)
 def test_context_manager_reuses_worker_threads(return_as):
     # Thread objects are kept (not just idents, which the OS may reuse for
-    # a new thread once an old one has ended).
+    # a new thread once an old one has ended).  The threads are the shared
+    # pool's (the threading backend and parallel_for share it): they stay
+    # alive between calls and after the block.
     calls = []
     with Parallel(n_jobs=2, backend="threading", batch_size=1,
                   return_as=return_as) as p:
@@ -120,23 +124,44 @@ def test_context_manager_reuses_worker_threads(return_as):
             assert len(out) == 30
             calls.append(out)
             # Between calls, the threads stay alive, waiting for work.
-            alive = worker_threads()
-            assert set(out) <= set(alive)
+            assert set(out) <= set(shared_threads())
         idents = [{t.ident for t in out} for out in calls]
     all_threads = set().union(*map(set, calls))
     assert len(all_threads) <= 2, all_threads
     assert len(set().union(*idents)) <= 2, idents
-    assert not any(t.is_alive() for t in all_threads)
     assert worker_threads() == []
 
 
-def test_no_context_manager_means_new_threads_per_call():
+def test_calls_without_a_with_block_reuse_the_shared_threads():
+    # Before the shared pool, each call started and joined its threads;
+    # now consecutive calls run on the same process-wide threads.
     first = set(Parallel(n_jobs=2, backend="threading")(
         delayed(whoami)(i) for i in range(10)))
-    assert not any(t.is_alive() for t in first)
     second = set(Parallel(n_jobs=2, backend="threading")(
         delayed(whoami)(i) for i in range(10)))
-    assert not first & second
+    assert first | second <= set(shared_threads())
+    assert len(first | second) <= 2
+    assert all(t.is_alive() for t in first | second)
+
+
+def test_shared_pool_grows_for_a_call_and_shrinks_back():
+    # A call with more workers than CPUs gets them all at once (a barrier
+    # of 3 passes), and the pool goes back to its base size afterwards.
+    base = _threads.shared_workers().base
+    n = base + 1
+    barrier = threading.Barrier(n, timeout=BARRIER_SECONDS)
+
+    def task(i):
+        barrier.wait()
+        return whoami(i)
+
+    out = Parallel(n_jobs=n, backend="threading", batch_size=1)(
+        delayed(task)(i) for i in range(n))
+    assert len(set(out)) == n
+    deadline = time.monotonic() + GRACE_SECONDS
+    while len(shared_threads()) > base and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(shared_threads()) <= base
 
 
 # ------------------------------------------------------------ cleanup
@@ -155,7 +180,8 @@ def test_no_thread_left_after_with_block():
     with Parallel(n_jobs=3, backend="threading") as p:
         p(delayed(square)(i) for i in range(10))
         p(delayed(square)(i) for i in range(10))
-        assert len(worker_threads()) == 3
+        # Three threads reserved for the block, from the shared pool.
+        assert len(shared_threads()) >= 3
     assert worker_threads() == []
 
 

@@ -231,8 +231,11 @@ class ThreadingBackend(PoolProvider, ParallelBackendBase):
         return resolve_n_jobs(n_jobs)
 
     def make_pool(self, n_jobs: int, options: CallOptions) -> ThreadPool:
+        # A lease on the process-wide threads that parallel_for uses too:
+        # at most n_jobs of them run this pool's batches at once; each runs
+        # the user's initializer before its first batch of this pool.
         initializer, initargs = worker_initializer(self, options)
-        return ThreadPool(n_jobs, name="joblib_fast-thread",
+        return ThreadPool(n_jobs, shared=True,
                           initializer=functools.partial(
                               _start_thread, self, n_jobs, initializer,
                               initargs))

@@ -1,0 +1,208 @@
+"""The parallel_for section of bench.py (``--only pfor``).
+
+One loop body (a dependent floating-point chain per index, its length set
+for 100 ns, 1 us or 10 us per index, or growing linearly with the index for
+a triangular load of 1 us on average) run four ways in one process run:
+
+    serial     the plain C loop
+    pfor       joblib_fast's parallel_for (C API, from a Cython module)
+    prange     Cython's prange (OpenMP; static schedule for even work,
+               guided for the triangle), when the module builds with
+               -fopenmp, else a note
+    threading  Parallel(backend="threading") over 4 * n_jobs chunks, each a
+               nogil call of the same body
+
+The kernels (pfor_kernels.pyx) are compiled at the start, in a temporary
+folder, against the installed joblib_fast: the build recipe of the README.
+Repeats are interleaved (serial, pfor, prange, threading, serial, ...) so
+that a noisy neighbour hits every peer alike; the medians are reported.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from array import array
+from functools import partial
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+SETUP = textwrap.dedent("""
+    import joblib_fast
+    from Cython.Build import cythonize
+    from setuptools import Extension, setup
+
+    flags = {flags!r}
+    setup(ext_modules=cythonize([Extension(
+        "pfor_kernels", ["pfor_kernels.pyx"],
+        include_dirs=[joblib_fast.get_include()],
+        extra_compile_args=["-O2"] + flags, extra_link_args=flags)],
+        language_level=3, quiet=True),
+        script_args=["build_ext", "--inplace"])
+""")
+
+# Total serial time of one measurement of each load (seconds).
+TARGET_SECONDS = 0.04
+
+
+def build(folder: str):
+    """Compile the kernels in `folder`; with OpenMP when it builds."""
+    shutil.copy(os.path.join(HERE, "pfor_kernels.pyx"), folder)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    errors = []
+    for flags in (["-fopenmp"], []):
+        with open(os.path.join(folder, "setup.py"), "w") as f:
+            f.write(SETUP.format(flags=flags))
+        proc = subprocess.run([sys.executable, "setup.py"], cwd=folder,
+                              env=env, capture_output=True, text=True,
+                              check=False)
+        if proc.returncode == 0:
+            sys.path.insert(0, folder)
+            return importlib.import_module("pfor_kernels"), flags
+        errors.append(proc.stderr[-2000:])
+    raise RuntimeError("building benchmarks/pfor_kernels.pyx failed:\n"
+                       + "\n".join(errors))
+
+
+def calibrate(kernels, seconds_per_index: float) -> int:
+    """Steps of the chain that last `seconds_per_index` here."""
+    out = array("d", bytes(8 * 2000))
+    reps = 64
+    while True:
+        best = min(kernels.serial(out, reps, False) for _ in range(5))
+        if best > 2e-3:
+            break
+        reps *= 2
+    return max(1, round(reps * seconds_per_index * len(out) / best))
+
+
+def run(n_jobs: int = 2, quick: bool = False) -> list[dict]:
+    """Measure every load; return one row per (load, peer)."""
+    from joblib_fast import Parallel, delayed
+
+    # Many repeats: the best ones show the machine when it is quiet.
+    repeats = 5 if quick else 15
+    folder = tempfile.mkdtemp(prefix="pfor-bench-")
+    try:
+        kernels, flags = build(folder)
+        rows = []
+        with Parallel(n_jobs=n_jobs, backend="threading") as parallel:
+            for name, per_index, tri in (("100ns", 100e-9, False),
+                                         ("1us", 1e-6, False),
+                                         ("10us", 10e-6, False),
+                                         ("triangular 1us", 1e-6, True)):
+                reps = calibrate(kernels, per_index)
+                n = max(int(TARGET_SECONDS / per_index), 4 * n_jobs)
+                if quick:
+                    n //= 4
+                out = array("d", bytes(8 * n))
+                bounds = [n * k // (4 * n_jobs) for k in range(4 * n_jobs + 1)]
+
+                def threading(out=out, reps=reps, tri=tri, bounds=bounds):
+                    t0 = time.perf_counter()
+                    parallel(delayed(kernels.chunk)(out, a, b, reps, tri)
+                             for a, b in zip(bounds, bounds[1:]))
+                    return time.perf_counter() - t0
+
+                peers = {
+                    "serial": partial(kernels.serial, out, reps, tri),
+                    "pfor": partial(kernels.pfor, out, reps, tri, n_jobs),
+                    "threading": threading,
+                }
+                if kernels.has_openmp():
+                    peers["prange"] = partial(kernels.prange_loop, out, reps,
+                                              tri, n_jobs)
+                for peer in peers.values():  # warm-up
+                    peer()
+                times = {p: [] for p in peers}
+                for _ in range(repeats):
+                    for p, peer in peers.items():
+                        times[p].append(peer())
+                for p in peers:
+                    # Each round runs every peer back to back: the ratio
+                    # within a round is the paired measurement.
+                    ratio = statistics.median(
+                        s / t for s, t in zip(times["serial"], times[p]))
+                    rows.append({"load": name, "n": n, "peer": p,
+                                 "seconds": statistics.median(times[p]),
+                                 "speedup": ratio,
+                                 "best": min(times["serial"]) / min(times[p]),
+                                 "vs_ideal": n_jobs / ratio})
+            # Dispatch cost per call: an empty body over 1,000 indices.
+            calls = 2000 if quick else 20000
+            empty = {"pfor": partial(kernels.empty_pfor, calls, 1000, n_jobs)}
+            if kernels.has_openmp():
+                empty["prange"] = partial(kernels.empty_prange, calls, 1000,
+                                          n_jobs)
+
+            def empty_threading():
+                k = 200
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    parallel(delayed(kernels.chunk)(out, 0, 0, 0, False)
+                             for _ in range(n_jobs))
+                return (time.perf_counter() - t0) / k
+
+            empty["threading"] = empty_threading
+            times = {p: [] for p in empty}
+            for _ in range(repeats):
+                for p, peer in empty.items():
+                    times[p].append(peer())
+            for p in empty:
+                rows.append({"load": "empty body", "n": 1000, "peer": p,
+                             "seconds": statistics.median(times[p]),
+                             "best_seconds": min(times[p]),
+                             "speedup": None, "vs_ideal": None})
+        for row in rows:
+            row["openmp"] = bool(flags)
+        return rows
+    finally:
+        sys.path[:] = [p for p in sys.path if p != folder]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+TARGETS = {
+    ("100ns", "pfor"): "target >= 1.8x",
+    ("1us", "pfor"): "target >= 1.9x and >= prange",
+    ("triangular 1us", "pfor"): "target <= 1.3x ideal",
+    ("empty body", "pfor"): "target <= 10 us",
+}
+
+
+def print_rows(rows: list[dict], n_jobs: int) -> None:
+    print(f"\nparallel_for (n_jobs={n_jobs}): speed-up over the serial C loop"
+          " (median over rounds of serial / peer, measured back to back;"
+          " 'best': fastest serial round / fastest peer round, what a quiet"
+          " machine gives, noise when above n_jobs); time / ideal"
+          " (serial / n_jobs); cost per call for the empty body (median,"
+          " best)")
+    if rows and not rows[0]["openmp"]:
+        print("note: the kernels did not build with -fopenmp: no prange row")
+    print(f"{'load':16} {'peer':10} {'median':>10} {'speed-up':>9} "
+          f"{'/ideal':>7} {'best':>11}  ")
+
+    def fmt(t):
+        return f"{t * 1e6:.1f} us" if t < 1e-3 else f"{t * 1e3:.2f} ms"
+
+    for row in rows:
+        speed = ideal = best = ""
+        if row["speedup"] is not None and row["peer"] != "serial":
+            speed = f"{row['speedup']:.2f}x"
+            ideal = f"{row['vs_ideal']:.2f}"
+            best = f"{row['best']:.2f}x"
+        if row["load"] == "empty body":
+            best = fmt(row["best_seconds"])
+        print(f"{row['load']:16} {row['peer']:10} {fmt(row['seconds']):>10} "
+              f"{speed:>9} {ideal:>7} {best:>11}  "
+              f"{TARGETS.get((row['load'], row['peer']), '')}")
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    print_rows(run(n), n)

@@ -1,0 +1,93 @@
+# Declarations of the worker threads (see _threads.pyx).
+from libc.stdint cimport uint64_t
+
+
+cdef extern from "jf_pool.h" nogil:
+    ctypedef int (*jf_body_t)(void *ctx, Py_ssize_t start, Py_ssize_t stop,
+                              int worker) noexcept nogil
+
+    ctypedef struct jf_job_t:
+        int limit
+
+    ctypedef struct jf_queue_t:
+        jf_job_t job
+        int closing
+        void *owner
+
+    ctypedef struct jf_range_t:
+        jf_job_t job
+        int rc
+        void *error
+
+    ctypedef struct jf_pool_t:
+        pass
+
+    int JF_NEXT_EXIT
+    int JF_NEXT_ITEM
+    int JF_NEXT_RANGE
+
+    int jf_int_load(int *p)
+    void jf_int_store(int *p, int v)
+    void *jf_ptr_load(void **p)
+    void jf_ptr_store(void **p, void *v)
+    int jf_depth_get()
+    void jf_depth_add(int d)
+
+    jf_pool_t *jf_pool_new(int keep)
+    void jf_pool_free(jf_pool_t *p)
+    int jf_pool_reserve_thread(jf_pool_t *p, int want)
+    void jf_pool_thread_gone(jf_pool_t *p)
+    int jf_pool_threads(jf_pool_t *p)
+    void jf_pool_set_keep(jf_pool_t *p, int keep)
+    void jf_pool_close(jf_pool_t *p)
+    int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item, int *worker)
+
+    void jf_queue_init(jf_queue_t *q, int limit, void *owner)
+    void jf_queue_free(jf_queue_t *q)
+    void jf_queue_start(jf_pool_t *p, jf_queue_t *q)
+    int jf_queue_push(jf_pool_t *p, jf_queue_t *q, void *item)
+    int jf_queue_done(jf_pool_t *p, jf_queue_t *q)
+    int jf_queue_close(jf_pool_t *p, jf_queue_t *q)
+    int jf_queue_wait_drained(jf_pool_t *p, jf_queue_t *q, double deadline)
+
+    void jf_range_init(jf_range_t *r, Py_ssize_t start, Py_ssize_t stop,
+                       Py_ssize_t grain, int n_workers, jf_body_t body,
+                       void *ctx)
+    int jf_range_work(jf_range_t *r, int worker, int *won)
+    int jf_range_start(jf_pool_t *p, jf_range_t *r)
+    void jf_range_leave(jf_pool_t *p, jf_range_t *r)
+    void jf_range_finish(jf_pool_t *p, jf_range_t *r)
+
+
+cdef class WorkerPool:
+    # The threads: Python threads (so that items can take the GIL) looping
+    # on jf_pool_next.  `c` is freed only once every thread has exited.
+    cdef jf_pool_t *c
+    cdef readonly str name
+    cdef object initializer          # run first in each thread, or None
+    cdef list _threads               # [plock] started Thread objects
+    cdef int counter                 # [plock] names threads name-0, name-1...
+    cdef readonly int base           # threads kept while idle, at least
+    cdef int reserved                # [plock] sum of the limits of leases
+    cdef object plock                # a threading.Lock for the [plock] fields
+    cdef bint keep_c                 # never free `c` (the shared pool's)
+
+    cdef int ensure(self, int n) except -1
+    cdef int reserve(self, int n) except -1
+
+
+cdef class Lease:
+    # A queue of items on a WorkerPool, `limit` of them running at once.
+    # While listed in the pool, the pool holds a reference to the lease.
+    cdef jf_queue_t q
+    cdef readonly WorkerPool workers
+    cdef uint64_t serial             # tells threads when they change lease
+    cdef int reserved                # threads reserved in `workers` (or 0)
+    cdef object enter                # run in a thread before its first item
+
+    cdef int open(self, WorkerPool workers, int limit, object enter,
+                  bint reserve) except -1
+    cdef int submit_item(self, object item) except -1
+    cdef int run_item(self, object item) except -1
+    cdef int unlisted(self) except -1
+    cdef int alive(self)

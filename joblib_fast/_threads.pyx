@@ -1,0 +1,560 @@
+"""The worker threads, shared by the threading backend and parallel_for.
+
+One process-wide :class:`WorkerPool` (created on first use, shut down at
+exit, replaced in a forked child) runs two kinds of job from one list, in C
+(``src_c/jf_pool.h``)::
+
+    threading backend call --Lease.submit_item(batch)--> a queue of batches,
+        at most n_jobs running at once; a thread takes the GIL to run one
+    parallel_for(start, stop, ...) from Cython --> a range; the caller is
+        worker 0 and idle threads join it: chunks are taken with an atomic
+        compare-and-swap, bodies run without the GIL
+
+A thread that runs a range never touches the GIL unless a body fails with a
+Python exception.  The pool keeps ``base`` threads (the CPU cap) and grows
+while threading calls reserve more (their n_jobs add up), then shrinks
+back: a threading call always gets its n_jobs threads, and parallel_for
+uses the threads nobody else is using, so the two never oversubscribe.
+
+Nesting: pool threads, and a thread inside parallel_for, have a C
+thread-local depth > 0: a parallel_for there runs inline.
+
+The C API for Cython code (``joblib_fast/parallel_for.pxd``) is the table
+in the capsule ``parallel_for_api``.
+"""
+
+import atexit
+import os
+import threading
+import traceback
+
+cimport cython
+from cpython.exc cimport PyErr_Fetch, PyErr_NormalizeException
+from cpython.object cimport PyObject
+from cpython.pycapsule cimport PyCapsule_New
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.errno cimport ENOMEM
+from libc.stdint cimport uint64_t
+
+from ._cpu import cpu_count
+
+
+cdef extern from "Python.h":
+    # Declared here without exception checks: the nogil paths below call
+    # them inside `with gil` and keep what they set for their caller.
+    ctypedef struct PyThreadState:
+        pass
+    PyObject *PyExc_ValueError
+    PyObject *PyExc_SystemError
+    int PyGILState_Check() nogil
+    PyThreadState *PyEval_SaveThread() nogil
+    void PyEval_RestoreThread(PyThreadState *ts) nogil
+    PyObject *PyErr_Occurred()
+    void PyErr_Clear()
+    void PyErr_SetString(PyObject *exc, const char *message)
+    void PyErr_Restore(PyObject *t, PyObject *v, PyObject *tb)
+    PyObject *PyException_GetTraceback(PyObject *exc)
+    PyObject *PyObject_Type(PyObject *o)
+    void Py_XDECREF(PyObject *o)
+
+
+cdef extern from "jf_sync.h" nogil:
+    double jf_clock_now()
+
+
+cdef extern from "joblib_fast/parallel_for.h":
+    int JF_PFOR_ABI_VERSION
+    const char *JF_PFOR_CAPSULE
+    ctypedef int (*jf_pfor_body_t)(void *ctx, Py_ssize_t start,
+                                   Py_ssize_t stop, int worker) noexcept nogil
+    ctypedef struct jf_pfor_api_t:
+        int abi_version
+        int (*parallel_for)(Py_ssize_t start, Py_ssize_t stop,
+                            Py_ssize_t grain, jf_pfor_body_t body, void *ctx,
+                            int n_workers) noexcept nogil
+        int (*max_workers)(int n_workers) noexcept nogil
+
+
+PARALLEL_FOR_ABI_VERSION = JF_PFOR_ABI_VERSION
+
+_local = threading.local()
+
+
+def in_worker_thread():
+    """True when called from one of joblib_fast's worker threads."""
+    return getattr(_local, "in_worker", False)
+
+
+# ------------------------------------------------------------------ pool
+
+
+@cython.final
+cdef class WorkerPool:
+    """Threads named ``name-0``, ``name-1``, ... serving jobs (see module
+    docstring); ``base`` of them are kept while idle."""
+
+    def __cinit__(self):
+        self.c = NULL
+
+    def __init__(self, str name, int base, initializer=None):
+        self.c = jf_pool_new(base)
+        if self.c == NULL:
+            raise MemoryError()
+        self.name = name
+        self.base = base
+        self.initializer = initializer
+        self._threads = []
+        self.plock = threading.Lock()
+
+    def __dealloc__(self):
+        # Only a pool whose threads have all exited is freed (a pool a
+        # forked child abandoned is kept alive by _ABANDONED), and never the
+        # shared pool's: a parallel_for caller may still hold its pointer.
+        if self.c != NULL and not self.keep_c and \
+                jf_pool_threads(self.c) == 0:
+            jf_pool_free(self.c)
+
+    @property
+    def threads(self):
+        """The threads alive now."""
+        with self.plock:
+            return [t for t in self._threads if t.is_alive()]
+
+    @property
+    def n_alive(self):
+        return jf_pool_threads(self.c)
+
+    cdef int ensure(self, int n) except -1:
+        """Start threads until ``n`` run (GIL held)."""
+        with self.plock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while jf_pool_reserve_thread(self.c, n):
+                t = threading.Thread(target=self._main, daemon=True,
+                                     name=f"{self.name}-{self.counter}")
+                self.counter += 1
+                try:
+                    t.start()
+                except BaseException:
+                    jf_pool_thread_gone(self.c)
+                    raise
+                self._threads.append(t)
+        return 0
+
+    cdef int reserve(self, int n) except -1:
+        """A lease of ``n`` workers opens (n > 0) or is gone (n < 0)."""
+        cdef int keep
+        with self.plock:
+            self.reserved += n
+            keep = max(self.base, self.reserved)
+        jf_pool_set_keep(self.c, keep)
+        if n > 0:
+            self.ensure(keep)
+        return 0
+
+    def _main(self):
+        """A worker thread's loop."""
+        cdef jf_pool_t *c = self.c
+        cdef jf_job_t *job = NULL
+        cdef void *item = NULL
+        cdef int worker = 0, kind
+        cdef uint64_t last = 0
+        cdef Lease lease
+        cdef bint exited = False
+        _local.in_worker = True
+        jf_depth_add(1)
+        try:
+            if self.initializer is not None:
+                try:
+                    self.initializer()
+                except BaseException:
+                    # The thread still serves; the failure is reported.
+                    traceback.print_exc()
+            while True:
+                with nogil:
+                    kind = jf_pool_next(c, &job, &item, &worker)
+                    while kind == JF_NEXT_RANGE:
+                        _help(c, <jf_range_t *>job, worker)
+                        kind = jf_pool_next(c, &job, &item, &worker)
+                if kind == JF_NEXT_EXIT:
+                    exited = True
+                    break
+                lease = <Lease>(<jf_queue_t *>job).owner
+                obj = <object>item
+                Py_DECREF(obj)  # the queue's reference; `obj` holds one
+                if lease.serial != last:
+                    last = lease.serial
+                    if lease.enter is not None:
+                        try:
+                            lease.enter()
+                        except BaseException:
+                            traceback.print_exc()
+                try:
+                    lease.run_item(obj)
+                except BaseException:
+                    traceback.print_exc()
+                obj = None
+                if jf_queue_done(c, &lease.q):
+                    lease.unlisted()
+                lease = None
+        finally:
+            if not exited:
+                jf_pool_thread_gone(c)
+
+    def shutdown(self, wait=True, timeout=None):
+        """Threads finish the queued items, then exit; join them if
+        `wait`.  True when every thread has exited."""
+        jf_pool_close(self.c)
+        me = threading.current_thread()
+        threads = self.threads
+        if wait:
+            for t in threads:
+                if t is not me:
+                    t.join(timeout)
+        return not any(t.is_alive() for t in threads if t is not me)
+
+
+# ----------------------------------------------------------------- leases
+
+
+cdef uint64_t _next_serial = 0
+
+
+cdef class Lease:
+    """Items run by a :class:`WorkerPool`'s threads, ``limit`` at once.
+
+    Subclasses say how an item runs (:meth:`run_item`, GIL held)."""
+
+    def __cinit__(self):
+        jf_queue_init(&self.q, 1, <void *>self)
+
+    def __dealloc__(self):
+        jf_queue_free(&self.q)
+
+    cdef int open(self, WorkerPool workers, int limit, object enter,
+                  bint reserve) except -1:
+        global _next_serial
+        if limit < 1:
+            raise ValueError(f"a lease needs at least 1 worker, got {limit}")
+        self.workers = workers
+        self.q.job.limit = limit
+        self.enter = enter
+        _next_serial += 1
+        self.serial = _next_serial
+        if reserve:
+            workers.reserve(limit)
+            self.reserved = limit
+        Py_INCREF(self)  # the pool's reference while the queue is listed
+        jf_queue_start(workers.c, &self.q)
+        return 0
+
+    cdef int submit_item(self, object item) except -1:
+        cdef int rc
+        Py_INCREF(item)
+        rc = jf_queue_push(self.workers.c, &self.q, <void *>item)
+        if rc:
+            Py_DECREF(item)
+            if rc == ENOMEM:
+                raise MemoryError()
+            raise RuntimeError("the thread pool is shut down")
+        return 0
+
+    cdef int run_item(self, object item) except -1:
+        raise NotImplementedError
+
+    cdef int unlisted(self) except -1:
+        """The queue left the pool's list (once; GIL held)."""
+        cdef int n = self.reserved
+        self.reserved = 0
+        try:
+            if n:
+                self.workers.reserve(-n)
+        finally:
+            Py_DECREF(self)
+        return 0
+
+    cdef int alive(self):
+        return jf_pool_threads(self.workers.c)
+
+    @property
+    def closed(self):
+        return bool(self.q.closing)
+
+    @property
+    def n_alive(self):
+        return self.alive()
+
+    def close(self, wait=True, timeout=None):
+        """Accept no more items; those queued still run.  With `wait`,
+        wait (GIL released) until they have.  True once drained."""
+        cdef double deadline = 0.0
+        cdef int done
+        if self.workers is None:
+            return True
+        if jf_queue_close(self.workers.c, &self.q):
+            self.unlisted()
+            return True
+        if not wait or in_worker_thread():
+            # A worker waiting for its own lease would wait forever.
+            return False
+        if timeout is not None:
+            deadline = jf_clock_now() + max(float(timeout), 1e-9)
+        with nogil:
+            done = jf_queue_wait_drained(self.workers.c, &self.q, deadline)
+        return bool(done)
+
+
+# ------------------------------------------------------ the shared pool
+
+
+cdef WorkerPool _shared = None
+cdef void *_shared_c = NULL          # _shared.c, read without the GIL
+cdef int _thread_cap = 0             # 0: not computed yet
+_shared_lock = threading.Lock()
+# Pools a forked child inherited: their locks may be held by threads that
+# do not exist in the child, so they are never touched (nor freed) again.
+_ABANDONED = []
+SHARED_THREAD_NAME = "joblib_fast-thread"
+
+
+def thread_cap():
+    """Workers ``n_jobs=-1`` means for parallel_for here: cpu_count(); in a
+    worker process (started by multiprocessing: joblib_fast's process
+    backend, loky, dask), capped by OMP_NUM_THREADS, the cap the process
+    backend sets there and the one OpenMP's prange obeys.  Not in the
+    user's own process, where a library may set it for its own reasons
+    (importing dask.distributed sets OMP_NUM_THREADS=1)."""
+    import multiprocessing
+    cap = cpu_count()
+    if multiprocessing.parent_process() is not None:
+        value = os.environ.get("OMP_NUM_THREADS", "").strip()
+        try:
+            omp = int(value)
+        except ValueError:
+            omp = 0
+        if omp > 0:
+            cap = min(cap, omp)
+    return max(cap, 1)
+
+
+cdef int _cap() noexcept nogil:
+    cdef int cap = jf_int_load(&_thread_cap)
+    if cap == 0:
+        with gil:
+            try:
+                _install_hooks()
+                cap = thread_cap()
+            except BaseException:
+                cap = 1
+            jf_int_store(&_thread_cap, cap)
+    return cap
+
+
+def shared_workers():
+    """The process-wide pool (created on first use)."""
+    global _shared
+    _install_hooks()
+    with _shared_lock:
+        if _shared is None:
+            _shared = WorkerPool(SHARED_THREAD_NAME, _cap())
+            _shared.keep_c = True
+            jf_ptr_store(&_shared_c, <void *>_shared.c)
+        return _shared
+
+
+def shared_pool_threads():
+    """The shared pool's threads alive now."""
+    pool = _shared
+    return [] if pool is None else pool.threads
+
+
+def shutdown_shared_pool(timeout=None):
+    """Stop the shared pool's threads (after what is queued) and join
+    them; the next use starts a new pool.  True when all have exited."""
+    global _shared
+    with _shared_lock:
+        pool, _shared = _shared, None
+        jf_ptr_store(&_shared_c, NULL)
+    if pool is None:
+        return True
+    return pool.shutdown(wait=True, timeout=timeout)
+
+
+cdef jf_pool_t *_pool_for(int helpers) noexcept nogil:
+    """The shared pool with threads for `helpers` (at most its base), or
+    NULL when it cannot be had."""
+    cdef jf_pool_t *p = <jf_pool_t *>jf_ptr_load(&_shared_c)
+    cdef int want = helpers
+    if want > _cap():
+        want = _cap()
+    if p != NULL and jf_pool_threads(p) >= want:
+        return p
+    with gil:
+        try:
+            pool = shared_workers()
+            (<WorkerPool>pool).ensure(want)
+            p = (<WorkerPool>pool).c
+        except BaseException:
+            traceback.print_exc()
+            p = NULL
+    return p
+
+
+_OWNER_PID = os.getpid()
+
+
+def _shutdown_at_exit():
+    if os.getpid() == _OWNER_PID:
+        # Daemon threads: a task stuck for long does not hold up the exit.
+        shutdown_shared_pool(timeout=1.0)
+
+
+def _forget_pool_in_child():
+    global _shared, _shared_lock, _OWNER_PID
+    _OWNER_PID = os.getpid()
+    _shared_lock = threading.Lock()
+    if _shared is not None:
+        _ABANDONED.append(_shared)
+    _shared = None
+    jf_ptr_store(&_shared_c, NULL)
+    jf_int_store(&_thread_cap, 0)  # the child may run under other caps
+
+
+_hooks_installed = False
+
+
+def _install_hooks():
+    """At the first use, not at import (importing patches nothing): the
+    pool stops at exit, and a forked child forgets it and the cap."""
+    global _hooks_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        atexit.register(_shutdown_at_exit)
+        os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+# ------------------------------------------------------------ parallel_for
+
+
+cdef int _max_workers(int n_workers) noexcept nogil:
+    cdef int n
+    if n_workers == 0:
+        return 0
+    if jf_depth_get() > 0:
+        return 1  # nested: inline
+    if n_workers > 0:
+        return n_workers
+    n = _cap() + 1 + n_workers
+    return n if n > 1 else 1
+
+
+def max_workers(int n_workers):
+    """Python view of the C API's ``max_workers`` (for tests)."""
+    return _max_workers(n_workers)
+
+
+cdef void _capture_error(jf_range_t *r, int won) noexcept nogil:
+    """A body returned -1 in this thread: keep its exception for the caller
+    when its -1 is the range's result, else drop it."""
+    cdef PyObject *t = NULL
+    cdef PyObject *v = NULL
+    cdef PyObject *tb = NULL
+    with gil:
+        if not won:
+            PyErr_Clear()
+        elif PyErr_Occurred() != NULL:
+            PyErr_Fetch(&t, &v, &tb)
+            PyErr_NormalizeException(&t, &v, &tb)
+            r.error = <void *>v
+            Py_XDECREF(t)
+            Py_XDECREF(tb)   # the normalized exception keeps its traceback
+
+
+cdef void _help(jf_pool_t *c, jf_range_t *r, int worker) noexcept nogil:
+    """A pool thread runs chunks of `r`, then leaves it."""
+    cdef int won = 0
+    if jf_range_work(r, worker, &won) == -1:
+        _capture_error(r, won)
+    jf_range_leave(c, r)
+
+
+cdef void _set_error(PyObject *exc, const char *message) noexcept nogil:
+    with gil:
+        PyErr_SetString(exc, message)
+
+
+cdef void _no_exception_set() noexcept nogil:
+    with gil:
+        if PyErr_Occurred() == NULL:
+            PyErr_SetString(
+                PyExc_SystemError,
+                b"a parallel_for body returned -1 without setting a Python "
+                b"exception")
+
+
+cdef int _parallel_for(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain,
+                       jf_pfor_body_t body, void *ctx,
+                       int n_workers) noexcept nogil:
+    cdef int n, rc, won = 0
+    cdef bint listed
+    cdef jf_pool_t *pool
+    cdef jf_range_t r
+    cdef PyThreadState *saved = NULL
+    cdef PyObject *v
+    if n_workers == 0:
+        _set_error(PyExc_ValueError,
+                   b"parallel_for: n_workers == 0 has no meaning (-1: every "
+                   b"worker, -2: all but one, k > 0: k workers)")
+        return -1
+    if grain < 0:
+        _set_error(PyExc_ValueError,
+                   b"parallel_for: grain must be >= 0 (0: automatic)")
+        return -1
+    if body == NULL:
+        _set_error(PyExc_ValueError, b"parallel_for: body is NULL")
+        return -1
+    if stop <= start:
+        return 0
+    n = _max_workers(n_workers)
+    pool = NULL
+    if n > 1 and stop - start > (grain if grain > 1 else 1):
+        pool = _pool_for(n - 1)
+    if pool == NULL:
+        # Inline: nested, one worker, or one chunk.
+        jf_depth_add(1)
+        rc = body(ctx, start, stop, 0)
+        jf_depth_add(-1)
+        if rc == -1:
+            _no_exception_set()
+        return rc
+    if PyGILState_Check():
+        saved = PyEval_SaveThread()
+    jf_range_init(&r, start, stop, grain, n, <jf_body_t>body, ctx)
+    jf_depth_add(1)
+    listed = jf_range_start(pool, &r) == 0
+    if jf_range_work(&r, 0, &won) == -1:
+        _capture_error(&r, won)
+    if listed:
+        jf_range_finish(pool, &r)
+    jf_depth_add(-1)
+    if saved != NULL:
+        PyEval_RestoreThread(saved)
+    rc = jf_int_load(&r.rc)
+    if rc == -1:
+        with gil:
+            v = <PyObject *>r.error
+            if v == NULL:
+                PyErr_SetString(
+                    PyExc_SystemError,
+                    b"a parallel_for body returned -1 without setting a "
+                    b"Python exception")
+            else:
+                PyErr_Restore(PyObject_Type(v), v, PyException_GetTraceback(v))
+    return rc
+
+
+cdef jf_pfor_api_t _API
+_API.abi_version = JF_PFOR_ABI_VERSION
+_API.parallel_for = _parallel_for
+_API.max_workers = _max_workers
+
+parallel_for_api = PyCapsule_New(<void *>&_API, JF_PFOR_CAPSULE, NULL)
