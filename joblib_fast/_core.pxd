@@ -98,6 +98,8 @@ cdef class Call:
     cdef bint _all_done(self)
     cdef int _notify(self, list batch_ids) except -1
     cdef Batch _make_batch(self)
+    cdef Batch _add_batch(self, list tasks)
+    cdef int _submit(self, Batch batch) except -1
     cdef int _feed(self) except -1
     cdef bint _sleep_until(self, int64_t target, double deadline)
     cdef int _wait(self, int64_t need) except -1

@@ -350,11 +350,8 @@ cdef class Call:
     cdef Batch _make_batch(self):
         """Pull the next batch from the user's iterator (caller thread)."""
         cdef Py_ssize_t size, k
-        cdef int64_t batch_id
         cdef list tasks
         cdef object item
-        cdef Batch batch
-        cdef int rc
         if self.fixed_batch_size:
             size = self.fixed_batch_size
         else:
@@ -370,6 +367,13 @@ cdef class Call:
             tasks.append(_check_task(item, self.n_tasks + k))
         if not tasks:
             return None
+        return self._add_batch(tasks)
+
+    cdef Batch _add_batch(self, list tasks):
+        """Register the next batch of the call (caller thread)."""
+        cdef int64_t batch_id
+        cdef Batch batch
+        cdef int rc
         jf_mutex_lock(&self.lock)
         rc = jf_order_add(&self.order, &batch_id)
         jf_mutex_unlock(&self.lock)
@@ -379,6 +383,13 @@ cdef class Call:
         self.n_tasks += len(tasks)
         self.batches.append(batch)
         return batch
+
+    cdef int _submit(self, Batch batch) except -1:
+        if self.thread_pool:
+            (<ThreadPool>self.pool).submit(batch)
+        else:
+            self.pool.submit(batch)
+        return 0
 
     cdef int _feed(self) except -1:
         """Submit batches until pre_dispatch are in flight or input ends."""
@@ -400,10 +411,7 @@ cdef class Call:
                 raise
             if batch is None:
                 break
-            if self.thread_pool:
-                (<ThreadPool>self.pool).submit(batch)
-            else:
-                self.pool.submit(batch)
+            self._submit(batch)
         return 0
 
     cdef int _check_error(self) except -1:
@@ -515,21 +523,8 @@ cdef class Call:
         iterable (``joblib_backend``: joblib's Parallel decides the
         batches).  Returns the :class:`Batch`; :meth:`take_done` reports
         it once it has finished.  Any thread, one at a time."""
-        cdef int64_t batch_id
-        cdef Batch batch
-        cdef int rc
-        jf_mutex_lock(&self.lock)
-        rc = jf_order_add(&self.order, &batch_id)
-        jf_mutex_unlock(&self.lock)
-        if rc:
-            raise MemoryError()
-        batch = Batch(self, batch_id, self.n_tasks, tasks)
-        self.n_tasks += len(tasks)
-        self.batches.append(batch)
-        if self.thread_pool:
-            (<ThreadPool>self.pool).submit(batch)
-        else:
-            self.pool.submit(batch)
+        cdef Batch batch = self._add_batch(tasks)
+        self._submit(batch)
         return batch
 
     def take_done(self):
