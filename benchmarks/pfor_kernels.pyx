@@ -45,8 +45,8 @@ cdef inline long reps_at(Job *j, long i) noexcept nogil:
 cdef inline double work(long i, long reps) noexcept nogil:
     # A dependent chain: a fixed amount of work per step.
     cdef double x = i * 1e-9 + 1.0
-    cdef long k
-    for k in range(reps):
+    cdef long _k
+    for _k in range(reps):
         x = x * 0.999999 + 1e-7
     return x
 
@@ -120,22 +120,22 @@ def chunk(double[::1] out, Py_ssize_t a, Py_ssize_t b, long reps, bint tri):
 
 def empty_pfor(long calls, Py_ssize_t n, int n_workers):
     """Seconds per parallel_for call of an empty body over [0, n)."""
-    cdef long c
+    cdef long _c
     cdef double t0 = pk_now()
     with nogil:
-        for c in range(calls):
+        for _c in range(calls):
             parallel_for(0, n, 0, empty, NULL, n_workers)
     return (pk_now() - t0) / calls
 
 
 def empty_prange(long calls, Py_ssize_t n, int n_threads):
     """Seconds per prange loop of an empty body over [0, n)."""
-    cdef long c
-    cdef Py_ssize_t i
+    cdef long _c
+    cdef Py_ssize_t _i
     cdef double sink = 0.0
     cdef double t0 = pk_now()
     with nogil:
-        for c in range(calls):
-            for i in prange(n, num_threads=n_threads, schedule="static"):
+        for _c in range(calls):
+            for _i in prange(n, num_threads=n_threads, schedule="static"):
                 sink += 0.0
     return (pk_now() - t0) / calls

@@ -18,7 +18,9 @@ cdef extern from *:
     """
     #include <pthread.h>
     static unsigned long pfc_thread_id(void) { return (unsigned long)pthread_self(); }
-    static long pfc_add(long *p, long v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+    static long pfc_add(long *p, long v) {
+        return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+    }
     static void pfc_inc(int *p) { __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
     """
     unsigned long pfc_thread_id() nogil
@@ -53,8 +55,8 @@ cdef double _sink = 0.0
 cdef void _spin(long n) noexcept nogil:
     global _sink
     cdef double x = 1.0
-    cdef long k
-    for k in range(n):
+    cdef long _k
+    for _k in range(n):
         x = x * 1.0000001 + 1e-9
     _sink += x * 0.0
 
