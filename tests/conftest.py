@@ -374,3 +374,13 @@ def dask_client(dask_cluster):
     client.wait_for_workers(2, timeout=30)
     yield client
     client.wait_for_workers(2, timeout=30)
+
+
+@pytest.fixture
+def no_tqdm_monitor(monkeypatch):
+    """tqdm's monitor thread would outlive a test that shows a bar."""
+    try:
+        import tqdm
+    except ImportError:
+        return
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)

@@ -233,13 +233,7 @@ def test_nested_calls_run_on_the_same_cluster(client):
     assert names == ["DaskDistributedBackend", "ThreadingBackend"]
 
 
-def test_progress_bar_and_callback(client, capsys, monkeypatch):
-    try:
-        import tqdm
-    except ImportError:
-        pass
-    else:  # its monitor thread would outlive the test
-        monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+def test_progress_bar_and_callback(client, capsys, no_tqdm_monitor):
     seen = []
     with parallel_config(backend="dask", client=client):
         out = Parallel(progress_bar=True,

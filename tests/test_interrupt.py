@@ -5,10 +5,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
-from _jf_testutils import subprocess_env
+from _jf_testutils import subprocess_env, wait_until
 
 SCRIPT = textwrap.dedent("""
     import os, sys, time
@@ -43,12 +42,10 @@ def test_ctrl_c_ends_the_script_without_waiting_for_tasks(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=subprocess_env())
     try:
-        deadline = time.monotonic() + NO_HANG
-        while len([n for n in os.listdir(tmp_path)
-                   if n.startswith("started-")]) < 2:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "tasks never started"
-            time.sleep(0.02)
+        assert wait_until(lambda: proc.poll() is not None or len(
+            [n for n in os.listdir(tmp_path) if n.startswith("started-")]) >= 2,
+            NO_HANG), "tasks never started"
+        assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=NO_HANG)
     finally:

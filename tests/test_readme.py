@@ -5,13 +5,7 @@ from _jf_testutils import readme_python_blocks
 
 
 @pytest.mark.parametrize("index", range(3))
-def test_progress_section_examples_run(index, capsys, monkeypatch):
-    try:
-        import tqdm
-    except ImportError:
-        pass
-    else:  # its monitor thread would outlive the test
-        monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+def test_progress_section_examples_run(index, capsys, no_tqdm_monitor):
     blocks = readme_python_blocks("Progress bar and callbacks")
     assert len(blocks) == 3
     code = compile(blocks[index], f"README block {index}", "exec")

@@ -154,20 +154,24 @@ def _dead(pid):
         return True
 
 
-def test_timeout_kills_the_workers_process_tree(tmp_path):
-    path = tmp_path / "grandchild.pid"
-    with pytest.raises(TimeoutError):
-        Parallel(n_jobs=2, timeout=2)(
-            delayed(rel_tasks.spawn_sleeper_then_hang)(str(path))
-            for _ in range(1))
-    pid = int(path.read_text())
+def _assert_dies(pid, after):
+    """The task's own child is gone within 5 s (killed here if not)."""
     deadline = time.monotonic() + 5
     while not _dead(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     alive = not _dead(pid)
     if alive:
         os.kill(pid, 9)
-    assert not alive, "the task's own child survived the timeout"
+    assert not alive, f"the task's own child survived {after}"
+
+
+def test_timeout_kills_the_workers_process_tree(tmp_path):
+    path = tmp_path / "grandchild.pid"
+    with pytest.raises(TimeoutError):
+        Parallel(n_jobs=2, timeout=2)(
+            delayed(rel_tasks.spawn_sleeper_then_hang)(str(path))
+            for _ in range(1))
+    _assert_dies(int(path.read_text()), "the timeout")
 
 
 def test_failed_call_kills_the_workers_process_tree(tmp_path):
@@ -175,14 +179,7 @@ def test_failed_call_kills_the_workers_process_tree(tmp_path):
     with pytest.raises(ValueError, match="task 1 fails"):
         Parallel(n_jobs=2, batch_size=1)(
             delayed(rel_tasks.sleeper_or_fail)(str(path), i) for i in range(2))
-    pid = int(path.read_text())
-    deadline = time.monotonic() + 5
-    while not _dead(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    alive = not _dead(pid)
-    if alive:
-        os.kill(pid, 9)
-    assert not alive, "the task's own child survived the failed call"
+    _assert_dies(int(path.read_text()), "the failed call")
 
 
 def _kill_fork_server():
