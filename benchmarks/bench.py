@@ -402,7 +402,7 @@ class Workload:
     quick_repeats: int | None = None         # cap of repeats with --quick
 
 
-NOGIL_SIZES = {"nogil10us": 10e-6, "nogil100us": 100e-6, "nogil1ms": 1e-3}
+NOGIL_SIZES = {"nogil3us": 3e-6, "nogil10us": 10e-6, "nogil100us": 100e-6, "nogil1ms": 1e-3}
 
 
 def _prepare_noop(ctx: Context, n: int) -> Prepared:
@@ -473,6 +473,10 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
              _prepare_noop, per_task=True,
              reduced={"joblib[threading]": (100_000, 10_000),
                       "ThreadPoolExecutor": (100_000, 10_000)}),
+    Workload("nogil3us", ("loop",) + THREAD_PEERS, (60_000, 15_000),
+             _prepare_nogil("nogil3us"),
+             reduced={"joblib[threading]": (10_000, 5_000),
+                      "ThreadPoolExecutor": (10_000, 5_000)}),
     Workload("nogil10us", ("loop",) + THREAD_PEERS, (20_000, 5_000),
              _prepare_nogil("nogil10us")),
     Workload("nogil100us", ("loop",) + THREAD_PEERS, (4_000, 1_000),

@@ -142,12 +142,23 @@ def enter_worker(backend: Any, n_jobs: int | None) -> None:
 def nested_config(config: dict[str, Any]) -> Iterator[None]:
     """Run a batch under ``config`` (from :func:`nested_backend_config`)
     in whatever thread a user-registered backend runs it, then restore."""
-    old = getattr(_local, "config", None)
-    _local.config = config
+    old = swap_config(config)
     try:
         yield
     finally:
-        if old is None:
-            del _local.config
-        else:
-            _local.config = old
+        restore_config(old)
+
+
+def swap_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Make ``config`` this thread's; return what it replaced (None: the
+    thread had none) for :func:`restore_config`."""
+    old = getattr(_local, "config", None)
+    _local.config = config
+    return old
+
+
+def restore_config(old: dict[str, Any] | None) -> None:
+    if old is None:
+        del _local.config
+    else:
+        _local.config = old

@@ -92,6 +92,9 @@ cdef class Call:
     # False for push-style calls: a batch's error is the batch's, it does
     # not abort the call (see push / take_done).
     cdef bint stop_on_error
+    cdef bint may_help                   # the caller may run batches (_help)
+    cdef bint helping                    # it does now (pool limit lowered)
+    cdef bint in_list                    # may_help, in run_list
 
     cdef Py_ssize_t _auto_size(self)
     cdef list _newly_done(self)
@@ -103,6 +106,8 @@ cdef class Call:
     cdef int _feed(self) except -1
     cdef bint _sleep_until(self, int64_t target, double deadline)
     cdef int _wait(self, int64_t need) except -1
+    cdef bint _short_tasks(self)
+    cdef int _help(self) except -1
     cdef int _check_error(self) except -1
     cdef int _finish_batch(self, Batch batch, object results, double duration,
                            object error, Py_ssize_t error_index) except -1
@@ -111,5 +116,6 @@ cdef class Call:
 cdef class ThreadPool(Lease):
     cdef readonly int n_threads
     cdef readonly bint shared        # a lease on the process-wide pool
+    cdef readonly object caller_config   # see ThreadPool's docstring
 
     cdef int submit(self, Batch batch) except -1

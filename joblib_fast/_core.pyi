@@ -63,10 +63,12 @@ class Call:
 class ThreadPool(Lease):
     n_threads: int
     shared: bool
+    caller_config: dict[str, Any] | None
     threads: list
     def __init__(self, n_threads: int, name: str = ...,
                  initializer: Callable[[], Any] | None = ...,
-                 shared: bool = ...) -> None: ...
+                 shared: bool = ...,
+                 caller_config: dict[str, Any] | None = ...) -> None: ...
     @property
     def n_jobs(self) -> int: ...
     def wait(self, call: Call, seconds: float) -> None: ...

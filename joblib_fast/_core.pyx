@@ -28,6 +28,7 @@ deadlock against the GIL, and they keep the shared state right without
 relying on the GIL.
 """
 
+from ._context import restore_config, swap_config
 from .errors import ParallelTimeoutError, TaskError, abandons_running_tasks
 
 cimport cython
@@ -38,6 +39,7 @@ from libc.stdlib cimport free, malloc
 
 # in_worker_thread is re-exported: tests and users ask the core for it.
 from ._threads import in_worker_thread, shared_workers  # no-cython-lint
+from ._threads cimport enter_as_worker, leave_as_worker
 
 # The caller sleeps in C at most this long before it looks for Ctrl-C and
 # for timed-out tasks again.
@@ -45,6 +47,10 @@ cdef double SIGNAL_POLL_SECONDS = 0.05
 
 # Upper bound of an auto batch, whatever the measured task cost.
 cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
+# The caller of a threading call runs batches itself (see Call._help) only
+# while the tasks measured so far last at most this long on average: it
+# sees Ctrl-C between batches only, so a batch it runs must be short.
+cdef double HELP_MAX_TASK_SECONDS = 0.01
 
 cdef object _NO_ITEM = object()
 
@@ -232,6 +238,17 @@ cdef class Call:
         self.n_workers = n_workers
         self.total = total
         self.stop_on_error = stop_on_error
+        # The caller may run batches itself (a threading call with at least
+        # two workers, no timeout to watch, no per-thread initializer) while
+        # it waits for a list of results (run_list).
+        self.may_help = (self.thread_pool and stop_on_error
+                         and self.timeout == 0.0
+                         and (<ThreadPool>pool).n_threads >= 2
+                         and (<ThreadPool>pool).caller_config is not None)
+        if self.thread_pool:
+            # A pool kept from a call whose caller ran batches: all its
+            # threads again.
+            (<ThreadPool>pool).set_limit((<ThreadPool>pool).n_threads)
 
     # ----------------------------------------------------------- workers
 
@@ -462,7 +479,9 @@ cdef class Call:
         cdef int64_t target = seen + (need if need > 0 else 1)
         cdef bint got = False
         while True:
-            if self.thread_pool:
+            if self.in_list and self._help():
+                got = True
+            elif self.thread_pool:
                 got = self._sleep_until(target,
                                         jf_clock_now() + SIGNAL_POLL_SECONDS)
             else:
@@ -480,6 +499,47 @@ cdef class Call:
             if self.thread_pool and (<ThreadPool>self.pool).alive() == 0:
                 raise RuntimeError(
                     "every worker thread of the pool has exited")
+
+    cdef bint _short_tasks(self):
+        cdef bint short
+        jf_mutex_lock(&self.lock)
+        short = (self.busy_tasks > 0 and self.busy_time
+                 <= HELP_MAX_TASK_SECONDS * self.busy_tasks)
+        jf_mutex_unlock(&self.lock)
+        return short
+
+    cdef int _help(self) except -1:
+        """Run the oldest queued batch in the caller; 1 when one ran.
+
+        The caller would otherwise sleep while the workers run: with n_jobs
+        threads and the caller, n_jobs + 1 threads take turns on n_jobs
+        cores, and the caller's wake-ups preempt a worker.  While it helps,
+        n_jobs - 1 pool threads run batches and the caller is the last
+        worker, as an OpenMP master thread is.  Only while the measured
+        tasks are short (HELP_MAX_TASK_SECONDS): between its batches the
+        caller pulls the input, and sees Ctrl-C."""
+        cdef ThreadPool pool = <ThreadPool>self.pool
+        cdef object item
+        if self._short_tasks() != self.helping:
+            self.helping = not self.helping
+            pool.set_limit(pool.n_threads - 1 if self.helping
+                           else pool.n_threads)
+        if not self.helping:
+            return 0
+        item = pool.take_item()
+        if item is None:
+            return 0
+        try:
+            config = swap_config(pool.caller_config)
+            token = enter_as_worker()
+            try:
+                (<Batch>item).run()
+            finally:
+                leave_as_worker(token)
+                restore_config(config)
+        finally:
+            pool.taken_done()
+        return 1
 
     cdef list _newly_done(self):
         """Batch ids finished since the last call, in completion order."""
@@ -586,12 +646,22 @@ cdef class Call:
         """Run every task; return the results in input order."""
         cdef list out
         cdef Batch batch
+        # Only here may the caller run batches: in a generator, the user's
+        # code runs in this thread between results, and a task run here
+        # that waited for that code would never return.
+        self.in_list = self.may_help
         try:
             while not self._step(True)[1]:
                 pass
         except BaseException:
             self.abort()
             raise
+        finally:
+            self.in_list = False
+            if self.helping:
+                self.helping = False
+                (<ThreadPool>self.pool).set_limit(
+                    (<ThreadPool>self.pool).n_threads)
         out = []
         for batch in self.batches:
             out.extend(batch.results)
@@ -667,14 +737,20 @@ cdef class ThreadPool(Lease):
     a thread before it runs this pool's first batch.  Otherwise the pool
     has threads of its own named ``name-0``, ``name-1``, ..., which run
     ``initializer`` when they start.
+
+    ``caller_config``: the thread-local configuration tasks run under in
+    a worker (``_context.nested_backend_config``); given, a call's caller
+    may run batches itself under it (Call._help).  None: it never does
+    (the pool's threads run an initializer the caller has not run).
     """
 
     def __init__(self, int n_threads, str name="joblib_fast-thread",
-                 initializer=None, bint shared=False):
+                 initializer=None, bint shared=False, caller_config=None):
         if n_threads < 1:
             raise ValueError(f"n_threads must be at least 1, got {n_threads}")
         self.n_threads = n_threads
         self.shared = shared
+        self.caller_config = caller_config
         if shared:
             self.open(shared_workers(), n_threads, initializer, True)
         else:

@@ -47,6 +47,9 @@ cdef extern from "jf_pool.h" nogil:
     void jf_queue_start(jf_pool_t *p, jf_queue_t *q)
     int jf_queue_push(jf_pool_t *p, jf_queue_t *q, void *item)
     int jf_queue_done(jf_pool_t *p, jf_queue_t *q)
+    int jf_queue_take(jf_pool_t *p, jf_queue_t *q, void **item)
+    int jf_queue_taken_done(jf_pool_t *p, jf_queue_t *q)
+    void jf_queue_set_limit(jf_pool_t *p, jf_queue_t *q, int limit)
     int jf_queue_close(jf_pool_t *p, jf_queue_t *q)
     int jf_queue_wait_drained(jf_pool_t *p, jf_queue_t *q, double deadline)
 
@@ -88,6 +91,16 @@ cdef class Lease:
     cdef int open(self, WorkerPool workers, int limit, object enter,
                   bint reserve) except -1
     cdef int submit_item(self, object item) except -1
+    cdef object take_item(self)
+    cdef int taken_done(self) except -1
+    cdef int set_limit(self, int limit) except -1
     cdef int run_item(self, object item) except -1
     cdef int unlisted(self) except -1
     cdef int alive(self)
+
+
+# A thread that is not a pool thread runs items as one (the caller of a
+# threading call running batches): in_worker_thread() is true there and a
+# nested parallel_for runs inline, until it leaves.
+cdef object enter_as_worker()
+cdef int leave_as_worker(object token) except -1

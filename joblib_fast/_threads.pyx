@@ -258,6 +258,30 @@ cdef class Lease:
             raise RuntimeError("the thread pool is shut down")
         return 0
 
+    cdef object take_item(self):
+        """The oldest queued item, taken by the feeding thread to run it
+        itself (then :meth:`taken_done`), or None."""
+        cdef void *item = NULL
+        if self.workers is None or \
+                not jf_queue_take(self.workers.c, &self.q, &item):
+            return None
+        obj = <object>item
+        Py_DECREF(obj)  # the queue's reference; `obj` holds one
+        return obj
+
+    cdef int taken_done(self) except -1:
+        if jf_queue_taken_done(self.workers.c, &self.q):
+            self.unlisted()
+        return 0
+
+    cdef int set_limit(self, int limit) except -1:
+        """Pool threads running items at once (the feeding thread may run
+        more itself, see take_item)."""
+        if limit < 0:
+            raise ValueError(f"a lease limit is at least 0, got {limit}")
+        jf_queue_set_limit(self.workers.c, &self.q, limit)
+        return 0
+
     cdef int run_item(self, object item) except -1:
         raise NotImplementedError
 
@@ -301,6 +325,21 @@ cdef class Lease:
         with nogil:
             done = jf_queue_wait_drained(self.workers.c, &self.q, deadline)
         return bool(done)
+
+
+cdef object enter_as_worker():
+    """This thread runs items as a pool thread does, until
+    leave_as_worker(the value returned)."""
+    token = getattr(_local, "in_worker", False)
+    _local.in_worker = True
+    jf_depth_add(1)
+    return token
+
+
+cdef int leave_as_worker(object token) except -1:
+    jf_depth_add(-1)
+    _local.in_worker = token
+    return 0
 
 
 # ------------------------------------------------------ the shared pool

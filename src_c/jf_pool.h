@@ -62,6 +62,7 @@ typedef struct {
     void **items;                   /* [lock] ring of owned items */
     ptrdiff_t head, count, capacity;/* [lock] */
     int closing;                    /* [lock] no more pushes; unlisted once drained */
+    int taken;                      /* [lock] items the feeding thread runs now */
     void *owner;                    /* the object the items belong to */
 } jf_queue_t;
 
@@ -294,7 +295,7 @@ static inline int jf_queue_push(jf_pool_t *p, jf_queue_t *q, void *item)
 
 static inline int jf_queue_drained(jf_queue_t *q)
 {
-    return q->count == 0 && q->job.active == 0;
+    return q->count == 0 && q->job.active == 0 && q->taken == 0;
 }
 
 /* A worker finished an item of `q`.  Returns 1 when this unlisted the
@@ -312,6 +313,52 @@ static inline int jf_queue_done(jf_pool_t *p, jf_queue_t *q)
     }
     jf_mutex_unlock(&p->lock);
     return unlisted;
+}
+
+/* The thread that feeds the queue takes its oldest item to run it itself
+ * (a call's caller helping its workers).  Not counted in `active`: the
+ * limit is the pool threads' (the caller lowers it to make room for
+ * itself).  1 when it got an item. */
+static inline int jf_queue_take(jf_pool_t *p, jf_queue_t *q, void **item)
+{
+    int got = 0;
+    jf_mutex_lock(&p->lock);
+    if (q->count > 0) {
+        *item = q->items[q->head];
+        q->head = (q->head + 1) % q->capacity;
+        q->count--;
+        q->taken++;
+        got = 1;
+    }
+    jf_mutex_unlock(&p->lock);
+    return got;
+}
+
+/* The feeding thread finished an item it took; as jf_queue_done. */
+static inline int jf_queue_taken_done(jf_pool_t *p, jf_queue_t *q)
+{
+    int unlisted = 0;
+    jf_mutex_lock(&p->lock);
+    q->taken--;
+    if (q->closing && jf_queue_drained(q)) {
+        unlisted = q->job.listed;
+        jf_pool_unlink(p, &q->job);
+        jf_cond_broadcast(&p->left);
+    }
+    jf_mutex_unlock(&p->lock);
+    return unlisted;
+}
+
+/* At most `limit` pool threads run the queue's items at once from now on
+ * (0: none, the feeding thread runs them all).  Raising it wakes idle
+ * threads for the queued items. */
+static inline void jf_queue_set_limit(jf_pool_t *p, jf_queue_t *q, int limit)
+{
+    jf_mutex_lock(&p->lock);
+    if (limit > q->job.limit && q->count > 0 && p->n_idle > 0)
+        jf_cond_broadcast(&p->work);
+    q->job.limit = limit;
+    jf_mutex_unlock(&p->lock);
 }
 
 /* No more pushes.  Returns 1 when this unlisted the queue (it was already

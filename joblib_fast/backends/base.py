@@ -16,7 +16,7 @@ from abc import ABCMeta, abstractmethod
 from typing import Any, Callable
 
 from .. import _cpu
-from .._context import enter_worker, resolve_n_jobs
+from .._context import enter_worker, nested_backend_config, resolve_n_jobs
 from .._core import ThreadPool
 from .native import CallOptions, PoolProvider
 
@@ -238,7 +238,9 @@ class ThreadingBackend(PoolProvider, ParallelBackendBase):
         return ThreadPool(n_jobs, shared=True,
                           initializer=functools.partial(
                               _start_thread, self, n_jobs, initializer,
-                              initargs))
+                              initargs),
+                          caller_config=None if initializer is not None
+                          else nested_backend_config(self))
 
     def get_nested_backend(self):
         # Threads inside threads oversubscribe: nested calls run in place.
