@@ -76,7 +76,8 @@ cdef class Call:
     cdef int64_t released            # caller only: batches handed to the user
 
     cdef readonly object pool
-    cdef object iterator
+    cdef object iterator                 # None once the input has ended
+    cdef list ahead                      # tasks pulled for the next batch
     cdef readonly Py_ssize_t n_tasks     # tasks pulled from the iterator
     cdef readonly bint exhausted
     cdef Py_ssize_t pre_dispatch

@@ -226,6 +226,7 @@ cdef class Call:
         self.pool = pool
         self.thread_pool = isinstance(pool, ThreadPool)
         self.iterator = iter(iterable)
+        self.ahead = []
         self.batches = []
         self.pre_dispatch = pre_dispatch
         self.fixed_batch_size = batch_size
@@ -365,23 +366,41 @@ cdef class Call:
         return ideal
 
     cdef Batch _make_batch(self):
-        """Pull the next batch from the user's iterator (caller thread)."""
-        cdef Py_ssize_t size, k
-        cdef list tasks
+        """Pull the next batch from the user's iterator (caller thread).
+
+        Auto batches look one batch ahead: the next batch's tasks are
+        pulled with this one, so the end of an input of unknown length is
+        seen a batch early and the last batches shrink (_auto_size's tail
+        rule) instead of one worker finishing a full batch alone."""
+        cdef Py_ssize_t size, want, k
+        cdef list tasks, ahead = self.ahead
         cdef object item
         if self.fixed_batch_size:
-            size = self.fixed_batch_size
+            size = want = self.fixed_batch_size
         else:
             size = self._auto_size()
-            self.next_size = size
-        tasks = []
-        for k in range(size):
+            want = 2 * size
+        k = len(ahead)
+        while k < want and self.iterator is not None:
             item = next(self.iterator, _NO_ITEM)
             if item is _NO_ITEM:
-                self.exhausted = True
                 self.iterator = None
+                if self.total < 0:
+                    self.total = self.n_tasks + k
+                    if not self.fixed_batch_size:
+                        size = self._auto_size()
                 break
-            tasks.append(_check_task(item, self.n_tasks + k))
+            ahead.append(_check_task(item, self.n_tasks + k))
+            k += 1
+        if not self.fixed_batch_size:
+            self.next_size = size
+        if k <= size:
+            tasks, self.ahead = ahead, []
+        else:
+            tasks = ahead[:size]
+            del ahead[:size]
+        if self.iterator is None and not self.ahead:
+            self.exhausted = True
         if not tasks:
             return None
         return self._add_batch(tasks)
@@ -425,6 +444,7 @@ cdef class Call:
                 # more may start; the caller re-raises.
                 self.exhausted = True
                 self.iterator = None
+                self.ahead = []
                 raise
             if batch is None:
                 break

@@ -1,4 +1,4 @@
-"""The batch sizer shrinks batches near the end of inputs of known length."""
+"""The batch sizer shrinks batches near the end of an input."""
 from joblib_fast import delayed
 from joblib_fast._core import Call
 
@@ -39,9 +39,36 @@ def test_known_length_shrinks_the_last_batches():
     assert batches[-1][1] == 1
 
 
-def test_unknown_length_grows_to_the_end():
-    batches = run(5000, known=False)
+def test_unknown_length_shrinks_once_the_end_is_seen():
+    # Auto batches pull the next batch's tasks ahead: the end of an input
+    # of unknown length is seen a batch early, and from there the batches
+    # shrink as for a known length.
+    total, workers = 5000, 2
+    batches = run(total, known=False)
     sizes = [size for _, size in batches]
-    # Without a length, no shrinking: sizes never decrease but at the end.
-    assert sizes[:-1] == sorted(sizes[:-1])
-    assert max(sizes) > 5000 // 4
+    peak = sizes.index(max(sizes))
+    assert sizes[:peak + 1] == sorted(sizes[:peak + 1])
+    assert max(sizes) > total // 8
+    for start, size in batches[peak + 1:]:
+        assert size <= max(1, (total - start) // (2 * workers))
+    assert sizes[-1] == 1
+
+
+def test_fixed_batch_size_pulls_no_batch_ahead():
+    pulled = []
+
+    def source():
+        for i in range(10):
+            pulled.append(i)
+            yield delayed(noop)(i)
+
+    class Checking(RecordingPool):
+        def submit(self, batch):
+            # Exactly the tasks of the batches submitted so far are pulled.
+            assert len(pulled) == batch.start + len(batch.tasks)
+            super().submit(batch)
+
+    pool = Checking()
+    call = Call(pool, source(), pre_dispatch=2, batch_size=3, n_workers=2)
+    assert call.run_list() == list(range(10))
+    assert [size for _, size in pool.batches] == [3, 3, 3, 1]

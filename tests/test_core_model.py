@@ -7,7 +7,8 @@ The model of one call with inputs ``x_0 .. x_{n-1}``:
   shorter); an auto batch is at least 1 task and at most twice the previous
   batch;
 * at most ``pre_dispatch`` batches are submitted and not finished, and the
-  input is pulled no further than the tasks of submitted batches;
+  input is pulled no further than the tasks of submitted batches (auto
+  batches: and the next batch's, at most as many as the last batch's);
 * ``run_list`` returns ``[f(x_0), ..., f(x_{n-1})]``;
 * ``iter_ordered`` yields the same list, each value only once every batch up
   to its own has finished;
@@ -111,8 +112,14 @@ class ModelPool:
         self.pending.append(batch)
         assert len(self.pending) <= self.pre_dispatch, \
             (len(self.pending), self.pre_dispatch)
-        # No look-ahead: the input is pulled only for submitted tasks.
-        assert self.source.pulled == self.n_submitted_tasks
+        # A fixed batch size pulls only the submitted tasks; auto batches
+        # pull the next batch's tasks with this one (at most as many as
+        # this batch has, so that the end of the input is seen early).
+        ahead = self.source.pulled - self.n_submitted_tasks
+        if self.batch_size:
+            assert ahead == 0, ahead
+        else:
+            assert 0 <= ahead <= size, (ahead, size)
 
     def wait(self, call, seconds):
         assert self.pending, "the core waits while nothing is running"

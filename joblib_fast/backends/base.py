@@ -211,12 +211,15 @@ class SequentialBackend(PoolProvider, ParallelBackendBase):
         return get_active_backend()
 
 
-# Seconds an auto batch lasts on threads: long enough that the queue
-# hand-off (a mutex, a condition variable, maybe a wake-up) is noise, short
-# enough that the tail of a call leaves no worker idle for long.
-# Chosen, not tuned: `python benchmarks/bench.py --only nogil10us,nogil1ms`
-# shows what it gives.
-THREAD_TARGET_BATCH_SECONDS = 0.002
+# Seconds an auto batch lasts on threads.  Each batch the caller pulls
+# holds the GIL for the whole pull, and a worker leaving a GIL-free kernel
+# then sleeps until it ends (a wake-up costs tens of microseconds on a busy
+# or virtual machine): fewer, longer batches mean fewer of those.  The tail
+# stays short because the last batches shrink (Call._make_batch looks a
+# batch ahead).  Measured, 2 vs 4 vs 8 ms, `bench.py --only
+# nogil3us,nogil10us`: 1.52x/1.56x/1.60x and 1.85x/1.79x/1.88x (README,
+# "Where the time goes").
+THREAD_TARGET_BATCH_SECONDS = 0.008
 
 
 class ThreadingBackend(PoolProvider, ParallelBackendBase):
