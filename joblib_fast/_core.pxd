@@ -18,6 +18,7 @@ cdef extern from "jf_sync.h" nogil:
     int jf_mutex_lock(jf_mutex_t *m)
     int jf_mutex_unlock(jf_mutex_t *m)
     double jf_clock_now()
+    double jf_thread_cpu_now()
     int jf_cond_init(jf_cond_t *c)
     int jf_cond_destroy(jf_cond_t *c)
     int jf_cond_signal(jf_cond_t *c)
@@ -70,6 +71,11 @@ cdef class Call:
     cdef int aborted                 # [lock] no new task may start
     cdef double busy_time            # [lock] worker seconds spent in tasks
     cdef int64_t busy_tasks          # [lock] tasks those seconds cover
+    # [lock] batch wall and CPU seconds, batches, since the team's window
+    # began (see _choose_team)
+    cdef double team_time
+    cdef double team_cpu
+    cdef int64_t team_batches
     # [lock] signal `progress` once n_done reaches this (the caller's need)
     cdef int64_t wake_at
     cdef int64_t seen_done           # caller only: completions already handled
@@ -96,6 +102,9 @@ cdef class Call:
     cdef bint may_help                   # the caller may run batches (_help)
     cdef bint helping                    # it does now (pool limit lowered)
     cdef bint in_list                    # may_help, in run_list
+    cdef bint solo                       # the pool threads stand aside
+    cdef int64_t solo_left               # tasks the caller runs alone first
+    cdef readonly int solo_stretches     # times it went alone
 
     cdef Py_ssize_t _auto_size(self)
     cdef list _newly_done(self)
@@ -109,9 +118,12 @@ cdef class Call:
     cdef int _wait(self, int64_t need) except -1
     cdef bint _short_tasks(self)
     cdef int _help(self) except -1
+    cdef int _new_team_window(self) except -1
+    cdef int _choose_team(self) except -1
     cdef int _check_error(self) except -1
     cdef int _finish_batch(self, Batch batch, object results, double duration,
-                           object error, Py_ssize_t error_index) except -1
+                           double cpu, object error,
+                           Py_ssize_t error_index) except -1
 
 
 cdef class ThreadPool(Lease):

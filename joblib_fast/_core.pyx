@@ -51,6 +51,10 @@ cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
 # while the tasks measured so far last at most this long on average: it
 # sees Ctrl-C between batches only, so a batch it runs must be short.
 cdef double HELP_MAX_TASK_SECONDS = 0.01
+# See Call._choose_team: batches per thread in a window, and the threads
+# running at once on average below which the caller goes on alone.
+cdef int TEAM_WINDOW_BATCHES = 2
+cdef double TEAM_MIN_CONCURRENCY = 1.2
 
 cdef object _NO_ITEM = object()
 
@@ -165,10 +169,12 @@ cdef class Batch:
         cdef object error = None
         cdef Py_ssize_t error_index = -1
         cdef int track = call.track_start
-        cdef double t0
+        cdef double t0, cpu0 = 0.0
         if call.aborted:
-            return call._finish_batch(self, None, 0.0, None, -1)
+            return call._finish_batch(self, None, 0.0, 0.0, None, -1)
         results = [None] * n
+        if call.may_help:
+            cpu0 = jf_thread_cpu_now()
         t0 = jf_clock_now()
         for i in range(n):
             if call.aborted:
@@ -185,8 +191,11 @@ cdef class Batch:
                 results = None
                 break
         self.task_started = 0.0
-        return call._finish_batch(self, results, jf_clock_now() - t0,
-                                  error, error_index)
+        t0 = jf_clock_now() - t0
+        if call.may_help:
+            cpu0 = jf_thread_cpu_now() - cpu0
+        return call._finish_batch(self, results, t0, cpu0, error,
+                                  error_index)
 
     def run_here(self):
         """Run this batch in the calling thread (used by process workers'
@@ -254,8 +263,11 @@ cdef class Call:
     # ----------------------------------------------------------- workers
 
     cdef int _finish_batch(self, Batch batch, object results, double duration,
-                           object error, Py_ssize_t error_index) except -1:
-        """Record a finished (or skipped) batch.  Any thread, GIL held."""
+                           double cpu, object error,
+                           Py_ssize_t error_index) except -1:
+        """Record a finished (or skipped) batch.  Any thread, GIL held.
+        `cpu`: the seconds of `duration` the thread was on a CPU (measured
+        when the caller may run batches, see _choose_team)."""
         cdef int rc
         batch.results = results
         batch.tasks = None
@@ -269,6 +281,9 @@ cdef class Call:
         if results is not None:
             self.busy_time += duration
             self.busy_tasks += len(results)
+            self.team_time += duration
+            self.team_cpu += cpu
+            self.team_batches += 1
         rc = jf_order_mark_done(&self.order, batch.id)
         # Wake the caller only when it has something to do: each wake-up
         # costs a context switch on a core the workers need.
@@ -282,7 +297,8 @@ cdef class Call:
     def complete(self, Batch batch, results, double duration=0.0,
                  error=None, Py_ssize_t error_index=-1):
         """Deliver a batch run elsewhere (a process): results or error."""
-        self._finish_batch(batch, results, duration, error, error_index)
+        self._finish_batch(batch, results, duration, duration, error,
+                           error_index)
 
     def abort(self, error=None):
         """Stop starting tasks of this call; optionally record `error`."""
@@ -542,13 +558,20 @@ cdef class Call:
         cdef object item
         if self._short_tasks() != self.helping:
             self.helping = not self.helping
+            self.solo = False
+            self._new_team_window()
             pool.set_limit(pool.n_threads - 1 if self.helping
                            else pool.n_threads)
         if not self.helping:
             return 0
-        item = pool.take_item()
+        self._choose_team()
+        # At most n_jobs at once: pool threads that took batches before
+        # the limit went down finish them first.
+        item = pool.take_item(pool.n_threads)
         if item is None:
             return 0
+        if self.solo:
+            self.solo_left -= len((<Batch>item).tasks)
         try:
             config = swap_config(pool.caller_config)
             token = enter_as_worker()
@@ -560,6 +583,56 @@ cdef class Call:
         finally:
             pool.taken_done()
         return 1
+
+    cdef int _new_team_window(self) except -1:
+        jf_mutex_lock(&self.lock)
+        self.team_time = 0.0
+        self.team_cpu = 0.0
+        self.team_batches = 0
+        jf_mutex_unlock(&self.lock)
+        return 0
+
+    cdef int _choose_team(self) except -1:
+        """While the caller runs batches: the caller and n_jobs - 1 pool
+        threads (the team), or the caller alone when threads do not pay.
+
+        Threads pay when they run at once.  A thread waiting for the GIL
+        (tasks that hold it, or release it too briefly to pay for the
+        hand-offs) is off the CPU: over the batches of a window, CPU
+        seconds / wall seconds, times the threads, is how many ran at once
+        on average.  Under TEAM_MIN_CONCURRENCY the caller goes on alone
+        for as many tasks as the call has run so far, then the team is
+        tried again (so a call whose tasks change finds out, and a wrong
+        guess costs at most half the call)."""
+        cdef ThreadPool pool = <ThreadPool>self.pool
+        cdef double wall, cpu
+        cdef int64_t batches, done
+        if self.solo:
+            if self.solo_left <= 0:
+                self.solo = False
+                self._new_team_window()
+                pool.set_limit(pool.n_threads - 1)
+            return 0
+        jf_mutex_lock(&self.lock)
+        wall = self.team_time
+        cpu = self.team_cpu
+        batches = self.team_batches
+        done = self.busy_tasks
+        jf_mutex_unlock(&self.lock)
+        if batches < TEAM_WINDOW_BATCHES * pool.n_threads or wall <= 0.0 \
+                or cpu <= 0.0:
+            return 0
+        self._new_team_window()
+        if wall < batches * self.target_duration * 0.25:
+            # Short batches (growing at the start, shrinking at the end):
+            # their fixed costs would be taken for lost concurrency.
+            return 0
+        if cpu / wall * pool.n_threads < TEAM_MIN_CONCURRENCY:
+            self.solo = True
+            self.solo_left = done
+            self.solo_stretches += 1
+            pool.set_limit(0)
+        return 0
 
     cdef list _newly_done(self):
         """Batch ids finished since the last call, in completion order."""

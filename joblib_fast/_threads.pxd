@@ -47,7 +47,7 @@ cdef extern from "jf_pool.h" nogil:
     void jf_queue_start(jf_pool_t *p, jf_queue_t *q)
     int jf_queue_push(jf_pool_t *p, jf_queue_t *q, void *item)
     int jf_queue_done(jf_pool_t *p, jf_queue_t *q)
-    int jf_queue_take(jf_pool_t *p, jf_queue_t *q, void **item)
+    int jf_queue_take(jf_pool_t *p, jf_queue_t *q, int most, void **item)
     int jf_queue_taken_done(jf_pool_t *p, jf_queue_t *q)
     void jf_queue_set_limit(jf_pool_t *p, jf_queue_t *q, int limit)
     int jf_queue_close(jf_pool_t *p, jf_queue_t *q)
@@ -91,7 +91,7 @@ cdef class Lease:
     cdef int open(self, WorkerPool workers, int limit, object enter,
                   bint reserve) except -1
     cdef int submit_item(self, object item) except -1
-    cdef object take_item(self)
+    cdef object take_item(self, int most)
     cdef int taken_done(self) except -1
     cdef int set_limit(self, int limit) except -1
     cdef int run_item(self, object item) except -1

@@ -258,12 +258,13 @@ cdef class Lease:
             raise RuntimeError("the thread pool is shut down")
         return 0
 
-    cdef object take_item(self):
+    cdef object take_item(self, int most):
         """The oldest queued item, taken by the feeding thread to run it
-        itself (then :meth:`taken_done`), or None."""
+        itself (then :meth:`taken_done`), or None (none queued, or `most`
+        run already, the feeding thread's included)."""
         cdef void *item = NULL
         if self.workers is None or \
-                not jf_queue_take(self.workers.c, &self.q, &item):
+                not jf_queue_take(self.workers.c, &self.q, most, &item):
             return None
         obj = <object>item
         Py_DECREF(obj)  # the queue's reference; `obj` holds one

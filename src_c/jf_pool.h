@@ -316,14 +316,15 @@ static inline int jf_queue_done(jf_pool_t *p, jf_queue_t *q)
 }
 
 /* The thread that feeds the queue takes its oldest item to run it itself
- * (a call's caller helping its workers).  Not counted in `active`: the
- * limit is the pool threads' (the caller lowers it to make room for
- * itself).  1 when it got an item. */
-static inline int jf_queue_take(jf_pool_t *p, jf_queue_t *q, void **item)
+ * (a call's caller helping its workers), unless `most` items of the queue
+ * run already.  Not counted in `active`: the limit is the pool threads'
+ * (the caller lowers it to make room for itself).  1 when it got one. */
+static inline int jf_queue_take(jf_pool_t *p, jf_queue_t *q, int most,
+                                void **item)
 {
     int got = 0;
     jf_mutex_lock(&p->lock);
-    if (q->count > 0) {
+    if (q->count > 0 && q->job.active + q->taken < most) {
         *item = q->items[q->head];
         q->head = (q->head + 1) % q->capacity;
         q->count--;

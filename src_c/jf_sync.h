@@ -24,6 +24,19 @@ static inline int jf_mutex_destroy(jf_mutex_t *m) { return pthread_mutex_destroy
 static inline int jf_mutex_lock(jf_mutex_t *m) { return pthread_mutex_lock(m); }
 static inline int jf_mutex_unlock(jf_mutex_t *m) { return pthread_mutex_unlock(m); }
 
+/* Seconds of CPU the calling thread has used: with jf_clock_now, it tells
+ * how much of a stretch of wall time the thread ran rather than waited
+ * (for the GIL, say).  0.0 where the clock is missing. */
+static inline double jf_thread_cpu_now(void)
+{
+#ifdef CLOCK_THREAD_CPUTIME_ID
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+#endif
+    return 0.0;
+}
+
 /* Seconds on the monotonic clock: immune to wall-clock changes. */
 static inline double jf_clock_now(void)
 {
