@@ -402,7 +402,8 @@ class Workload:
     quick_repeats: int | None = None         # cap of repeats with --quick
 
 
-NOGIL_SIZES = {"nogil3us": 3e-6, "nogil10us": 10e-6, "nogil100us": 100e-6, "nogil1ms": 1e-3}
+NOGIL_SIZES = {"nogil3us": 3e-6, "nogil10us": 10e-6, "nogil100us": 100e-6,
+               "nogil1ms": 1e-3}
 
 
 def _prepare_noop(ctx: Context, n: int) -> Prepared:

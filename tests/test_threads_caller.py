@@ -18,11 +18,11 @@ import time
 
 import pytest
 from _jf_testutils import subprocess_env, wait_until
+from joblib_fast._kernels import burn, calibrate
 
 import joblib_fast._run as run_module
 from joblib_fast import Parallel, _threads, delayed, parallel_config
 from joblib_fast._core import Call, in_worker_thread
-from joblib_fast._kernels import burn, calibrate
 
 N_SHORT = 3000
 NO_HANG = 30.0
