@@ -104,6 +104,7 @@ cdef class Call:
     cdef bint in_list                    # may_help, in run_list
     cdef bint solo                       # the pool threads stand aside
     cdef int64_t solo_left               # tasks the caller runs alone first
+    cdef int low_windows                 # windows in a row without concurrency
     cdef readonly int solo_stretches     # times it went alone
 
     cdef Py_ssize_t _auto_size(self)

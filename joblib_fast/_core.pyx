@@ -54,7 +54,7 @@ cdef double HELP_MAX_TASK_SECONDS = 0.01
 # See Call._choose_team: batches per thread in a window, and the threads
 # running at once on average below which the caller goes on alone.
 cdef int TEAM_WINDOW_BATCHES = 2
-cdef double TEAM_MIN_CONCURRENCY = 1.2
+cdef double TEAM_MIN_CONCURRENCY = 1.1
 
 cdef object _NO_ITEM = object()
 
@@ -559,6 +559,7 @@ cdef class Call:
         if self._short_tasks() != self.helping:
             self.helping = not self.helping
             self.solo = False
+            self.low_windows = 0
             self._new_team_window()
             pool.set_limit(pool.n_threads - 1 if self.helping
                            else pool.n_threads)
@@ -600,7 +601,10 @@ cdef class Call:
         (tasks that hold it, or release it too briefly to pay for the
         hand-offs) is off the CPU: over the batches of a window, CPU
         seconds / wall seconds, times the threads, is how many ran at once
-        on average.  Under TEAM_MIN_CONCURRENCY the caller goes on alone
+        on average.  Under TEAM_MIN_CONCURRENCY (tasks holding the GIL
+        measure about 1; another process taking a core from two threads,
+        about 1.3, and the team still pays) in two windows in a row, the
+        caller goes on alone
         for as many tasks as the call has run so far, then the team is
         tried again (so a call whose tasks change finds out, and a wrong
         guess costs at most half the call)."""
@@ -627,7 +631,14 @@ cdef class Call:
             # Short batches (growing at the start, shrinking at the end):
             # their fixed costs would be taken for lost concurrency.
             return 0
-        if cpu / wall * pool.n_threads < TEAM_MIN_CONCURRENCY:
+        if cpu / wall * pool.n_threads >= TEAM_MIN_CONCURRENCY:
+            self.low_windows = 0
+            return 0
+        # Two windows in a row: a thread preempted by another process for
+        # a moment (off the CPU too) does not send the caller alone.
+        self.low_windows += 1
+        if self.low_windows >= 2:
+            self.low_windows = 0
             self.solo = True
             self.solo_left = done
             self.solo_stretches += 1
