@@ -12,14 +12,18 @@ One ``Parallel.__call__`` is one :class:`Call`.  Its data flow::
                                         tracker (src_c/jf_order.h) marked,
                                         `progress` signalled
     caller thread: Call._wait sleeps on `progress` in ``with nogil`` (in
-    slices, so Ctrl-C and the timeout are seen), then releases results:
-    all at the end (list), the longest finished prefix (generator), or in
-    completion order (generator_unordered).
+    slices, so Ctrl-C and the timeout are seen), or, on threads with a list
+    output and short tasks, runs queued batches itself (Call._help: n_jobs
+    - 1 pool threads and the caller; alone when threads do not pay,
+    Call._choose_team), then releases results: all at the end (list), the
+    longest finished prefix (generator), or in completion order
+    (generator_unordered).
 
 The batch size is chosen per batch from the measured cost of a task so that
 a batch lasts about ``target_duration`` seconds (the batch sizer), and grows
 at most twofold per batch so that one fast first task cannot make one huge
-batch.
+batch.  Auto batches pull the next batch's tasks ahead, so the end of the
+input is seen a batch early and the last batches shrink.
 
 Locks: Call.lock and the worker pool's lock are C mutexes.  They are taken either
 with the GIL held (and then released before the GIL is released) or without
