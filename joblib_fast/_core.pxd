@@ -84,7 +84,7 @@ cdef class Call:
     cdef readonly object pool
     cdef object iterator                 # None once the input has ended
     cdef list ahead                      # tasks pulled for the next batch
-    cdef readonly Py_ssize_t n_tasks     # tasks pulled from the iterator
+    cdef readonly Py_ssize_t n_tasks     # tasks in batches so far
     cdef readonly bint exhausted
     cdef Py_ssize_t pre_dispatch
     cdef Py_ssize_t fixed_batch_size     # 0 means auto
@@ -102,10 +102,11 @@ cdef class Call:
     cdef bint may_help                   # the caller may run batches (_help)
     cdef bint helping                    # it does now (pool limit lowered)
     cdef bint in_list                    # may_help, in run_list
-    cdef bint solo                       # the pool threads stand aside
-    cdef int64_t solo_left               # tasks the caller runs alone first
-    cdef int low_windows                 # windows in a row without concurrency
-    cdef readonly int solo_stretches     # times it went alone
+    cdef bint solo                       # the caller stands back (feeds only)
+    cdef int64_t solo_until              # until busy_tasks reaches this
+    cdef bint solo_barred                # never again in this call
+    cdef int low_windows                 # windows in a row, threads taking turns
+    cdef readonly int solo_stretches     # times it stood back
 
     cdef Py_ssize_t _auto_size(self)
     cdef list _newly_done(self)

@@ -58,7 +58,8 @@ cdef double HELP_MAX_TASK_SECONDS = 0.01
 # See Call._choose_team: batches per thread in a window, and the threads
 # running at once on average below which the caller goes on alone.
 cdef int TEAM_WINDOW_BATCHES = 2
-cdef double TEAM_MIN_CONCURRENCY = 1.1
+cdef double TEAM_MIN_BUSY = 0.8
+cdef double TEAM_MIN_CONCURRENCY = 1.3
 
 cdef object _NO_ITEM = object()
 
@@ -516,14 +517,22 @@ cdef class Call:
         """Sleep until `need` batches finish beyond the handled ones (or one
         does, when the wait is sliced for Ctrl-C), or the call aborts."""
         cdef int64_t seen = self.seen_done
-        cdef int64_t target = seen + (need if need > 0 else 1)
+        cdef int64_t target
         cdef bint got = False
+        if self.helping and not self.solo:
+            need = 1  # the caller runs the next batch as soon as it can
+        target = seen + (need if need > 0 else 1)
         while True:
             if self.in_list and self._help():
                 got = True
             elif self.thread_pool:
                 got = self._sleep_until(target,
                                         jf_clock_now() + SIGNAL_POLL_SECONDS)
+                if self.solo and not got:
+                    # No batch in a whole slice while the caller stood
+                    # back: maybe tasks waiting for one it would run.
+                    self.solo = False
+                    self.solo_barred = True
             else:
                 self.pool.wait(self, SIGNAL_POLL_SECONDS)
                 jf_mutex_lock(&self.lock)
@@ -557,7 +566,9 @@ cdef class Call:
         n_jobs - 1 pool threads run batches and the caller is the last
         worker, as an OpenMP master thread is.  Only while the measured
         tasks are short (HELP_MAX_TASK_SECONDS): between its batches the
-        caller pulls the input, and sees Ctrl-C."""
+        caller pulls the input (and a KeyboardInterrupt from Ctrl-C is
+        raised in whatever it runs: between tasks, or inside a task made of
+        bytecode)."""
         cdef ThreadPool pool = <ThreadPool>self.pool
         cdef object item
         if self._short_tasks() != self.helping:
@@ -570,13 +581,13 @@ cdef class Call:
         if not self.helping:
             return 0
         self._choose_team()
+        if self.solo:
+            return 0
         # At most n_jobs at once: pool threads that took batches before
         # the limit went down finish them first.
         item = pool.take_item(pool.n_threads)
         if item is None:
             return 0
-        if self.solo:
-            self.solo_left -= len((<Batch>item).tasks)
         try:
             config = swap_config(pool.caller_config)
             token = enter_as_worker()
@@ -598,55 +609,56 @@ cdef class Call:
         return 0
 
     cdef int _choose_team(self) except -1:
-        """While the caller runs batches: the caller and n_jobs - 1 pool
-        threads (the team), or the caller alone when threads do not pay.
+        """While the caller may run batches: the caller and n_jobs - 1 pool
+        threads (the team), or the pool threads alone, the caller only
+        feeding them (one thread fewer), when the threads run one at a time.
 
-        Threads pay when they run at once.  A thread waiting for the GIL
-        (tasks that hold it, or release it too briefly to pay for the
-        hand-offs) is off the CPU: over the batches of a window, CPU
-        seconds / wall seconds, times the threads, is how many ran at once
-        on average.  Under TEAM_MIN_CONCURRENCY (tasks holding the GIL
-        measure about 1; another process taking a core from two threads,
-        about 1.3, and the team still pays) in two windows in a row, the
-        caller goes on alone
-        for as many tasks as the call has run so far, then the team is
-        tried again (so a call whose tasks change finds out, and a wrong
-        guess costs at most half the call)."""
+        A thread waiting for the GIL is off the CPU: over the batches of a
+        window, CPU seconds / wall seconds, times the threads, is how many
+        ran at once on average.  Measured with two threads: tasks holding
+        the GIL, 1.0-1.27 (one core busy, the threads taking turns; the
+        hand-offs count as CPU); GIL-free kernels of 3 us, 1.85, of 1 us,
+        1.2-1.3 (as fast with a thread fewer); tasks waiting for I/O, a
+        sleep or each other, near 0 (they gain from every thread: not a
+        reason to stand back).  In
+        [TEAM_MIN_BUSY, TEAM_MIN_CONCURRENCY) in two windows in a row, the
+        caller stands back for as many tasks as the call has run so far,
+        then the team is tried again; for good, as soon as a batch-less
+        slice of SIGNAL_POLL_SECONDS shows the pool threads stuck (tasks
+        waiting for a task that only the caller could run)."""
         cdef ThreadPool pool = <ThreadPool>self.pool
-        cdef double wall, cpu
+        cdef double wall, cpu, running
         cdef int64_t batches, done
-        if self.solo:
-            if self.solo_left <= 0:
-                self.solo = False
-                self._new_team_window()
-                pool.set_limit(pool.n_threads - 1)
-            return 0
         jf_mutex_lock(&self.lock)
         wall = self.team_time
         cpu = self.team_cpu
         batches = self.team_batches
         done = self.busy_tasks
         jf_mutex_unlock(&self.lock)
-        if batches < TEAM_WINDOW_BATCHES * pool.n_threads or wall <= 0.0 \
-                or cpu <= 0.0:
+        if self.solo:
+            if done >= self.solo_until:
+                self.solo = False
+                self._new_team_window()
+            return 0
+        if self.solo_barred or batches < TEAM_WINDOW_BATCHES * pool.n_threads \
+                or wall <= 0.0 or cpu <= 0.0:
             return 0
         self._new_team_window()
         if wall < batches * self.target_duration * 0.25:
             # Short batches (growing at the start, shrinking at the end):
             # their fixed costs would be taken for lost concurrency.
             return 0
-        if cpu / wall * pool.n_threads >= TEAM_MIN_CONCURRENCY:
+        running = cpu / wall * pool.n_threads
+        if not TEAM_MIN_BUSY <= running < TEAM_MIN_CONCURRENCY:
             self.low_windows = 0
             return 0
-        # Two windows in a row: a thread preempted by another process for
-        # a moment (off the CPU too) does not send the caller alone.
+        # Two windows in a row: a moment of contention does not do it.
         self.low_windows += 1
         if self.low_windows >= 2:
             self.low_windows = 0
             self.solo = True
-            self.solo_left = done
+            self.solo_until = 2 * done
             self.solo_stretches += 1
-            pool.set_limit(0)
         return 0
 
     cdef list _newly_done(self):

@@ -271,6 +271,7 @@ cdef class Lease:
         return obj
 
     cdef int taken_done(self) except -1:
+        """After an item take_item returned has run (GIL held)."""
         if jf_queue_taken_done(self.workers.c, &self.q):
             self.unlisted()
         return 0
@@ -280,6 +281,8 @@ cdef class Lease:
         more itself, see take_item)."""
         if limit < 0:
             raise ValueError(f"a lease limit is at least 0, got {limit}")
+        if self.workers is None:
+            raise RuntimeError("the lease is not open")
         jf_queue_set_limit(self.workers.c, &self.q, limit)
         return 0
 

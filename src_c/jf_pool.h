@@ -53,7 +53,9 @@ typedef struct jf_job {
     struct jf_job *prev, *next;     /* [lock] the pool's list */
     int kind;                       /* JF_JOB_QUEUE or JF_JOB_RANGE */
     int listed;                     /* [lock] in the pool's list */
-    int limit;                      /* workers at once (queue), in all (range) */
+    int limit;                      /* [lock] pool threads at once (queue; the
+                                       feeding thread's taken items aside), in
+                                       all (range) */
     int active;                     /* [lock] pool threads inside the job now */
 } jf_job_t;
 

@@ -8,7 +8,7 @@ The model of one call with inputs ``x_0 .. x_{n-1}``:
   batch;
 * at most ``pre_dispatch`` batches are submitted and not finished, and the
   input is pulled no further than the tasks of submitted batches (auto
-  batches: and the next batch's, at most as many as the last batch's);
+  batches: and the next batch's, at most as many as the largest batch);
 * ``run_list`` returns ``[f(x_0), ..., f(x_{n-1})]``;
 * ``iter_ordered`` yields the same list, each value only once every batch up
   to its own has finished;
@@ -113,13 +113,15 @@ class ModelPool:
         assert len(self.pending) <= self.pre_dispatch, \
             (len(self.pending), self.pre_dispatch)
         # A fixed batch size pulls only the submitted tasks; auto batches
-        # pull the next batch's tasks with this one (at most as many as
-        # this batch has, so that the end of the input is seen early).
+        # pull the next batch's tasks with this one (so that the end of the
+        # input is seen early): never more than the largest batch so far
+        # (a batch may be smaller than the one before it).
         ahead = self.source.pulled - self.n_submitted_tasks
         if self.batch_size:
             assert ahead == 0, ahead
         else:
-            assert 0 <= ahead <= size, (ahead, size)
+            largest = max(n for _, n in self.submitted)
+            assert 0 <= ahead <= largest, (ahead, largest)
 
     def wait(self, call, seconds):
         assert self.pending, "the core waits while nothing is running"

@@ -2,8 +2,8 @@
 
 While it waits for a list of short tasks, the calling thread runs queued
 batches as one of the n_jobs workers (n_jobs - 1 pool threads then run the
-others), under the configuration a worker has; when the threads do not run
-at once (tasks holding the GIL), it goes on alone for a while.  Not with a
+others), under the configuration a worker has; when the threads take turns
+(tasks holding the GIL), it stands back for a while.  Not with a
 generator output, a timeout, a per-worker initializer or long tasks.
 """
 from __future__ import annotations
@@ -156,15 +156,25 @@ def spin_holding_the_gil(n):
     return total
 
 
-def test_gil_holding_tasks_send_the_caller_on_alone(calls):
+def test_gil_holding_tasks_make_the_caller_stand_back(calls):
     # Pure-Python tasks hold the GIL: two threads never run at once, the
-    # measured concurrency stays near 1 and the caller goes on alone.
+    # measured concurrency stays near 1 and the caller stands back (one
+    # thread fewer runs tasks).
     n = 2000  # about 50 us of bytecode
     out = Parallel(n_jobs=2, backend="threading")(
         delayed(spin_holding_the_gil)(n) for _ in range(20_000))
     assert out == [spin_holding_the_gil(n)] * 20_000
     assert len(calls) == 1
     assert calls[0].solo_stretches >= 1
+
+
+def test_tasks_that_wait_keep_every_thread(calls):
+    # Sleeping tasks are off the CPU like tasks waiting for the GIL, but
+    # they gain from every thread: the caller does not stand back.
+    out = Parallel(n_jobs=4, backend="threading")(
+        delayed(time.sleep)(0.002) for _ in range(1500))
+    assert out == [None] * 1500
+    assert calls[0].solo_stretches == 0
 
 
 SCRIPT = textwrap.dedent("""
