@@ -14,8 +14,8 @@ One ``Parallel.__call__`` is one :class:`Call`.  Its data flow::
     caller thread: Call._wait sleeps on `progress` in ``with nogil`` (in
     slices, so Ctrl-C and the timeout are seen), or, on threads with a list
     output and short tasks, runs queued batches itself (Call._help: n_jobs
-    - 1 pool threads and the caller; alone when threads do not pay,
-    Call._choose_team), then releases results: all at the end (list), the
+    - 1 pool threads and the caller; the pool threads only when they take
+    turns, Call._choose_team), then releases results: all at the end (list), the
     longest finished prefix (generator), or in completion order
     (generator_unordered).
 
@@ -53,10 +53,12 @@ cdef double SIGNAL_POLL_SECONDS = 0.05
 cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
 # The caller of a threading call runs batches itself (see Call._help) only
 # while the tasks measured so far last at most this long on average: it
-# sees Ctrl-C between batches only, so a batch it runs must be short.
+# feeds the pool threads between its batches only (and Ctrl-C reaches a
+# task that runs no bytecode only between them), so its batches must be short.
 cdef double HELP_MAX_TASK_SECONDS = 0.01
-# See Call._choose_team: batches per thread in a window, and the threads
-# running at once on average below which the caller goes on alone.
+# See Call._choose_team: batches per thread in a window, and the range of
+# threads running at once on average (about one core busy in all) in which
+# the caller stands back.
 cdef int TEAM_WINDOW_BATCHES = 2
 cdef double TEAM_MIN_BUSY = 0.8
 cdef double TEAM_MIN_CONCURRENCY = 1.3
