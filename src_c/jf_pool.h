@@ -305,14 +305,14 @@ static inline int jf_queue_drained(jf_queue_t *q)
     return q->count == 0 && q->job.active == 0 && q->taken == 0;
 }
 
-/* A worker finished an item of `q`.  Returns 1 when this unlisted the
- * queue (closing and drained): the caller then drops the pool's reference
- * to the queue's owner. */
-static inline int jf_queue_done(jf_pool_t *p, jf_queue_t *q)
+/* An item of `q` counted in `*running` finished.  Returns 1 when this
+ * unlisted the queue (closing and drained): the caller then drops the
+ * pool's reference to the queue's owner. */
+static inline int jf_queue_finish(jf_pool_t *p, jf_queue_t *q, int *running)
 {
     int unlisted = 0;
     jf_mutex_lock(&p->lock);
-    q->job.active--;
+    (*running)--;
     if (q->closing && jf_queue_drained(q)) {
         unlisted = q->job.listed;
         jf_pool_unlink(p, &q->job);
@@ -320,6 +320,12 @@ static inline int jf_queue_done(jf_pool_t *p, jf_queue_t *q)
     }
     jf_mutex_unlock(&p->lock);
     return unlisted;
+}
+
+/* A pool thread finished an item of `q` (see jf_queue_finish). */
+static inline int jf_queue_done(jf_pool_t *p, jf_queue_t *q)
+{
+    return jf_queue_finish(p, q, &q->job.active);
 }
 
 /* The thread that feeds the queue takes its oldest item to run it itself
@@ -342,19 +348,10 @@ static inline int jf_queue_take(jf_pool_t *p, jf_queue_t *q, int most,
     return got;
 }
 
-/* The feeding thread finished an item it took; as jf_queue_done. */
+/* The feeding thread finished an item it took (see jf_queue_finish). */
 static inline int jf_queue_taken_done(jf_pool_t *p, jf_queue_t *q)
 {
-    int unlisted = 0;
-    jf_mutex_lock(&p->lock);
-    q->taken--;
-    if (q->closing && jf_queue_drained(q)) {
-        unlisted = q->job.listed;
-        jf_pool_unlink(p, &q->job);
-        jf_cond_broadcast(&p->left);
-    }
-    jf_mutex_unlock(&p->lock);
-    return unlisted;
+    return jf_queue_finish(p, q, &q->taken);
 }
 
 /* At most `limit` pool threads run the queue's items at once from now on

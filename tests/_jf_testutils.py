@@ -197,6 +197,30 @@ def wait_until(predicate, seconds=PROC_GRACE):
         time.sleep(0.05)
 
 
+def interrupt_script(path, args, started, seconds):
+    """Run the script ``path`` with ``args`` in a child Python, send it
+    SIGINT once ``started()`` is true, and return ``(stdout, stderr,
+    returncode)``; the child is killed if it is still alive at the end.
+    ``seconds`` bounds each wait (a hang guard)."""
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, str(path), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=subprocess_env())
+    try:
+        assert wait_until(lambda: proc.poll() is not None or started(),
+                          seconds), "the script never got ready"
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=seconds)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return out, err, proc.returncode
+
+
 def subprocess_env(**extra):
     """Environment for a child Python that imports the installed package
     and the test helpers (proc_tasks)."""

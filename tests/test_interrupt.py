@@ -1,13 +1,10 @@
 """Ctrl-C while tasks run: KeyboardInterrupt in the caller at once, and the
 script exits without waiting for the running tasks (issue 9)."""
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from _jf_testutils import subprocess_env, wait_until
+from _jf_testutils import interrupt_script
 
 SCRIPT = textwrap.dedent("""
     import os, sys, time
@@ -37,21 +34,10 @@ def test_ctrl_c_ends_the_script_without_waiting_for_tasks(
         tmp_path, backend, return_as):
     path = tmp_path / "script.py"
     path.write_text(SCRIPT)
-    proc = subprocess.Popen(
-        [sys.executable, str(path), str(tmp_path), backend, return_as],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=subprocess_env())
-    try:
-        assert wait_until(lambda: proc.poll() is not None or len(
-            [n for n in os.listdir(tmp_path) if n.startswith("started-")]) >= 2,
-            NO_HANG), "tasks never started"
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=NO_HANG)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    out, err, returncode = interrupt_script(
+        path, [tmp_path, backend, return_as],
+        lambda: len([n for n in os.listdir(tmp_path)
+                     if n.startswith("started-")]) >= 2, NO_HANG)
     assert "interrupted" in out, err
     assert "KeyboardInterrupt" in err
-    assert proc.returncode != 0
+    assert returncode != 0

@@ -9,15 +9,12 @@ generator output, a timeout, a per-worker initializer or long tasks.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 
 import pytest
-from _jf_testutils import subprocess_env, wait_until
+from _jf_testutils import interrupt_script
 from joblib_fast._kernels import burn, calibrate
 
 import joblib_fast._run as run_module
@@ -208,19 +205,9 @@ SCRIPT = textwrap.dedent("""
 def test_ctrl_c_while_the_caller_runs_batches(tmp_path):
     path = tmp_path / "script.py"
     path.write_text(SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(path), str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=subprocess_env())
-    try:
-        assert wait_until(lambda: proc.poll() is not None or os.path.exists(
-            tmp_path / "caller-ran"), NO_HANG), "the caller ran no batch"
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=NO_HANG)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    out, err, returncode = interrupt_script(
+        path, [tmp_path], lambda: os.path.exists(tmp_path / "caller-ran"),
+        NO_HANG)
     assert "interrupted" in out, err
     assert "KeyboardInterrupt" in err
-    assert proc.returncode != 0
+    assert returncode != 0
