@@ -146,7 +146,9 @@ cdef class WorkerPool:
         with self.plock:
             self.reserved += n
             keep = max(self.base, self.reserved)
-        jf_pool_set_keep(self.c, keep)
+            # Under plock: the pool's keep follows the order of the
+            # reservations (two leases opening and closing at once).
+            jf_pool_set_keep(self.c, keep)
         if n > 0:
             self.ensure(keep)
         return 0

@@ -149,12 +149,14 @@ static inline void jf_pool_unlink(jf_pool_t *p, jf_job_t *j)
 
 /* Reserve room for one more thread the caller is about to start: returns
  * 1 when it should start one (the count then includes it), 0 when the
- * pool has `want` threads already or is closing. */
+ * pool has `want` threads already, or `keep` (a thread started above it
+ * would exit at once, and a caller looping until `want` would start
+ * threads forever), or is closing. */
 static inline int jf_pool_reserve_thread(jf_pool_t *p, int want)
 {
     int go;
     jf_mutex_lock(&p->lock);
-    go = !p->closing && p->n_threads < want;
+    go = !p->closing && p->n_threads < want && p->n_threads < p->keep;
     if (go) p->n_threads++;
     jf_mutex_unlock(&p->lock);
     return go;

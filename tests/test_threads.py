@@ -324,6 +324,33 @@ def test_concurrent_calls_from_user_threads_do_not_mix(return_as):
     assert worker_threads() == []
 
 
+def test_many_calls_opening_and_closing_at_once_finish():
+    # Leases open and close from many threads at once: the shared pool's
+    # kept-thread count follows the reservations in order, and a lease
+    # opening never starts threads that exit at once (a CI run once hung
+    # here, one thread starting threads forever while holding the pool's
+    # lock).
+    errors = []
+
+    def user(k):
+        try:
+            for _ in range(15):
+                out = Parallel(n_jobs=2, backend="threading")(
+                    delayed(abs)(-i) for i in range(60))
+                assert out == list(range(60))
+        except BaseException as exc:  # noqa: BLE001 (asserted below)
+            errors.append(exc)
+
+    users = [threading.Thread(target=user, args=(k,)) for k in range(8)]
+    for t in users:
+        t.start()
+    for t in users:
+        t.join(60)
+    assert not any(t.is_alive() for t in users), "a call never ended"
+    assert not errors, errors
+    assert len(shared_threads()) <= 16
+
+
 def test_concurrent_calls_share_one_context_managed_instance_safely():
     # Two user threads calling the same managed instance: one runs, the
     # other gets a clear RuntimeError or waits; never mixed results.
