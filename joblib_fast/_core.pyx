@@ -617,7 +617,8 @@ cdef class Call:
 
         A thread waiting for the GIL is off the CPU: over the batches of a
         window, CPU seconds / wall seconds, times the threads, is how many
-        ran at once on average.  Measured with two threads: tasks holding
+        ran at once on average.  Seen with two threads (a debug run that
+        printed each window's value, not kept): tasks holding
         the GIL, 1.0-1.27 (one core busy, the threads taking turns; the
         hand-offs count as CPU); GIL-free kernels of 3 us, 1.85, of 1 us,
         1.2-1.3 (as fast with a thread fewer); tasks waiting for I/O, a

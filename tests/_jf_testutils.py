@@ -197,6 +197,26 @@ def wait_until(predicate, seconds=PROC_GRACE):
         time.sleep(0.05)
 
 
+def in_user_threads(body, n, seconds):
+    """Run ``body(k)`` in ``n`` threads of the test at once, k = 0..n-1;
+    wait up to ``seconds`` for each.  Returns ``(errors, alive)``: the
+    exceptions the bodies raised and the threads still running."""
+    errors = []
+
+    def user(k):
+        try:
+            body(k)
+        except BaseException as exc:  # noqa: BLE001 (returned)
+            errors.append(exc)
+
+    users = [threading.Thread(target=user, args=(k,)) for k in range(n)]
+    for t in users:
+        t.start()
+    for t in users:
+        t.join(seconds)
+    return errors, [t for t in users if t.is_alive()]
+
+
 def interrupt_script(path, args, started, seconds):
     """Run the script ``path`` with ``args`` in a child Python, send it
     SIGINT once ``started()`` is true, and return ``(stdout, stderr,

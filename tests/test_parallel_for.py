@@ -19,7 +19,7 @@ import textwrap
 import threading
 
 import pytest
-from _jf_testutils import shared_threads
+from _jf_testutils import in_user_threads, shared_threads
 
 import joblib_fast
 from joblib_fast import Parallel, _threads, cpu_count, delayed
@@ -264,22 +264,13 @@ def test_threading_backend_and_parallel_for_share_the_pool(consumer):
 
 
 def test_two_calling_threads(consumer):
-    errors = []
-
     def user(k):
-        try:
-            for i in range(200):
-                n = 1000 + 37 * i + k
-                out = consumer.visit(k, k + n, i % 5, -1)
-                check_visit(consumer, out, k, k + n, i % 5, -1)
-        except BaseException as exc:  # noqa: BLE001 (asserted below)
-            errors.append(exc)
+        for i in range(200):
+            n = 1000 + 37 * i + k
+            out = consumer.visit(k, k + n, i % 5, -1)
+            check_visit(consumer, out, k, k + n, i % 5, -1)
 
-    users = [threading.Thread(target=user, args=(k,)) for k in range(2)]
-    for t in users:
-        t.start()
-    for t in users:
-        t.join(120)
+    errors, _ = in_user_threads(user, 2, 120)
     assert not errors, errors[:1]
 
 

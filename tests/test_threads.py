@@ -11,6 +11,7 @@ from _jf_testutils import (
     RETURN_AS,
     WORKER_THREAD_PREFIX,
     fail_on,
+    in_user_threads,
     shared_threads,
     square,
     wait_no_worker_threads,
@@ -304,21 +305,13 @@ def test_concurrent_calls_from_user_threads_do_not_mix(return_as):
     # Four user threads each run their own Parallel at the same time; each
     # gets exactly its own results.
     results = {}
-    errors = []
 
     def user(k):
-        try:
-            out = Parallel(n_jobs=2, backend="threading", return_as=return_as)(
-                delayed(lambda i: (k, i))(i) for i in range(300))
-            results[k] = sorted(out)
-        except BaseException as exc:  # noqa: BLE001 (asserted below)
-            errors.append(exc)
+        out = Parallel(n_jobs=2, backend="threading", return_as=return_as)(
+            delayed(lambda i: (k, i))(i) for i in range(300))
+        results[k] = sorted(out)
 
-    users = [threading.Thread(target=user, args=(k,)) for k in range(4)]
-    for t in users:
-        t.start()
-    for t in users:
-        t.join(60)
+    errors, _ = in_user_threads(user, 4, 60)
     assert not errors, errors
     assert results == {k: [(k, i) for i in range(300)] for k in range(4)}
     assert worker_threads() == []
@@ -330,23 +323,14 @@ def test_many_calls_opening_and_closing_at_once_finish():
     # opening never starts threads that exit at once (a CI run once hung
     # here, one thread starting threads forever while holding the pool's
     # lock).
-    errors = []
-
     def user(k):
-        try:
-            for _ in range(15):
-                out = Parallel(n_jobs=2, backend="threading")(
-                    delayed(abs)(-i) for i in range(60))
-                assert out == list(range(60))
-        except BaseException as exc:  # noqa: BLE001 (asserted below)
-            errors.append(exc)
+        for _ in range(15):
+            out = Parallel(n_jobs=2, backend="threading")(
+                delayed(abs)(-i) for i in range(60))
+            assert out == list(range(60))
 
-    users = [threading.Thread(target=user, args=(k,)) for k in range(8)]
-    for t in users:
-        t.start()
-    for t in users:
-        t.join(60)
-    assert not any(t.is_alive() for t in users), "a call never ended"
+    errors, alive = in_user_threads(user, 8, 60)
+    assert not alive, "a call never ended"
     assert not errors, errors
     assert len(shared_threads()) <= 16
 

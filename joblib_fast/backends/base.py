@@ -217,8 +217,8 @@ class SequentialBackend(PoolProvider, ParallelBackendBase):
 # or virtual machine): fewer, longer batches mean fewer of those.  The tail
 # stays short because the last batches shrink (Call._make_batch looks a
 # batch ahead).  Measured, 2 vs 4 vs 8 ms, `bench.py --only
-# nogil3us,nogil10us`: 1.52x/1.56x/1.60x and 1.85x/1.79x/1.88x (README,
-# "Where the time goes").
+# nogil3us,nogil10us` run with ThreadingBackend.target_batch_duration set to
+# each value: 1.52x/1.56x/1.60x and 1.85x/1.79x/1.88x (one run each).
 THREAD_TARGET_BATCH_SECONDS = 0.008
 
 
