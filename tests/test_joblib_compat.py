@@ -198,11 +198,20 @@ def _read_tag(_):
     return getattr(_thread_state, "tag", None)
 
 
+def _read_tag_together(barrier):
+    # Two tasks meet here, so two threads ran tasks of the call (a thread
+    # that runs no batch of a pool never runs its initializer).
+    barrier.wait(timeout=30)
+    return _read_tag(None)
+
+
 def test_initializer_runs_once_in_each_worker_thread():
     seen = []
-    out = Parallel(n_jobs=2, backend="threading", initializer=_init_thread,
-                   initargs=("ready", seen))(
-        delayed(_read_tag)(i) for i in range(20))
+    barrier = threading.Barrier(2)
+    out = Parallel(n_jobs=2, backend="threading", batch_size=1,
+                   initializer=_init_thread, initargs=("ready", seen))(
+        [delayed(_read_tag_together)(barrier)] * 2
+        + [delayed(_read_tag)(i) for i in range(18)])
     assert out == ["ready"] * 20
     assert len(seen) == 2 and len(set(seen)) == 2
 
@@ -217,11 +226,14 @@ def test_initializer_from_parallel_config_for_threads():
 
 def test_threads_of_a_with_block_are_initialized_once():
     seen = []
-    with Parallel(n_jobs=2, backend="threading", initializer=_init_thread,
-                  initargs=("block", seen)) as p:
+    barrier = threading.Barrier(2)
+    with Parallel(n_jobs=2, backend="threading", batch_size=1,
+                  initializer=_init_thread, initargs=("block", seen)) as p:
         for _ in range(3):
-            assert p(delayed(_read_tag)(i) for i in range(4)) == ["block"] * 4
-    assert len(seen) == 2
+            tasks = [delayed(_read_tag_together)(barrier)] * 2 + [
+                delayed(_read_tag)(i) for i in range(2)]
+            assert p(tasks) == ["block"] * 4
+    assert len(seen) == 2 and len(set(seen)) == 2
 
 
 def test_bad_initializer_is_a_clear_error():
