@@ -1,6 +1,7 @@
 """Where the time goes on the threading backend: GIL and scheduler counts.
 
-    python benchmarks/where_time_goes.py [--tasks 20000] [--us 10]
+    python benchmarks/where_time_goes.py [--tasks 20000] [--us 10] [--gil]
+    python benchmarks/where_time_goes.py --input 7 [--tasks 60000 --us 3]
 
 Runs the nogil kernel workload (``--tasks`` calls of a ``--us`` microsecond
 GIL-releasing kernel, n_jobs=2) with joblib_fast's threading backend and
@@ -16,6 +17,9 @@ thread of each system:
   blocked taking it (its native stack waits in ``take_gil``).
 
 Counts, not seconds, are the steady figures on a noisy machine.
+
+``--input ROUNDS`` instead times, side by side, how much of the call is the
+user's ``delayed`` generator (see :func:`input_share`).
 """
 from __future__ import annotations
 
@@ -100,6 +104,74 @@ def child(system: str, n_tasks: int, micros: float, seconds: float) -> None:
                       "tasks": calls * n_tasks, "threads": rows}))
 
 
+def input_share(n_tasks: int, micros: float, rounds: int) -> None:
+    """The share of the user's ``delayed`` generator, side by side in this
+    process: the same work run by ThreadPool.map over a ready list (as
+    benchmarks/bench.py runs it) and over the same ``delayed`` generator
+    as joblib_fast's (Pool.map lists it first, then runs each task), by
+    joblib_fast pulling the generator (what bench.py times), by joblib_fast
+    over a ready list of the same ``delayed`` tasks (made before the timer
+    starts) and, alone, the making and dropping of those tasks in one
+    thread.  Rounds alternate the systems; medians."""
+    from multiprocessing.pool import ThreadPool
+
+    from joblib_fast._kernels import burn, calibrate
+
+    from joblib_fast import Parallel, delayed
+
+    n = calibrate(micros * 1e-6)
+    items = [n] * n_tasks
+
+    def run_task(task):
+        func, args, kwargs = task
+        return func(*args, **kwargs)
+
+    def pull_alone():
+        for _ in (delayed(burn)(x) for x in items):
+            pass
+
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    with Parallel(n_jobs=2, backend="threading") as parallel, \
+            ThreadPool(2) as pool:
+        systems = {
+            "loop": lambda: [burn(x) for x in items],
+            "mp.ThreadPool, ready list": lambda: pool.map(
+                burn, items, chunksize=max(1, n_tasks // 8)),
+            "mp.ThreadPool, the same delayed generator": lambda: pool.map(
+                run_task, (delayed(burn)(x) for x in items),
+                chunksize=max(1, n_tasks // 8)),
+            "joblib_fast, delayed generator": lambda: parallel(
+                delayed(burn)(x) for x in items),
+            "joblib_fast, ready list of delayed tasks": None,
+            "making + dropping the tasks alone": pull_alone,
+        }
+        for _ in range(rounds):
+            for name, run in systems.items():
+                tasks = None
+                if run is None:
+                    tasks = [delayed(burn)(x) for x in items]
+                    t0 = time.perf_counter()
+                    parallel(tasks)
+                else:
+                    t0 = time.perf_counter()
+                    run()
+                times[name].append(time.perf_counter() - t0)
+                del tasks
+    median = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    loop = median["loop"]
+    print(f"\nthe input's share: median of {rounds} alternating rounds")
+    print(f"  {'':<42} {'ms':>8} {'speed-up':>9}")
+    for name, t in median.items():
+        ratio = f"{loop / t:8.2f}x" if name != "loop" and \
+            not name.startswith("making") else ""
+        print(f"  {name:<42} {1e3 * t:8.2f} {ratio:>9}")
+    gap = median["joblib_fast, delayed generator"] - \
+        median["joblib_fast, ready list of delayed tasks"]
+    print(f"  generator - ready list: {1e3 * gap:.2f} ms, "
+          f"{gap / median['making + dropping the tasks alone']:.1f} x the "
+          "time of making and dropping the tasks alone")
+
+
 def _gil_shares(cmd: list[str], seconds: float) -> dict[str, tuple]:
     """py-spy samples of two runs of ``cmd``: per thread name, (share of the
     sampling rounds in which it held the GIL, share in which it was blocked
@@ -153,10 +225,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--gil", action="store_true",
                         help="also sample GIL holding with py-spy")
+    parser.add_argument("--input", type=int, metavar="ROUNDS", default=0,
+                        help="only the input's share (see input_share), "
+                        "median of ROUNDS rounds")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.tasks, args.us, args.seconds)
+        return 0
+    if args.input:
+        print(f"nogil kernel {args.us:g} us x {args.tasks}, n_jobs=2, "
+              f"{os.cpu_count()} CPUs")
+        input_share(args.tasks, args.us, args.input)
         return 0
     print(f"nogil kernel {args.us:g} us x {args.tasks}, n_jobs=2, "
           f"{os.cpu_count()} CPUs")

@@ -180,3 +180,43 @@ def test_repr_mentions_the_function():
 def test_delayed_is_the_same_everywhere():
     from joblib_fast import parallel
     assert parallel.delayed is joblib_fast.delayed
+
+
+def test_wrappers_of_different_functions_stay_apart():
+    # delayed() reuses the wrapper of the function it wrapped last: the
+    # reuse must never hand one function's wrapper to another.
+    def double(x):
+        return 2 * x
+
+    tasks = []
+    for i in range(4):
+        tasks.append(delayed(add)(i, 1))
+        tasks.append(delayed(double)(i))
+    assert [t[0] for t in tasks] == [add, double] * 4
+    assert Parallel(n_jobs=2, backend="threading")(tasks) == [
+        v for i in range(4) for v in (i + 1, 2 * i)]
+
+
+@pytest.mark.parametrize("n_jobs, return_as", [
+    (1, "list"), (2, "list"), (2, "generator"), (2, "generator_unordered")])
+def test_a_call_keeps_no_wrapped_function_alive(n_jobs, return_as):
+    # The reused wrapper is dropped once a call has pulled its input, so a
+    # closure (and what it holds) is freed when the user drops it.
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    held = Big()
+
+    def work(x, held=held):
+        return x
+
+    ref = weakref.ref(held)
+    out = Parallel(n_jobs=n_jobs, backend="threading", return_as=return_as)(
+        delayed(work)(i) for i in range(5))
+    assert sorted(out) == list(range(5))
+    del work, held, out
+    gc.collect()
+    assert ref() is None
