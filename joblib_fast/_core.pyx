@@ -37,7 +37,8 @@ from .errors import ParallelTimeoutError, TaskError, abandons_running_tasks
 
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.object cimport PyObject_Call
+from cpython.object cimport PyObject, PyObject_Call, PyTypeObject
+from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
@@ -73,8 +74,29 @@ cdef object _bad_task(object item, Py_ssize_t index):
         f"{type(item).__name__}: {item!r:.80}")
 
 
+cdef extern from "Python.h":
+    # On borrowed pointers: the checks of every task take no reference.
+    PyTypeObject *_type_of "Py_TYPE"(PyObject *o)
+    bint _is_callable "PyCallable_Check"(PyObject *o)
+    PyObject *_item_of "PyTuple_GET_ITEM"(PyObject *t, Py_ssize_t i)
+    object _call "PyObject_Call"(PyObject *func, PyObject *args,
+                                 PyObject *kwargs)
+
+
 cdef inline object _check_task(object item, Py_ssize_t index):
     """Return the task as a (callable, tuple, dict) triple or raise."""
+    cdef PyObject *p = <PyObject *>item
+    if _type_of(p) == <PyTypeObject *>tuple and PyTuple_GET_SIZE(item) == 3 \
+            and _is_callable(_item_of(p, 0)) \
+            and _type_of(_item_of(p, 1)) == <PyTypeObject *>tuple \
+            and _type_of(_item_of(p, 2)) == <PyTypeObject *>dict:
+        return item
+    return _check_other_task(item, index)
+
+
+cdef object _check_other_task(object item, Py_ssize_t index):
+    """_check_task for what delayed() does not make: a list of arguments,
+    None for no keyword arguments, or no task at all."""
     cdef tuple t
     if type(item) is not tuple or len(<tuple>item) != 3:
         raise _bad_task(item, index)
@@ -198,24 +220,29 @@ cdef class Batch:
         cdef double t0, cpu0 = 0.0
         if call.aborted:
             return call._finish_batch(self, None, 0.0, 0.0, None, -1)
-        results = [None] * n
+        results = []
         if call.may_help:
             cpu0 = jf_thread_cpu_now()
         t0 = jf_clock_now()
-        for i in range(n):
-            if call.aborted:
-                results = None
-                break
-            t = <tuple>tasks[i]
-            if track:
-                self.task_started = jf_clock_now()
-            try:
-                results[i] = PyObject_Call(t[0], t[1], t[2])
-            except BaseException as exc:
-                error = exc
-                error_index = self.start + i
-                results = None
-                break
+        i = 0
+        # One try around the loop, and the task's parts read from the tuple
+        # (held by `t`) without taking references.
+        try:
+            while i < n:
+                if call.aborted:
+                    results = None
+                    break
+                t = <tuple>tasks[i]
+                if track:
+                    self.task_started = jf_clock_now()
+                results.append(_call(_item_of(<PyObject *>t, 0),
+                                     _item_of(<PyObject *>t, 1),
+                                     _item_of(<PyObject *>t, 2)))
+                i += 1
+        except BaseException as exc:
+            error = exc
+            error_index = self.start + i
+            results = None
         self.task_started = 0.0
         t0 = jf_clock_now() - t0
         if call.may_help:
