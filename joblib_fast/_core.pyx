@@ -163,32 +163,13 @@ cdef class DelayedCall:
         return f"delayed({self.func!r})"
 
 
-# ``(func, DelayedCall(func))`` of the last delayed() call: in
-# ``delayed(f)(x) for x in xs`` the same wrapper serves every item (the
-# wrapper is immutable, so sharing it is invisible).  Dropped when a call
-# has pulled its whole input (or failed to), so that it keeps no function,
-# and what its closure holds, alive past the next Parallel call.
-cdef object _last_delayed = None
-
-
 def delayed(func):
     """Capture the arguments of a call to ``func`` for ``Parallel``.
 
     ``delayed(f)(*args, **kwargs)`` returns the task ``(f, args, kwargs)``.
     Usable as a decorator too.
     """
-    global _last_delayed
-    cdef object last = _last_delayed
-    if last is not None and (<tuple>last)[0] is func:
-        return (<tuple>last)[1]
-    wrapper = DelayedCall(func)
-    _last_delayed = (func, wrapper)
-    return wrapper
-
-
-cdef inline void _forget_delayed() noexcept:
-    global _last_delayed
-    _last_delayed = None
+    return DelayedCall(func)
 
 
 @cython.final
@@ -454,7 +435,6 @@ cdef class Call:
             item = next(self.iterator, _NO_ITEM)
             if item is _NO_ITEM:
                 self.iterator = None
-                _forget_delayed()
                 if self.total < 0:
                     self.total = self.n_tasks + k
                     if not self.fixed_batch_size:
@@ -515,7 +495,6 @@ cdef class Call:
                 self.exhausted = True
                 self.iterator = None
                 self.ahead = []
-                _forget_delayed()
                 raise
             if batch is None:
                 break
@@ -753,8 +732,13 @@ cdef class Call:
         caller that hands batches over itself instead of giving an
         iterable (``joblib_backend``: joblib's Parallel decides the
         batches).  Returns the :class:`Batch`; :meth:`take_done` reports
-        it once it has finished.  Any thread, one at a time."""
-        cdef Batch batch = self._add_batch(tasks)
+        it once it has finished.  Any thread, one at a time.  Each task is
+        checked as a pulled one is (TaskError when it is not one)."""
+        cdef Py_ssize_t k
+        cdef Batch batch
+        tasks = [_check_task(tasks[k], self.n_tasks + k)
+                 for k in range(len(tasks))]
+        batch = self._add_batch(tasks)
         self._submit(batch)
         return batch
 
@@ -996,7 +980,6 @@ def run_sequential(iterable, on_result=None):
             on_result(i, value)
         out.append(value)
         i += 1
-    _forget_delayed()
     return out
 
 

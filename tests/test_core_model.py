@@ -339,3 +339,26 @@ def test_call_rejects_bad_arguments(kwargs):
             Call(pool, [], **kwargs)
     finally:
         assert pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("bad", [None, (f,), (f, (1,), {}, 0), (3, (), {}),
+                                 (f, 1, {})])
+def test_pushed_tasks_are_checked(bad):
+    # Call.push (joblib_backend's way in) checks its tasks as pulled ones
+    # are: a clear TaskError, never a crash of the thread running them.
+    from joblib_fast.errors import TaskError
+
+    pool = ThreadPool(1)
+    try:
+        call = Call(pool, (), pre_dispatch=1, stop_on_error=False)
+        with pytest.raises(TaskError, match="task|item"):
+            call.push([delayed(f)(1), bad])
+        call.push([delayed(f)(2), (f, [3], None)])
+        done = call.take_done()
+        while not done:
+            time.sleep(0.01)
+            done = call.take_done()
+        [(_, results, error)] = done
+        assert error is None and results == [f(2), f(3)]
+    finally:
+        assert pool.shutdown(wait=True)

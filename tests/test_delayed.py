@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import inspect
 import pickle
+import time
 
 import pytest
 from _jf_testutils import BACKENDS, add
@@ -182,26 +183,12 @@ def test_delayed_is_the_same_everywhere():
     assert parallel.delayed is joblib_fast.delayed
 
 
-def test_wrappers_of_different_functions_stay_apart():
-    # delayed() reuses the wrapper of the function it wrapped last: the
-    # reuse must never hand one function's wrapper to another.
-    def double(x):
-        return 2 * x
-
-    tasks = []
-    for i in range(4):
-        tasks.append(delayed(add)(i, 1))
-        tasks.append(delayed(double)(i))
-    assert [t[0] for t in tasks] == [add, double] * 4
-    assert Parallel(n_jobs=2, backend="threading")(tasks) == [
-        v for i in range(4) for v in (i + 1, 2 * i)]
-
-
 @pytest.mark.parametrize("n_jobs, return_as", [
-    (1, "list"), (2, "list"), (2, "generator"), (2, "generator_unordered")])
-def test_a_call_keeps_no_wrapped_function_alive(n_jobs, return_as):
-    # The reused wrapper is dropped once a call has pulled its input, so a
-    # closure (and what it holds) is freed when the user drops it.
+    (1, "list"), (1, "generator"), (2, "list"), (2, "generator"),
+    (2, "generator_unordered")])
+def test_a_call_keeps_no_task_alive(n_jobs, return_as):
+    # Once a call has ended, nothing of it holds the user's function (and
+    # what its closure holds).
     import gc
     import weakref
 
@@ -219,4 +206,51 @@ def test_a_call_keeps_no_wrapped_function_alive(n_jobs, return_as):
     assert sorted(out) == list(range(5))
     del work, held, out
     gc.collect()
+    assert ref() is None
+
+
+def _keep(x, held=None):
+    return x
+
+
+def _fail_on_two(x, held=None):
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("how", [
+    "task fails", "generator closed early", "generator dropped unstarted"])
+def test_a_call_ended_early_keeps_no_task_alive(n_jobs, how):
+    # Also when the input was not pulled to its end: the tasks pulled
+    # ahead and the batches queued when the call ended are dropped (the
+    # pool threads skip the batches of an ended call: soon, not at once).
+    import functools
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    held = Big()
+    ref = weakref.ref(held)
+    work = functools.partial(
+        _fail_on_two if how == "task fails" else _keep, held=held)
+    tasks = (delayed(work)(i) for i in range(10_000))
+    if how == "task fails":
+        with pytest.raises(ValueError, match="two"):
+            Parallel(n_jobs=n_jobs, backend="threading", batch_size=1)(tasks)
+    else:
+        gen = Parallel(n_jobs=n_jobs, backend="threading",
+                       return_as="generator")(tasks)
+        if how == "generator closed early":
+            assert next(gen) == 0
+            gen.close()
+        del gen
+    del work, held, tasks
+    deadline = time.monotonic() + 10
+    while gc.collect() is not None and ref() is not None \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert ref() is None

@@ -35,16 +35,21 @@ class CountingInput:
 @pytest.mark.parametrize("return_as", GENERATORS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_first_result_needs_a_bounded_prefix(backend, return_as, batch_size):
-    source = CountingInput(square, N_INPUT)
+    n = 10 * N_INPUT
+    source = CountingInput(square, n)
     gen = Parallel(n_jobs=2, backend=backend, return_as=return_as,
                    batch_size=batch_size)(iter(source))
     first = next(gen)
     pulled_at_first = source.pulled
     rest = list(gen)
-    assert sorted([first] + rest) == [i * i for i in range(N_INPUT)]
-    # pre_dispatch="2*n_jobs" batches, each grown at most twofold: a few
-    # dozen tasks at most, certainly not the whole input.
-    assert 1 <= pulled_at_first <= 1000, pulled_at_first
+    assert sorted([first] + rest) == [i * i for i in range(n)]
+    # pre_dispatch="2*n_jobs" batches in flight, each at most twice the
+    # last: a few dozen tasks on a quiet machine.  Under load the worker of
+    # the first batch can be off its CPU while the other finishes batch
+    # after batch, each one freeing a place for a batch twice as big (1538
+    # tasks once, with two busy processes beside the test); the first
+    # result still needs only a part of the input.
+    assert 1 <= pulled_at_first <= n // 2, pulled_at_first
 
 
 @pytest.mark.parametrize("pre_dispatch", (1, 2, 3, "2*n_jobs"))
