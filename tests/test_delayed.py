@@ -183,6 +183,48 @@ def test_delayed_is_the_same_everywhere():
     assert parallel.delayed is joblib_fast.delayed
 
 
+def test_the_wrapper_of_a_module_function_is_reused():
+    # One wrapper for a generator of delayed(f)(x) over a module-level f,
+    # and never one function's wrapper for another.
+    assert delayed(add) is delayed(add)
+    tasks = []
+    for i in range(3):
+        tasks.append(delayed(add)(i, 1))
+        tasks.append(delayed(documented)(i))
+        tasks.append(delayed(add)(i, 2))
+    assert [t[0] for t in tasks] == [add, documented, add] * 3
+    assert Parallel(n_jobs=2, backend="threading")(tasks) == [
+        v for i in range(3) for v in (i + 1, i * 6, i + 2)]
+
+
+@pytest.mark.parametrize("kind", ["closure", "lambda", "partial", "method"])
+def test_delayed_keeps_nothing_alive(kind):
+    # Functions the user may drop (with what they hold) are not kept by
+    # delayed(), even with no Parallel call after it.
+    import gc
+    import weakref
+
+    class Big:
+        def method(self, x):
+            return x
+
+    held = Big()
+    ref = weakref.ref(held)
+    if kind == "closure":
+        def func(x, held=held):
+            return held, x
+    elif kind == "lambda":
+        func = lambda x, held=held: (held, x)  # noqa: E731
+    elif kind == "partial":
+        func = functools.partial(add, held)
+    else:
+        func = held.method
+    delayed(func)(1)
+    del func, held
+    gc.collect()
+    assert ref() is None
+
+
 @pytest.mark.parametrize("n_jobs, return_as", [
     (1, "list"), (1, "generator"), (2, "list"), (2, "generator"),
     (2, "generator_unordered")])
