@@ -169,24 +169,38 @@ cdef class DelayedCall:
 # that its module holds by name: in ``delayed(f)(x) for x in xs`` one
 # wrapper then serves every item (the wrapper is immutable, so sharing it
 # is invisible; making one per item was about a sixth of the instructions
-# of a no-op task).  Only such functions: the module keeps them alive
-# anyway, while a closure, a lambda, a bound method or a partial kept here
-# would keep what it holds alive after the user dropped it.
+# of a no-op task).  Only plain functions (Python, builtin, Cython) that
+# their module holds: a closure, a lambda, a bound method or a partial kept
+# here would keep what it holds alive after the user dropped it, and other
+# callables could run code of theirs when asked for a name.  Dropped when a
+# call ends (forget_delayed), so a function its module lets go of (del,
+# reload) is not kept past the next call either.
 cdef object _last_delayed = None
+cdef frozenset _PLAIN_FUNCTIONS = frozenset({
+    "function", "builtin_function_or_method", "cython_function_or_method",
+    "fused_cython_function"})
 
 
 cdef bint _held_by_its_module(object func):
     cdef object name, module
+    if type(func).__name__ not in _PLAIN_FUNCTIONS:
+        return False
     try:
-        name = getattr(func, "__qualname__", None)
+        name = func.__qualname__
         if type(name) is not str or "." in <str>name:
             return False  # nested (a closure, a method) or no name
-        module = sys.modules.get(getattr(func, "__module__", None))
+        module = sys.modules.get(func.__module__)
         # The module's namespace itself: no module __getattr__ runs.
         return module is not None and \
             getattr(module, "__dict__", {}).get(name) is func
     except Exception:
         return False
+
+
+def forget_delayed():
+    """Drop the wrapper delayed() keeps for reuse (at the end of a call)."""
+    global _last_delayed
+    _last_delayed = None
 
 
 def delayed(func):
@@ -1001,32 +1015,38 @@ cdef class ThreadPool(Lease):
 # ------------------------------------------------------------ sequential
 
 
+cdef inline object _run_one(object item, Py_ssize_t i, object on_result):
+    """Task `i` of a sequential call, run in the caller."""
+    cdef tuple t = <tuple>_check_task(item, i)
+    value = PyObject_Call(t[0], t[1], t[2])
+    if on_result is not None:
+        on_result(i, value)
+    return value
+
+
 def run_sequential(iterable, on_result=None):
     """``n_jobs=1``: run every task in the caller; return the results."""
     cdef list out = []
     cdef Py_ssize_t i = 0
-    cdef tuple t
-    for item in iterable:
-        t = <tuple>_check_task(item, i)
-        value = PyObject_Call(t[0], t[1], t[2])
-        if on_result is not None:
-            on_result(i, value)
-        out.append(value)
-        i += 1
+    try:
+        for item in iterable:
+            out.append(_run_one(item, i, on_result))
+            i += 1
+    finally:
+        forget_delayed()
     return out
 
 
 def iter_sequential(iterable, on_result=None):
     """``n_jobs=1`` with a generator output: run each task on demand."""
     cdef Py_ssize_t i = 0
-    cdef tuple t
-    for item in iterable:
-        t = <tuple>_check_task(item, i)
-        value = PyObject_Call(t[0], t[1], t[2])
-        if on_result is not None:
-            on_result(i, value)
-        i += 1
-        yield value
+    try:
+        for item in iterable:
+            value = _run_one(item, i, on_result)
+            i += 1
+            yield value
+    finally:
+        forget_delayed()
 
 
 @cython.boundscheck(False)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from . import _gc
 from ._args import eval_pre_dispatch, known_length
-from ._core import Call, iter_sequential, run_sequential
+from ._core import Call, forget_delayed, iter_sequential, run_sequential
 from .backends.base import warn_timeout_unsupported
 from .backends.native import CallOptions, Pool, PoolProvider
 from .errors import abandons_running_tasks
@@ -208,6 +208,7 @@ class _End:
         self.ended = True
         runner, pool = self.runner, self.pool
         try:
+            forget_delayed()
             _gc.restore()
             if self.call is not None:
                 self.call.abort()   # a generator closed early: stop feeding

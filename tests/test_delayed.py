@@ -197,7 +197,16 @@ def test_the_wrapper_of_a_module_function_is_reused():
         v for i in range(3) for v in (i + 1, i * 6, i + 2)]
 
 
-@pytest.mark.parametrize("kind", ["closure", "lambda", "partial", "method"])
+class _Holder:
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, x):
+        return x
+
+
+@pytest.mark.parametrize("kind", ["closure", "lambda", "partial", "method",
+                                  "wraps", "callable object"])
 def test_delayed_keeps_nothing_alive(kind):
     # Functions the user may drop (with what they hold) are not kept by
     # delayed(), even with no Parallel call after it.
@@ -217,10 +226,49 @@ def test_delayed_keeps_nothing_alive(kind):
         func = lambda x, held=held: (held, x)  # noqa: E731
     elif kind == "partial":
         func = functools.partial(add, held)
+    elif kind == "wraps":
+        # Named as add, in add's module: only add itself is held there.
+        @functools.wraps(add)
+        def func(x, held=held):
+            return held, x
+    elif kind == "callable object":
+        func = _Holder(held)
     else:
         func = held.method
     delayed(func)(1)
     del func, held
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_function_its_module_dropped_is_not_kept_past_a_call(n_jobs):
+    # delayed() reuses the wrapper of a function its module holds; when the
+    # module goes away meanwhile, the next call's end drops the wrapper.
+    import gc
+    import sys
+    import types
+    import weakref
+
+    class Big:
+        pass
+
+    held = Big()
+    ref = weakref.ref(held)
+    mod = types.ModuleType("jf_test_dropped_module")
+    mod.held = held
+    exec("def f(x):\n    return held, x\n", mod.__dict__)
+    sys.modules[mod.__name__] = mod
+    try:
+        wrapper = delayed(mod.f)
+        assert delayed(mod.f) is wrapper
+    finally:
+        del sys.modules[mod.__name__]
+    del mod, wrapper, held
+    # A call whose tasks are not made by delayed(): only its end can drop
+    # the wrapper kept above.
+    assert Parallel(n_jobs=n_jobs, backend="threading")(
+        [(add, (1, 2), {})]) == [3]
     gc.collect()
     assert ref() is None
 
