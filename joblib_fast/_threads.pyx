@@ -162,8 +162,7 @@ cdef class WorkerPool:
         cdef uint64_t last = 0
         cdef Lease lease
         cdef bint exited = False
-        _local.in_worker = True
-        jf_depth_add(1)
+        enter_as_worker()  # for the thread's life: never left
         try:
             if self.initializer is not None:
                 try:
