@@ -74,6 +74,7 @@ cdef class WorkerPool:
     cdef int reserved                # [plock] sum of the limits of leases
     cdef object plock                # a threading.Lock for the [plock] fields
     cdef bint keep_c                 # never free `c` (the shared pool's)
+    cdef readonly long pid           # the process whose threads these are
 
     cdef int ensure(self, int n) except -1
     cdef int reserve(self, int n) except -1
@@ -97,6 +98,7 @@ cdef class Lease:
     cdef int run_item(self, object item) except -1
     cdef int unlisted(self) except -1
     cdef int alive(self)
+    cdef bint foreign(self)
 
 
 # A thread that is not a pool thread runs items as one (the caller of a

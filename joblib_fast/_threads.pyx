@@ -32,9 +32,11 @@ cimport cython
 from cpython.exc cimport PyErr_Fetch, PyErr_NormalizeException
 from cpython.object cimport PyObject
 from cpython.pycapsule cimport PyCapsule_New
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport ENOMEM
 from libc.stdint cimport uint64_t
+from posix.unistd cimport getpid
 
 from ._cpu import cpu_count
 
@@ -45,6 +47,7 @@ cdef extern from "Python.h":
     ctypedef struct PyThreadState:
         pass
     PyObject *PyExc_ValueError
+    PyObject *PyExc_OverflowError
     PyObject *PyExc_SystemError
     int PyGILState_Check() nogil
     PyThreadState *PyEval_SaveThread() nogil
@@ -105,6 +108,7 @@ cdef class WorkerPool:
         self.initializer = initializer
         self._threads = []
         self.plock = threading.Lock()
+        self.pid = getpid()
 
     def __dealloc__(self):
         # Only a pool whose threads have all exited is freed (a pool a
@@ -203,7 +207,10 @@ cdef class WorkerPool:
 
     def shutdown(self, wait=True, timeout=None):
         """Threads finish the queued items, then exit; join them if
-        `wait`.  True when every thread has exited."""
+        `wait`.  True when every thread has exited (none of a pool that a
+        forked child inherited runs in the child: nothing of it is touched)."""
+        if self.pid != getpid():
+            return True
         jf_pool_close(self.c)
         me = threading.current_thread()
         threads = self.threads
@@ -250,6 +257,10 @@ cdef class Lease:
 
     cdef int submit_item(self, object item) except -1:
         cdef int rc
+        if self.foreign():
+            raise RuntimeError(
+                "this thread pool belongs to the process this one was "
+                "forked from; its threads do not run here")
         Py_INCREF(item)
         rc = jf_queue_push(self.workers.c, &self.q, <void *>item)
         if rc:
@@ -264,7 +275,7 @@ cdef class Lease:
         itself (then :meth:`taken_done`), or None (none queued, or `most`
         run already, the feeding thread's included)."""
         cdef void *item = NULL
-        if self.workers is None or \
+        if self.workers is None or self.foreign() or \
                 not jf_queue_take(self.workers.c, &self.q, most, &item):
             return None
         obj = <object>item
@@ -284,6 +295,8 @@ cdef class Lease:
             raise ValueError(f"a lease limit is at least 0, got {limit}")
         if self.workers is None:
             raise RuntimeError("the lease is not open")
+        if self.foreign():
+            return 0
         jf_queue_set_limit(self.workers.c, &self.q, limit)
         return 0
 
@@ -302,11 +315,21 @@ cdef class Lease:
         return 0
 
     cdef int alive(self):
+        if self.foreign():
+            return 0
         return jf_pool_threads(self.workers.c)
+
+    cdef bint foreign(self):
+        """The lease's pool belongs to the process this one was forked
+        from: its threads do not exist here and its lock may be held by one
+        of them, so nothing of it is touched."""
+        return self.workers is not None and self.workers.pid != getpid()
 
     @property
     def closed(self):
-        return bool(self.q.closing)
+        """No more items (closed, or inherited by a forked child: a
+        ``with`` block's next call then gets a pool of this process)."""
+        return bool(self.q.closing) or self.foreign()
 
     @property
     def n_alive(self):
@@ -317,7 +340,7 @@ cdef class Lease:
         wait (GIL released) until they have.  True once drained."""
         cdef double deadline = 0.0
         cdef int done
-        if self.workers is None:
+        if self.workers is None or self.foreign():
             return True
         if jf_queue_close(self.workers.c, &self.q):
             self.unlisted()
@@ -558,6 +581,10 @@ cdef int _parallel_for(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain,
         return -1
     if stop <= start:
         return 0
+    if start < 0 and stop > PY_SSIZE_T_MAX + start:
+        _set_error(PyExc_OverflowError,
+                   b"parallel_for: stop - start is larger than PY_SSIZE_T_MAX")
+        return -1
     n = _max_workers(n_workers)
     pool = NULL
     if n > 1 and stop - start > (grain if grain > 1 else 1):

@@ -217,6 +217,27 @@ def in_user_threads(body, n, seconds):
     return errors, [t for t in users if t.is_alive()]
 
 
+def in_forked_child(body, timeout):
+    """Run ``body()`` in a child forked from this process; its exit code:
+    0 when it returned, 1 when it raised (the traceback on stderr), -14
+    (SIGALRM) when it ran over ``timeout`` seconds, so a hang fails."""
+    import signal
+    import traceback
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            signal.alarm(int(timeout))
+            body()
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported by the exit code
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 def interrupt_script(path, args, started, seconds):
     """Run the script ``path`` with ``args`` in a child Python, send it
     SIGINT once ``started()`` is true, and return ``(stdout, stderr,

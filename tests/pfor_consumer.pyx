@@ -198,7 +198,9 @@ def minus_one_without_exception(Py_ssize_t n):
         parallel_for(0, n, 1, _minus_one, NULL, -1)
 
 
-def bad_call(Py_ssize_t grain, int n_workers):
+def bad_call(Py_ssize_t grain, int n_workers, Py_ssize_t start=0,
+             Py_ssize_t stop=10):
     cdef long total = 0
     with nogil:
-        parallel_for(0, 10, grain, _count_only, &total, n_workers)
+        parallel_for(start, stop, grain, _count_only, &total, n_workers)
+    return total

@@ -19,7 +19,7 @@ import textwrap
 import threading
 
 import pytest
-from _jf_testutils import in_user_threads, shared_threads
+from _jf_testutils import in_forked_child, in_user_threads, shared_threads
 
 import joblib_fast
 from joblib_fast import Parallel, _threads, cpu_count, delayed
@@ -202,6 +202,12 @@ def test_bad_arguments(consumer):
         consumer.bad_call(0, 0)
     with pytest.raises(ValueError, match="grain"):
         consumer.bad_call(-1, -1)
+    big = sys.maxsize
+    with pytest.raises(OverflowError, match="larger than PY_SSIZE_T_MAX"):
+        consumer.bad_call(0, -1, -2, big)
+    # The extremes themselves are fine.
+    assert consumer.bad_call(0, -1, -big - 1, -big + 999) == 1000
+    assert consumer.bad_call(0, -1, big - 1000, big) == 1000
 
 
 def test_nested_parallel_for_runs_inline(consumer):
@@ -276,21 +282,33 @@ def test_two_calling_threads(consumer):
 
 def test_forked_child_gets_a_working_pool(consumer):
     consumer.visit(0, 1000, 1, -1, spin=1000)  # the parent's pool exists
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            for spin in (2_000, 20_000, 200_000):
-                out = consumer.visit(0, 400, 1, -1, spin=spin)
-                check_visit(consumer, out, 0, 400, 1, -1)
-                if any(w != 0 for _, _, w, _ in out["chunks"]):
-                    code = 0
-                    break
-        except BaseException:  # noqa: BLE001 - reported by the exit code
-            code = 2
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def child():
+        for spin in (2_000, 20_000, 200_000):
+            out = consumer.visit(0, 400, 1, -1, spin=spin)
+            check_visit(consumer, out, 0, 400, 1, -1)
+            if any(w != 0 for _, _, w, _ in out["chunks"]):
+                return
+        raise AssertionError("no pool thread of the child joined a range")
+
+    assert in_forked_child(child, timeout=60) == 0
+
+
+def test_threading_with_block_in_a_forked_child():
+    # A with block's pool (a lease on the parent's threads) is inherited by
+    # a child forked inside the block: the child's next call gets threads
+    # of its own instead of queueing batches for threads that do not exist
+    # there, and leaving the block touches nothing of the parent's pool.
+    def child(parallel):
+        out = parallel(delayed(abs)(-i) for i in range(100))
+        assert out == list(range(100))
+        assert shared_threads(), "the child's call ran on no pool thread"
+
+    with Parallel(n_jobs=2, backend="threading") as parallel:
+        assert parallel(delayed(abs)(-i) for i in range(10)) == list(range(10))
+        assert in_forked_child(lambda: child(parallel), timeout=60) == 0
+        # The parent's block goes on with its own pool.
+        assert parallel(delayed(abs)(-i) for i in range(10)) == list(range(10))
 
 
 def _max_workers_in_worker(folder):
