@@ -32,6 +32,7 @@ cdef extern from "jf_pool.h" nogil:
     void jf_ptr_store(void **p, void *v)
     int jf_depth_get()
     void jf_depth_add(int d)
+    void jf_depth_forked()
 
     jf_pool_t *jf_pool_new(int keep)
     void jf_pool_free(jf_pool_t *p)

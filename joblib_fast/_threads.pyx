@@ -13,8 +13,9 @@ exit, replaced in a forked child) runs two kinds of job from one list, in C
 A thread that runs a range never touches the GIL unless a body fails with a
 Python exception.  The pool keeps ``base`` threads (the CPU cap) and grows
 while threading calls reserve more (their n_jobs add up), then shrinks
-back: a threading call always gets its n_jobs threads, and parallel_for
-uses the threads nobody else is using, so the two never oversubscribe.
+back: a threading call gets its n_jobs threads (those helping a range join
+it once the range has no chunk left), and parallel_for uses the threads
+nobody else is using, so the two never oversubscribe.
 
 Nesting: pool threads, and a thread inside parallel_for, have a C
 thread-local depth > 0: a parallel_for there runs inline.
@@ -49,7 +50,6 @@ cdef extern from "Python.h":
     PyObject *PyExc_ValueError
     PyObject *PyExc_OverflowError
     PyObject *PyExc_SystemError
-    int PyGILState_Check() nogil
     PyThreadState *PyEval_SaveThread() nogil
     void PyEval_RestoreThread(PyThreadState *ts) nogil
     PyObject *PyErr_Occurred()
@@ -57,12 +57,30 @@ cdef extern from "Python.h":
     void PyErr_SetString(PyObject *exc, const char *message)
     void PyErr_Restore(PyObject *t, PyObject *v, PyObject *tb)
     PyObject *PyException_GetTraceback(PyObject *exc)
+    int PyException_SetTraceback(PyObject *exc, PyObject *tb)
     PyObject *PyObject_Type(PyObject *o)
     void Py_XDECREF(PyObject *o)
 
 
 cdef extern from "jf_sync.h" nogil:
     double jf_clock_now()
+
+
+cdef extern from *:
+    """
+    /* Whether this thread holds the GIL.  Not PyGILState_Check(): it says
+     * 1 for every thread once a subinterpreter has been created. */
+    static int jf_holds_gil(void)
+    {
+    #if PY_VERSION_HEX >= 0x030D0000
+        return PyThreadState_GetUnchecked() != NULL;
+    #else
+        PyThreadState *ts = _PyThreadState_UncheckedGet();
+        return ts != NULL && ts->thread_id == PyThread_get_thread_ident();
+    #endif
+    }
+    """
+    int jf_holds_gil() nogil
 
 
 cdef extern from "joblib_fast/parallel_for.h":
@@ -484,6 +502,10 @@ def _forget_pool_in_child():
     _shared = None
     jf_ptr_store(&_shared_c, NULL)
     jf_int_store(&_thread_cap, 0)  # the child may run under other caps
+    # The forking thread may have been a pool thread or inside a body: in
+    # the child it is neither (a parallel_for there uses the child's pool).
+    jf_depth_forked()
+    _local.in_worker = False
 
 
 _hooks_installed = False
@@ -531,16 +553,33 @@ cdef void _capture_error(jf_range_t *r, int won) noexcept nogil:
         elif PyErr_Occurred() != NULL:
             PyErr_Fetch(&t, &v, &tb)
             PyErr_NormalizeException(&t, &v, &tb)
+            if tb != NULL:
+                PyException_SetTraceback(v, tb)  # the exception keeps it
             r.error = <void *>v
             Py_XDECREF(t)
-            Py_XDECREF(tb)   # the normalized exception keeps its traceback
+            Py_XDECREF(tb)
+
+
+cdef void _drop_stray_error() noexcept nogil:
+    """A body returned a code other than -1: an exception it set anyway
+    is dropped, not left pending in this thread for unrelated code."""
+    with gil:
+        PyErr_Clear()
+
+
+cdef void _after_work(jf_range_t *r, int rc, int won) noexcept nogil:
+    """This thread's bodies returned `rc` (see jf_range_work)."""
+    if rc == -1:
+        _capture_error(r, won)
+    elif rc != 0:
+        _drop_stray_error()
 
 
 cdef void _help(jf_pool_t *c, jf_range_t *r, int worker) noexcept nogil:
     """A pool thread runs chunks of `r`, then leaves it."""
     cdef int won = 0
-    if jf_range_work(r, worker, &won) == -1:
-        _capture_error(r, won)
+    cdef int rc = jf_range_work(r, worker, &won)   # sets won: not an argument beside it
+    _after_work(r, rc, won)
     jf_range_leave(c, r)
 
 
@@ -596,14 +635,16 @@ cdef int _parallel_for(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain,
         jf_depth_add(-1)
         if rc == -1:
             _no_exception_set()
+        elif rc != 0:
+            _drop_stray_error()
         return rc
-    if PyGILState_Check():
+    if jf_holds_gil():
         saved = PyEval_SaveThread()
     jf_range_init(&r, start, stop, grain, n, <jf_body_t>body, ctx)
     jf_depth_add(1)
     listed = jf_range_start(pool, &r) == 0
-    if jf_range_work(&r, 0, &won) == -1:
-        _capture_error(&r, won)
+    rc = jf_range_work(&r, 0, &won)
+    _after_work(&r, rc, won)
     if listed:
         jf_range_finish(pool, &r)
     jf_depth_add(-1)

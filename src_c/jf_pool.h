@@ -99,11 +99,32 @@ static inline void jf_ptr_store(void **p, void *v) { JF_STORE(p, v); }
 
 /* -------------------------------------------------- per-thread nesting */
 
-/* > 0 in pool threads and inside a parallel_for: nested calls run inline. */
+/* > 0 in pool threads and inside a parallel_for: nested calls run inline.
+ * A forked child starts at 0 in every thread (jf_depth_forked): the thread
+ * that forked may have been a pool thread or inside a body, and its depth
+ * means nothing in the child's process; the leaves that follow are clamped
+ * at 0. */
 static JF_THREAD_LOCAL int jf_tls_depth = 0;
+static JF_THREAD_LOCAL unsigned jf_tls_forks = 0;
+static unsigned jf_forks = 0;
 
-static inline int jf_depth_get(void) { return jf_tls_depth; }
-static inline void jf_depth_add(int d) { jf_tls_depth += d; }
+static inline int jf_depth_get(void)
+{
+    return jf_tls_forks == jf_forks ? jf_tls_depth : 0;
+}
+
+static inline void jf_depth_add(int d)
+{
+    if (jf_tls_forks != jf_forks) {
+        jf_tls_forks = jf_forks;
+        jf_tls_depth = 0;
+    }
+    jf_tls_depth += d;
+    if (jf_tls_depth < 0) jf_tls_depth = 0;
+}
+
+/* In a forked child (its only thread), before anything else runs. */
+static inline void jf_depth_forked(void) { jf_forks++; }
 
 /* ------------------------------------------------------------- the pool */
 
@@ -475,7 +496,9 @@ static inline int jf_range_start(jf_pool_t *p, jf_range_t *r)
      * slice or a migration (2-3 ms measured on a 2-CPU VM, a quarter of
      * a 20 ms loop), while the other one, on an idle CPU, joins at once;
      * the thread left without a place goes back to sleep. */
-    wake = 2 * (r->job.limit - 1);
+    wake = r->job.limit - 1;            /* up to INT_MAX - 1: not doubled */
+    if (wake > p->n_idle) wake = p->n_idle;
+    wake *= 2;
     if (wake > p->n_idle) wake = p->n_idle;
     if (wake >= p->n_idle && wake > 1) {
         jf_cond_broadcast(&p->work);

@@ -2,6 +2,8 @@
 # built by tests/test_parallel_for.py in a temporary folder against the
 # installed package only (include_dirs=[joblib_fast.get_include()]).
 from cpython.exc cimport PyErr_SetString
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF
 from libc.stdlib cimport free, malloc
 from posix.unistd cimport usleep
 
@@ -26,6 +28,11 @@ cdef extern from *:
     unsigned long pfc_thread_id() nogil
     long pfc_add(long *p, long v) nogil
     void pfc_inc(int *p) nogil
+
+
+cdef extern from "Python.h":
+    # NULL with the exception set (and its traceback) when fn raises.
+    PyObject *PyObject_CallObject(PyObject *fn, PyObject *args)
 
 
 # One record per chunk: [start, stop), worker id, thread id.
@@ -204,3 +211,51 @@ def bad_call(Py_ssize_t grain, int n_workers, Py_ssize_t start=0,
     with nogil:
         parallel_for(start, stop, grain, _count_only, &total, n_workers)
     return total
+
+
+# A body that calls a Python function on the pool threads only (the
+# caller, worker 0, keeps busy so that a helper joins): what a pool thread
+# does with the body's exception, and with the code it returns.
+cdef struct Helpers:
+    PyObject *fn
+    int code                  # returned when fn raised
+    int always                # returned when it did not, too
+    int helper_ran            # a worker != 0 called fn
+    long spin
+
+
+cdef int _helpers_body(void *ctx, Py_ssize_t start, Py_ssize_t stop,
+                       int worker) noexcept nogil:
+    cdef Helpers *h = <Helpers *>ctx
+    cdef PyObject *result
+    cdef Py_ssize_t _i
+    if worker == 0:
+        for _i in range(start, stop):
+            _spin(h.spin)
+        return 0
+    h.helper_ran = 1
+    with gil:
+        result = PyObject_CallObject(h.fn, NULL)
+        if result == NULL:
+            return h.code
+        Py_DECREF(<object>result)
+    return h.code if h.always else 0
+
+
+def on_helpers(fn, int code=-1, Py_ssize_t n=400, long spin=20_000,
+               bint gil=False, bint always=False):
+    """parallel_for over [0, n) whose pool-thread bodies call fn(); its
+    result and whether a pool thread ran fn (the caller only spins)."""
+    cdef Helpers h
+    cdef int rc
+    h.fn = <PyObject *>fn
+    h.code = code
+    h.always = always
+    h.helper_ran = 0
+    h.spin = spin
+    if gil:
+        rc = parallel_for(0, n, 1, _helpers_body, &h, -1)
+    else:
+        with nogil:
+            rc = parallel_for(0, n, 1, _helpers_body, &h, -1)
+    return rc, bool(h.helper_ran)

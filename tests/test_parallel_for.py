@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import traceback
 
 import pytest
 from _jf_testutils import in_forked_child, in_user_threads, shared_threads
@@ -192,6 +193,61 @@ def test_no_body_runs_after_return(consumer, code):
     assert out["started_after"] == 0
 
 
+def _until_a_helper_ran(call, tries=50):
+    """Repeat ``call()`` (-> (value, helper_ran)) until a pool thread ran
+    the failing body: the test then checks the pool thread's path."""
+    for _ in range(tries):
+        value, helper_ran = call()
+        if helper_ran:
+            return value
+    pytest.fail(f"no pool thread joined in {tries} calls")
+
+
+def _raise_in_helper():
+    raise KeyError("from a pool thread")
+
+
+@pytest.mark.parametrize("gil", (False, True))
+def test_exception_from_a_pool_thread_keeps_type_message_traceback(consumer,
+                                                                   gil):
+    def call():
+        try:
+            consumer.on_helpers(_raise_in_helper, gil=gil)
+        except KeyError as exc:
+            return exc, True
+        return None, False
+
+    exc = _until_a_helper_ran(call)
+    assert exc.args == ("from a pool thread",)
+    frames = [f.name for f in traceback.extract_tb(exc.__traceback__)]
+    assert frames[-1] == "_raise_in_helper", frames
+
+
+def test_minus_one_without_an_exception_on_a_pool_thread(consumer):
+    def call():
+        try:
+            consumer.on_helpers(lambda: None, code=-1, always=True)
+        except SystemError as exc:
+            return str(exc), True
+        return None, False
+
+    assert "without setting" in _until_a_helper_ran(call)
+
+
+def test_a_stray_exception_with_another_code_is_dropped(consumer):
+    # A body that sets an exception but returns 5 breaks the rule; the code
+    # is returned and the exception dropped, in the caller and in the pool
+    # thread, where it would otherwise poison what that thread runs next.
+    assert _until_a_helper_ran(
+        lambda: consumer.on_helpers(_raise_in_helper, code=5)) == 5
+    for _ in range(20):   # both pool threads, whichever failed above
+        rc, _ = consumer.on_helpers(lambda: None, code=-1, spin=2_000)
+        assert rc == 0
+    out = Parallel(n_jobs=2, backend="threading", batch_size=1)(
+        delayed(abs)(-i) for i in range(20))
+    assert out == list(range(20))
+
+
 def test_minus_one_without_an_exception_is_a_system_error(consumer):
     with pytest.raises(SystemError, match="without setting"):
         consumer.minus_one_without_exception(100)
@@ -280,18 +336,21 @@ def test_two_calling_threads(consumer):
     assert not errors, errors[:1]
 
 
+def a_pool_thread_joins(consumer):
+    """Ranges of longer and longer bodies until a pool thread of this
+    process runs a chunk; every range visited right."""
+    for spin in (2_000, 20_000, 200_000):
+        out = consumer.visit(0, 400, 1, -1, spin=spin)
+        check_visit(consumer, out, 0, 400, 1, -1)
+        if any(w != 0 for _, _, w, _ in out["chunks"]):
+            return
+    raise AssertionError("no pool thread joined a range")
+
+
 def test_forked_child_gets_a_working_pool(consumer):
     consumer.visit(0, 1000, 1, -1, spin=1000)  # the parent's pool exists
-
-    def child():
-        for spin in (2_000, 20_000, 200_000):
-            out = consumer.visit(0, 400, 1, -1, spin=spin)
-            check_visit(consumer, out, 0, 400, 1, -1)
-            if any(w != 0 for _, _, w, _ in out["chunks"]):
-                return
-        raise AssertionError("no pool thread of the child joined a range")
-
-    assert in_forked_child(child, timeout=60) == 0
+    assert in_forked_child(lambda: a_pool_thread_joins(consumer),
+                           timeout=60) == 0
 
 
 def test_threading_with_block_in_a_forked_child():
@@ -309,6 +368,66 @@ def test_threading_with_block_in_a_forked_child():
         assert in_forked_child(lambda: child(parallel), timeout=60) == 0
         # The parent's block goes on with its own pool.
         assert parallel(delayed(abs)(-i) for i in range(10)) == list(range(10))
+
+
+def test_forked_inside_a_threading_task_gets_a_pool(consumer):
+    # The forking thread was a pool thread running a task: in the child it
+    # is the main thread of a new process, and parallel_for runs on the
+    # child's own pool, not inline.
+    def child():
+        assert consumer.max_workers(-1) == _threads.thread_cap()
+        a_pool_thread_joins(consumer)
+
+    def task():
+        assert consumer.max_workers(-1) == 1   # inline here
+        return in_forked_child(child, timeout=60)
+
+    (code,) = Parallel(n_jobs=2, backend="threading")(
+        delayed(task)() for _ in range(1))
+    assert code == 0
+
+
+def test_n_workers_up_to_int_max(consumer):
+    # limit - 1 places: a count doubled in an int overflowed above 2**30.
+    for n_workers in (2 ** 30 + 1, 2 ** 31 - 1):
+        assert consumer.max_workers(n_workers) == n_workers
+        for _ in range(20):
+            out = consumer.visit(0, 400, 1, n_workers, spin=20_000)
+            check_visit(consumer, out, 0, 400, 1, n_workers)
+            if any(w != 0 for _, _, w, _ in out["chunks"]):
+                break
+        else:
+            pytest.fail(f"n_workers={n_workers}: no pool thread joined")
+
+
+SUBINTERPRETER = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+import _xxsubinterpreters as interpreters
+import pfor_consumer
+interpreters.destroy(interpreters.create())
+# Without the GIL, with it, and a body taking the GIL on the pool threads.
+assert pfor_consumer.count(100_000) == 100_000
+out = pfor_consumer.visit(0, 2000, 1, -1, spin=2000, gil=True)
+assert out["counts"] == [1] * 2000
+try:
+    pfor_consumer.visit(0, 2000, 1, -1, spin=2000, bad=1999, code=-1)
+except ValueError as exc:
+    assert str(exc) == "bad index 1999"
+else:
+    raise AssertionError("no exception")
+print("ok")
+"""
+
+
+def test_calls_after_a_subinterpreter_existed(built):
+    # PyGILState_Check() says "held" in every thread once a subinterpreter
+    # was created: parallel_for must not release a GIL it does not hold.
+    proc = subprocess.run(
+        [sys.executable, "-c", SUBINTERPRETER, str(built[0])],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
 
 
 def _max_workers_in_worker(folder):
