@@ -12,6 +12,10 @@ a triangular load of 1 us on average) run four ways in one process run:
     threading  Parallel(backend="threading") over 4 * n_jobs chunks, each a
                nogil call of the same body
 
+A fifth load calls short loops back to back (200 calls of 100 us each, as
+an iterative method does): per call, serial, parallel_for and prange.  Then
+the cost of a call of an empty body.
+
 The kernels (pfor_kernels.pyx) are compiled at the start, in a temporary
 folder, against the installed joblib_fast: the build recipe of the README.
 Repeats are interleaved (serial, pfor, prange, threading, serial, ...) so
@@ -82,6 +86,29 @@ def calibrate(kernels, seconds_per_index: float) -> int:
     return max(1, round(reps * seconds_per_index * len(out) / best))
 
 
+def measure(name: str, n: int, peers: dict, repeats: int,
+            n_jobs: int = 2) -> list[dict]:
+    """Rounds of every peer back to back (after a warm-up); a row each."""
+    for peer in peers.values():
+        peer()
+    times = {p: [] for p in peers}
+    for _ in range(repeats):
+        for p, peer in peers.items():
+            times[p].append(peer())
+    rows = []
+    for p in peers:
+        # Each round runs every peer back to back: the ratio within a
+        # round is the paired measurement.
+        ratio = statistics.median(
+            s / t for s, t in zip(times["serial"], times[p]))
+        rows.append({"load": name, "n": n, "peer": p,
+                     "seconds": statistics.median(times[p]),
+                     "speedup": ratio,
+                     "best": min(times["serial"]) / min(times[p]),
+                     "vs_ideal": n_jobs / ratio})
+    return rows
+
+
 def run(n_jobs: int = 2, quick: bool = False) -> list[dict]:
     """Measure every load; return one row per (load, peer)."""
     from joblib_fast import Parallel, delayed
@@ -118,22 +145,20 @@ def run(n_jobs: int = 2, quick: bool = False) -> list[dict]:
                 if kernels.has_openmp():
                     peers["prange"] = partial(kernels.prange_loop, out, reps,
                                               tri, n_jobs)
-                for peer in peers.values():  # warm-up
-                    peer()
-                times = {p: [] for p in peers}
-                for _ in range(repeats):
-                    for p, peer in peers.items():
-                        times[p].append(peer())
-                for p in peers:
-                    # Each round runs every peer back to back: the ratio
-                    # within a round is the paired measurement.
-                    ratio = statistics.median(
-                        s / t for s, t in zip(times["serial"], times[p]))
-                    rows.append({"load": name, "n": n, "peer": p,
-                                 "seconds": statistics.median(times[p]),
-                                 "speedup": ratio,
-                                 "best": min(times["serial"]) / min(times[p]),
-                                 "vs_ideal": n_jobs / ratio})
+                rows += measure(name, n, peers, repeats, n_jobs)
+            # Short loops called back to back (an iterative method): 100 us
+            # per call, 1,000 indices of 100 ns, the per-call time.
+            reps = calibrate(kernels, 100e-9)
+            out = array("d", bytes(8 * 1000))
+            calls = 50 if quick else 200
+            peers = {
+                "serial": partial(kernels.calls_serial, out, reps, calls),
+                "pfor": partial(kernels.calls_pfor, out, reps, calls, n_jobs),
+            }
+            if kernels.has_openmp():
+                peers["prange"] = partial(kernels.calls_prange, out, reps,
+                                          calls, n_jobs)
+            rows += measure("short calls", 1000, peers, repeats, n_jobs)
             # Dispatch cost per call: an empty body over 1,000 indices.
             calls = 2000 if quick else 20000
             empty = {"pfor": partial(kernels.empty_pfor, calls, 1000, n_jobs)}

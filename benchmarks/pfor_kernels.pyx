@@ -111,6 +111,41 @@ def prange_loop(double[::1] out, long reps, bint tri, int n_threads):
     return pk_now() - t0
 
 
+def calls_serial(double[::1] out, long reps, long calls):
+    """Seconds per call of `calls` serial loops over `out`, back to back."""
+    cdef Job j = _job(out, reps, False)
+    cdef long _c
+    cdef double t0 = pk_now()
+    with nogil:
+        for _c in range(calls):
+            body(&j, 0, j.n, 0)
+    return (pk_now() - t0) / calls
+
+
+def calls_pfor(double[::1] out, long reps, long calls, int n_workers):
+    """The same, each loop a parallel_for."""
+    cdef Job j = _job(out, reps, False)
+    cdef long _c
+    cdef double t0 = pk_now()
+    with nogil:
+        for _c in range(calls):
+            parallel_for(0, j.n, 0, body, &j, n_workers)
+    return (pk_now() - t0) / calls
+
+
+def calls_prange(double[::1] out, long reps, long calls, int n_threads):
+    """The same, each loop a prange (static schedule)."""
+    cdef Job j = _job(out, reps, False)
+    cdef long _c
+    cdef Py_ssize_t i, n = j.n
+    cdef double t0 = pk_now()
+    with nogil:
+        for _c in range(calls):
+            for i in prange(n, num_threads=n_threads, schedule="static"):
+                j.out[i] = work(i, reps_at(&j, i))
+    return (pk_now() - t0) / calls
+
+
 def chunk(double[::1] out, Py_ssize_t a, Py_ssize_t b, long reps, bint tri):
     """Indices [a, b), GIL released: a task of the threading backend."""
     cdef Job j = _job(out, reps, tri)

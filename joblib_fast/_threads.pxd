@@ -41,7 +41,8 @@ cdef extern from "jf_pool.h" nogil:
     int jf_pool_threads(jf_pool_t *p)
     void jf_pool_set_keep(jf_pool_t *p, int keep)
     void jf_pool_close(jf_pool_t *p)
-    int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item, int *worker)
+    int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item, int *worker,
+                     double spin)
 
     void jf_queue_init(jf_queue_t *q, int limit, void *owner)
     void jf_queue_free(jf_queue_t *q)
@@ -60,7 +61,7 @@ cdef extern from "jf_pool.h" nogil:
     int jf_range_work(jf_range_t *r, int worker, int *won)
     int jf_range_start(jf_pool_t *p, jf_range_t *r)
     void jf_range_leave(jf_pool_t *p, jf_range_t *r)
-    void jf_range_finish(jf_pool_t *p, jf_range_t *r)
+    void jf_range_finish(jf_pool_t *p, jf_range_t *r, double spin)
 
 
 cdef class WorkerPool:

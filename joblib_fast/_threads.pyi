@@ -4,6 +4,7 @@ from typing import Any, Callable
 
 PARALLEL_FOR_ABI_VERSION: int
 SHARED_THREAD_NAME: str
+SPIN_US_DEFAULT: int
 parallel_for_api: object
 
 def in_worker_thread() -> bool: ...
@@ -16,6 +17,7 @@ def shutdown_shared_pool(timeout: float | None = ...) -> bool: ...
 class WorkerPool:
     name: str
     base: int
+    pid: int
     threads: list[threading.Thread]
     n_alive: int
     def __init__(self, name: str, base: int,

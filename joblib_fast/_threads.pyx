@@ -98,6 +98,29 @@ cdef extern from "joblib_fast/parallel_for.h":
 
 PARALLEL_FOR_ABI_VERSION = JF_PFOR_ABI_VERSION
 
+# How long a pool thread that helped with a parallel_for polls for the
+# next one before it sleeps, and a parallel_for caller polls for its
+# helpers' last chunks: JOBLIB_FAST_SPIN_US microseconds (0: never poll).
+SPIN_US_DEFAULT = 1000
+
+
+def _spin_from_env():
+    value = os.environ.get("JOBLIB_FAST_SPIN_US", "").strip()
+    if not value:
+        return SPIN_US_DEFAULT * 1e-6
+    try:
+        us = float(value)
+    except ValueError:
+        us = -1.0
+    if not 0.0 <= us <= 1e6:
+        raise ValueError(
+            f"JOBLIB_FAST_SPIN_US must be microseconds between 0 and "
+            f"1000000, got {value!r}")
+    return us * 1e-6
+
+
+cdef double _spin_seconds = _spin_from_env()
+
 _local = threading.local()
 
 
@@ -194,10 +217,13 @@ cdef class WorkerPool:
                     traceback.print_exc()
             while True:
                 with nogil:
-                    kind = jf_pool_next(c, &job, &item, &worker)
+                    kind = jf_pool_next(c, &job, &item, &worker, 0.0)
                     while kind == JF_NEXT_RANGE:
                         _help(c, <jf_range_t *>job, worker)
-                        kind = jf_pool_next(c, &job, &item, &worker)
+                        # The caller may run another range soon: poll
+                        # for a while instead of sleeping at once.
+                        kind = jf_pool_next(c, &job, &item, &worker,
+                                            _spin_seconds)
                 if kind == JF_NEXT_EXIT:
                     exited = True
                     break
@@ -646,7 +672,7 @@ cdef int _parallel_for(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain,
     rc = jf_range_work(&r, 0, &won)
     _after_work(&r, rc, won)
     if listed:
-        jf_range_finish(pool, &r)
+        jf_range_finish(pool, &r, _spin_seconds)
     jf_depth_add(-1)
     if saved != NULL:
         PyEval_RestoreThread(saved)

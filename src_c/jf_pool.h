@@ -18,6 +18,12 @@
  * once idle (the pool grows for a threading call with many workers, and
  * shrinks back after it).
  *
+ * Spinning: a thread that has just left a range polls the pool's `gen`
+ * (bumped whenever work is listed) for a short while before it sleeps, and
+ * a range's caller polls for its helpers' last chunks before it sleeps, as
+ * OpenMP runtimes do: a loop that calls parallel_for again soon finds its
+ * helper awake, with no wake-up to wait for.
+ *
  * Locking: `lock` guards every field marked [lock], of the pool and of the
  * jobs listed in it.  A range's `next` and `rc` are atomics (touched per
  * chunk); everything else of a range is written by its caller before it is
@@ -32,6 +38,13 @@
 #include <string.h>
 
 #include "jf_sync.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sched.h>
+#define JF_YIELD() sched_yield()
+#else
+#define JF_YIELD() ((void)0)
+#endif
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 #define JF_THREAD_LOCAL _Thread_local
@@ -88,9 +101,22 @@ typedef struct {
     jf_job_t *first, *last;         /* [lock] listed jobs, oldest first */
     int n_threads;                  /* [lock] threads started and not exited */
     int n_idle;                     /* [lock] threads waiting on `work` */
+    int n_spinning;                 /* [lock] threads polling `gen` */
+    unsigned long gen;              /* atomic, written under lock: bumped
+                                       when work is listed or threads must
+                                       look again (close, fewer kept) */
     int keep;                       /* [lock] threads kept while idle */
     int closing;                    /* [lock] every thread exits once idle */
 } jf_pool_t;
+
+static inline void jf_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 static inline int jf_int_load(int *p) { return JF_LOAD(p); }
 static inline void jf_int_store(int *p, int v) { JF_STORE(p, v); }
@@ -202,12 +228,39 @@ static inline int jf_pool_threads(jf_pool_t *p)
     return n;
 }
 
+/* Work for `want` more threads was listed (lock held), or, want < 0,
+ * every thread must look again.  Spinning threads see it at once; for each
+ * place they leave, two sleeping threads are woken: the kernel may put a
+ * woken thread on the caller's own (busy) CPU, where it waits for a time
+ * slice or a migration (2-3 ms measured on a 2-CPU VM, a quarter of a
+ * 20 ms loop), while the other one, on an idle CPU, joins at once; the
+ * thread left without a place goes back to sleep. */
+static inline void jf_pool_wake(jf_pool_t *p, int want)
+{
+    int wake;
+    __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELEASE);
+    if (p->n_idle == 0) return;
+    if (want < 0) {
+        jf_cond_broadcast(&p->work);
+        return;
+    }
+    want -= p->n_spinning;          /* want may be up to INT_MAX - 1 */
+    if (want <= 0) return;
+    if (want > p->n_idle) want = p->n_idle;
+    wake = 2 * want;
+    if (wake >= p->n_idle) {
+        jf_cond_broadcast(&p->work);
+    } else {
+        while (wake-- > 0) jf_cond_signal(&p->work);
+    }
+}
+
 /* Threads kept while idle; surplus idle threads are woken to exit. */
 static inline void jf_pool_set_keep(jf_pool_t *p, int keep)
 {
     jf_mutex_lock(&p->lock);
     p->keep = keep;
-    if (p->n_threads > keep && p->n_idle) jf_cond_broadcast(&p->work);
+    if (p->n_threads > keep) jf_pool_wake(p, -1);
     jf_mutex_unlock(&p->lock);
 }
 
@@ -215,7 +268,7 @@ static inline void jf_pool_close(jf_pool_t *p)
 {
     jf_mutex_lock(&p->lock);
     p->closing = 1;
-    jf_cond_broadcast(&p->work);
+    jf_pool_wake(p, -1);
     jf_mutex_unlock(&p->lock);
 }
 
@@ -227,11 +280,16 @@ static inline int jf_range_has_chunks(jf_range_t *r)
 /* Block until there is something for a worker thread to do.  An item
  * (JF_NEXT_ITEM: *job is its queue, *item the owned item) or a range to
  * help with (JF_NEXT_RANGE: *worker is this thread's id in it), else
- * JF_NEXT_EXIT once the pool closes or this thread is surplus. */
+ * JF_NEXT_EXIT once the pool closes or this thread is surplus.  With
+ * nothing to do, the thread polls for up to `spin` seconds before it
+ * sleeps. */
 static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
-                               int *worker)
+                               int *worker, double spin)
 {
     jf_job_t *j;
+    unsigned long gen;
+    double deadline = spin > 0.0 ? jf_clock_now() + spin : 0.0;
+    int polls;
     jf_mutex_lock(&p->lock);
     for (;;) {
         for (j = p->first; j != NULL; j = j->next) {
@@ -250,7 +308,8 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
                 jf_range_t *r = (jf_range_t *)j;
                 if (r->joined >= j->limit || !jf_range_has_chunks(r)) continue;
                 *worker = r->joined++;
-                j->active++;
+                /* Atomic: the range's caller polls it (jf_range_finish). */
+                __atomic_add_fetch(&j->active, 1, __ATOMIC_ACQ_REL);
                 *job = j;
                 jf_mutex_unlock(&p->lock);
                 return JF_NEXT_RANGE;
@@ -261,6 +320,25 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
             jf_cond_broadcast(&p->left);
             jf_mutex_unlock(&p->lock);
             return JF_NEXT_EXIT;
+        }
+        if (deadline > 0.0) {
+            /* Poll `gen` without the lock: any work listed from now on
+             * bumps it.  Then look again (the work may be for others). */
+            gen = JF_LOAD(&p->gen);
+            p->n_spinning++;
+            jf_mutex_unlock(&p->lock);
+            polls = 0;
+            while (JF_LOAD(&p->gen) == gen) {
+                jf_cpu_relax();
+                if (++polls % 64 == 0) {
+                    if (jf_clock_now() >= deadline) break;
+                    JF_YIELD();     /* to a thread waiting for this CPU */
+                }
+            }
+            jf_mutex_lock(&p->lock);
+            p->n_spinning--;
+            if (JF_LOAD(&p->gen) == gen) deadline = 0.0;   /* timed out */
+            continue;
         }
         p->n_idle++;
         jf_cond_wait(&p->work, &p->lock);
@@ -313,12 +391,7 @@ static inline int jf_queue_push(jf_pool_t *p, jf_queue_t *q, void *item)
     }
     q->items[(q->head + q->count) % q->capacity] = item;
     q->count++;
-    if (q->job.active < q->job.limit) {
-        /* Two idle threads for the item, for the reason jf_range_start
-         * gives: one of them may be put on a busy CPU. */
-        jf_cond_signal(&p->work);
-        if (p->n_idle > 1) jf_cond_signal(&p->work);
-    }
+    if (q->job.active < q->job.limit) jf_pool_wake(p, 1);
     jf_mutex_unlock(&p->lock);
     return 0;
 }
@@ -383,8 +456,7 @@ static inline int jf_queue_taken_done(jf_pool_t *p, jf_queue_t *q)
 static inline void jf_queue_set_limit(jf_pool_t *p, jf_queue_t *q, int limit)
 {
     jf_mutex_lock(&p->lock);
-    if (limit > q->job.limit && q->count > 0 && p->n_idle > 0)
-        jf_cond_broadcast(&p->work);
+    if (limit > q->job.limit && q->count > 0) jf_pool_wake(p, -1);
     q->job.limit = limit;
     jf_mutex_unlock(&p->lock);
 }
@@ -480,49 +552,52 @@ static inline int jf_range_work(jf_range_t *r, int worker, int *won)
     return 0;
 }
 
-/* List the range and wake up to `2 * (limit - 1)` idle threads.  EPIPE
+/* List the range and wake threads for its `limit - 1` places.  EPIPE
  * when the pool is closing (the caller then runs the range alone). */
 static inline int jf_range_start(jf_pool_t *p, jf_range_t *r)
 {
-    int wake;
     jf_mutex_lock(&p->lock);
     if (p->closing) {
         jf_mutex_unlock(&p->lock);
         return EPIPE;
     }
     jf_pool_link(p, &r->job);
-    /* Two idle threads woken for each place: the kernel may put a woken
-     * thread on the caller's own (busy) CPU, where it waits for a time
-     * slice or a migration (2-3 ms measured on a 2-CPU VM, a quarter of
-     * a 20 ms loop), while the other one, on an idle CPU, joins at once;
-     * the thread left without a place goes back to sleep. */
-    wake = r->job.limit - 1;            /* up to INT_MAX - 1: not doubled */
-    if (wake > p->n_idle) wake = p->n_idle;
-    wake *= 2;
-    if (wake > p->n_idle) wake = p->n_idle;
-    if (wake >= p->n_idle && wake > 1) {
-        jf_cond_broadcast(&p->work);
-    } else {
-        while (wake-- > 0) jf_cond_signal(&p->work);
-    }
+    jf_pool_wake(p, r->job.limit - 1);
     jf_mutex_unlock(&p->lock);
     return 0;
 }
 
-/* A pool thread is done with the range. */
+/* A pool thread is done with the range.  Once `active` reads 0 the caller
+ * may return (the range lives on its stack): nothing of `r` is touched
+ * after the decrement. */
 static inline void jf_range_leave(jf_pool_t *p, jf_range_t *r)
 {
+    int listed;
     jf_mutex_lock(&p->lock);
-    if (--r->job.active == 0 && !r->job.listed) jf_cond_broadcast(&p->left);
+    listed = r->job.listed;
+    if (__atomic_sub_fetch(&r->job.active, 1, __ATOMIC_ACQ_REL) == 0 && !listed)
+        jf_cond_broadcast(&p->left);
     jf_mutex_unlock(&p->lock);
 }
 
 /* The caller is out of chunks: unlist the range (no thread joins any
- * more) and wait until every thread that joined has left. */
-static inline void jf_range_finish(jf_pool_t *p, jf_range_t *r)
+ * more) and wait until every thread that joined has left, polling for up
+ * to `spin` seconds before it sleeps. */
+static inline void jf_range_finish(jf_pool_t *p, jf_range_t *r, double spin)
 {
     jf_mutex_lock(&p->lock);
     jf_pool_unlink(p, &r->job);
+    if (spin > 0.0 && r->job.active > 0) {
+        double deadline = jf_clock_now() + spin;
+        int polls = 0;
+        jf_mutex_unlock(&p->lock);
+        while (JF_LOAD(&r->job.active) > 0) {
+            /* Yielding: the helper may be waiting for this very CPU. */
+            JF_YIELD();
+            if (++polls % 16 == 0 && jf_clock_now() >= deadline) break;
+        }
+        jf_mutex_lock(&p->lock);
+    }
     while (r->job.active > 0) jf_cond_wait(&p->left, &p->lock);
     jf_mutex_unlock(&p->lock);
 }

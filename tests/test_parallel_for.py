@@ -430,6 +430,40 @@ def test_calls_after_a_subinterpreter_existed(built):
     assert proc.stdout.strip() == "ok"
 
 
+SPIN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import pfor_consumer
+for n in (10, 1000, 100_000):
+    for _ in range(50):
+        assert pfor_consumer.count(n) == n
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("value", ("0", "1", "20000"))
+def test_spin_setting(built, value):
+    # JOBLIB_FAST_SPIN_US: how long helpers poll for the next range (0:
+    # they sleep at once).  Calls back to back stay right with any value.
+    env = dict(os.environ, JOBLIB_FAST_SPIN_US=value)
+    proc = subprocess.run([sys.executable, "-c", SPIN, str(built[0])],
+                          env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("value", ("-1", "abc", "1e9"))
+def test_bad_spin_setting_is_a_clear_error(value):
+    env = dict(os.environ, JOBLIB_FAST_SPIN_US=value)
+    proc = subprocess.run([sys.executable, "-c", "import joblib_fast"],
+                          env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode != 0
+    assert "JOBLIB_FAST_SPIN_US must be microseconds" in proc.stderr
+    assert repr(value) in proc.stderr
+
+
 def _max_workers_in_worker(folder):
     sys.path.insert(0, folder)
     import pfor_consumer
