@@ -102,6 +102,8 @@ typedef struct {
     int n_threads;                  /* [lock] threads started and not exited */
     int n_idle;                     /* [lock] threads waiting on `work` */
     int n_spinning;                 /* [lock] threads polling `gen` */
+    int spin_credit;                /* [lock] of those, the ones no wake-up
+                                       has counted on yet */
     unsigned long gen;              /* atomic, written under lock: bumped
                                        when work is listed or threads must
                                        look again (close, fewer kept) */
@@ -237,15 +239,19 @@ static inline int jf_pool_threads(jf_pool_t *p)
  * thread left without a place goes back to sleep. */
 static inline void jf_pool_wake(jf_pool_t *p, int want)
 {
-    int wake;
+    int wake, spinners;
     __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELEASE);
-    if (p->n_idle == 0) return;
     if (want < 0) {
-        jf_cond_broadcast(&p->work);
+        if (p->n_idle > 0) jf_cond_broadcast(&p->work);
         return;
     }
-    want -= p->n_spinning;          /* want may be up to INT_MAX - 1 */
-    if (want <= 0) return;
+    /* Each spinner is counted on by one wake-up only: two items pushed
+     * before a spinner gets the lock back must not both leave it to that
+     * one thread (tasks waiting for each other would wait forever). */
+    spinners = want < p->spin_credit ? want : p->spin_credit;
+    p->spin_credit -= spinners;
+    want -= spinners;               /* want may be up to INT_MAX - 1 */
+    if (want <= 0 || p->n_idle == 0) return;
     if (want > p->n_idle) want = p->n_idle;
     wake = 2 * want;
     if (wake >= p->n_idle) {
@@ -326,6 +332,7 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
              * bumps it.  Then look again (the work may be for others). */
             gen = JF_LOAD(&p->gen);
             p->n_spinning++;
+            p->spin_credit++;
             jf_mutex_unlock(&p->lock);
             polls = 0;
             while (JF_LOAD(&p->gen) == gen) {
@@ -337,6 +344,7 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
             }
             jf_mutex_lock(&p->lock);
             p->n_spinning--;
+            if (p->spin_credit > p->n_spinning) p->spin_credit = p->n_spinning;
             if (JF_LOAD(&p->gen) == gen) deadline = 0.0;   /* timed out */
             continue;
         }

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import traceback
 
 import pytest
@@ -75,6 +76,16 @@ def built(tmp_path_factory):
                        for name in MODULES}
     finally:
         sys.path.remove(str(folder))
+
+
+def python_outside_the_tree(code, folder, **env):
+    """``python -c code folder`` run in `folder`, so that it imports the
+    installed joblib_fast, never the checkout it may be run from."""
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", code, str(folder)],
+                          cwd=folder, env=environ, capture_output=True,
+                          text=True, timeout=120, check=False)
 
 
 @pytest.fixture
@@ -423,9 +434,7 @@ print("ok")
 def test_calls_after_a_subinterpreter_existed(built):
     # PyGILState_Check() says "held" in every thread once a subinterpreter
     # was created: parallel_for must not release a GIL it does not hold.
-    proc = subprocess.run(
-        [sys.executable, "-c", SUBINTERPRETER, str(built[0])],
-        capture_output=True, text=True, timeout=120, check=False)
+    proc = python_outside_the_tree(SUBINTERPRETER, built[0])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
 
@@ -445,23 +454,35 @@ print("ok")
 def test_spin_setting(built, value):
     # JOBLIB_FAST_SPIN_US: how long helpers poll for the next range (0:
     # they sleep at once).  Calls back to back stay right with any value.
-    env = dict(os.environ, JOBLIB_FAST_SPIN_US=value)
-    proc = subprocess.run([sys.executable, "-c", SPIN, str(built[0])],
-                          env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = python_outside_the_tree(SPIN, built[0], JOBLIB_FAST_SPIN_US=value)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
 
 
 @pytest.mark.parametrize("value", ("-1", "abc", "1e9"))
-def test_bad_spin_setting_is_a_clear_error(value):
-    env = dict(os.environ, JOBLIB_FAST_SPIN_US=value)
-    proc = subprocess.run([sys.executable, "-c", "import joblib_fast"],
-                          env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+def test_bad_spin_setting_is_a_clear_error(built, value):
+    proc = python_outside_the_tree("import joblib_fast", built[0],
+                                   JOBLIB_FAST_SPIN_US=value)
     assert proc.returncode != 0
     assert "JOBLIB_FAST_SPIN_US must be microseconds" in proc.stderr
     assert repr(value) in proc.stderr
+
+
+def test_queued_tasks_after_a_range_all_get_threads(consumer):
+    # Right after a parallel_for a helper polls for work: two tasks pushed
+    # before it takes the first must not both be left to it (they meet at
+    # a barrier: one thread for both would wait forever).
+    broken = 0
+    for _ in range(40):
+        consumer.visit(0, 2000, 1, -1, spin=20_000)
+        barrier = threading.Barrier(2, timeout=2)
+        try:
+            Parallel(n_jobs=2, backend="threading")(
+                delayed(barrier.wait)() for _ in range(2))
+        except threading.BrokenBarrierError:
+            broken += 1
+        time.sleep(0.005)
+    assert broken == 0, f"{broken} of 40 calls ran both tasks on one thread"
 
 
 def _max_workers_in_worker(folder):
