@@ -259,3 +259,46 @@ def on_helpers(fn, int code=-1, Py_ssize_t n=400, long spin=20_000,
         with nogil:
             rc = parallel_for(0, n, 1, _helpers_body, &h, -1)
     return rc, bool(h.helper_ran)
+
+
+# A range whose first indices cost nothing (a masked-out prefix, say):
+# what the automatic grain makes of the rest.
+cdef struct CheapStart:
+    Py_ssize_t cheap_below
+    long spin
+    long largest               # the largest chunk at or above cheap_below
+    int helper_ran
+    long visited               # atomic: indices at or above cheap_below
+
+
+cdef int _cheap_start_body(void *ctx, Py_ssize_t start, Py_ssize_t stop,
+                           int worker) noexcept nogil:
+    cdef CheapStart *c = <CheapStart *>ctx
+    cdef Py_ssize_t _i
+    if stop <= c.cheap_below:
+        return 0
+    if start < c.cheap_below:
+        start = c.cheap_below
+    if worker != 0:
+        c.helper_ran = 1
+    if stop - start > c.largest:
+        c.largest = stop - start   # racy max: good enough for a bound
+    for _i in range(start, stop):
+        _spin(c.spin)
+    pfc_add(&c.visited, stop - start)
+    return 0
+
+
+def cheap_start(Py_ssize_t n, Py_ssize_t cheap_below, long spin):
+    """parallel_for over [0, n), grain automatic, with free indices below
+    cheap_below: (largest chunk above it, a helper ran, indices visited
+    above it)."""
+    cdef CheapStart c
+    c.cheap_below = cheap_below
+    c.spin = spin
+    c.largest = 0
+    c.helper_ran = 0
+    c.visited = 0
+    with nogil:
+        parallel_for(0, n, 0, _cheap_start_body, &c, -1)
+    return c.largest, bool(c.helper_ran), c.visited

@@ -277,6 +277,19 @@ def test_bad_arguments(consumer):
     assert consumer.bad_call(0, -1, big - 1000, big) == 1000
 
 
+def test_automatic_grain_shares_a_range_whose_start_is_cheap(consumer):
+    # The automatic grain is set from the caller's first chunk: a first
+    # quarter that costs nothing must not make the rest one chunk.
+    for _ in range(20):
+        largest, helper_ran, visited = consumer.cheap_start(4000, 1000,
+                                                            20_000)
+        assert visited == 3000
+        assert largest <= 3000 // 4
+        if helper_ran:
+            return
+    pytest.fail("no pool thread ran a chunk in 20 calls")
+
+
 def test_nested_parallel_for_runs_inline(consumer):
     out = consumer.visit(0, 64, 1, -1, spin=20_000, nested=True)
     check_visit(consumer, out, 0, 64, 1, -1)
