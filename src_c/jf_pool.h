@@ -85,9 +85,7 @@ typedef struct {
     jf_job_t job;
     ptrdiff_t next;                 /* atomic: first index not handed out */
     ptrdiff_t stop;
-    ptrdiff_t min_chunk;            /* atomic (relaxed): raised once by the
-                                       caller when the grain is automatic */
-    int auto_grain;                 /* grain 0: min_chunk from timing */
+    ptrdiff_t min_chunk;
     ptrdiff_t split;                /* guided: chunk = remaining / split */
     jf_body_t body;
     void *ctx;
@@ -517,10 +515,20 @@ static inline void jf_range_init(jf_range_t *r, ptrdiff_t start, ptrdiff_t stop,
     r->job.limit = n_workers;
     r->next = start;
     r->stop = stop;
-    /* Automatic (grain 0): 1 until the caller has timed its first chunk
-     * (jf_range_work). */
-    r->min_chunk = grain > 0 ? grain : 1;
-    r->auto_grain = grain <= 0;
+    /* Automatic (grain 0): chunks of at least 8 indices, but at most a
+     * sixteenth of a worker's share.  Chunks of one index at the end of a
+     * range cost more than they balance (each is a compare-and-swap on
+     * memory both CPUs write): 1,000 indices of 50 ns on 2 workers ran at
+     * 1.62-1.70x the serial loop with them, 1.79-1.84x with 8-index chunks.  A
+     * small fixed floor, not one from timing the first chunk: that one let
+     * a range whose cost sits in its last indices run them on one thread. */
+    if (grain > 0) {
+        r->min_chunk = grain;
+    } else {
+        r->min_chunk = (stop - start) / (16 * (ptrdiff_t)n_workers);
+        if (r->min_chunk > 8) r->min_chunk = 8;
+        if (r->min_chunk < 1) r->min_chunk = 1;
+    }
     r->split = 2 * (ptrdiff_t)n_workers;
     r->body = body;
     r->ctx = ctx;
@@ -531,15 +539,13 @@ static inline void jf_range_init(jf_range_t *r, ptrdiff_t start, ptrdiff_t stop,
 static inline int jf_range_grab(jf_range_t *r, ptrdiff_t *a, ptrdiff_t *b)
 {
     ptrdiff_t cur = __atomic_load_n(&r->next, __ATOMIC_RELAXED), left, size, end;
-    ptrdiff_t min_chunk;
     do {
         if (cur >= r->stop || JF_LOAD(&r->rc) != 0) return 0;
-        min_chunk = __atomic_load_n(&r->min_chunk, __ATOMIC_RELAXED);
         left = r->stop - cur;
         size = left / r->split;
-        if (size < min_chunk) size = min_chunk;
+        if (size < r->min_chunk) size = r->min_chunk;
         /* No remainder shorter than the grain left behind. */
-        end = (left - size < min_chunk) ? r->stop : cur + size;
+        end = (left - size < r->min_chunk) ? r->stop : cur + size;
     } while (!__atomic_compare_exchange_n(&r->next, &cur, end, 1,
                                           __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
     *a = cur;
@@ -550,42 +556,13 @@ static inline int jf_range_grab(jf_range_t *r, ptrdiff_t *a, ptrdiff_t *b)
 /* Run chunks as `worker` until none is left or a body returns non-zero.
  * Returns 0, or the body's value; *won is 1 when that value is the one
  * the range reports (the first non-zero). */
-/* With an automatic grain, a chunk lasts at least this long once the
- * caller has timed its first one: each chunk costs a compare-and-swap on a
- * cache line both CPUs write, and a range's last chunks of one index each
- * cost more than they balance (1,000 indices of 50 ns on 2 workers: 1.62x
- * the serial loop with them, 1.81-1.83x with chunks of 4-8 indices). */
-#define JF_CHUNK_SECONDS 2e-6
-
-/* The caller's first chunk of `n` indices took `seconds`: chunks of at
- * least JF_CHUNK_SECONDS from now on, but of at most an eighth of a
- * worker's share of what is left, so that a range whose first indices
- * happen to be cheap is still shared. */
-static inline void jf_range_timed(jf_range_t *r, ptrdiff_t n, double seconds)
-{
-    double left = (double)(r->stop - __atomic_load_n(&r->next, __ATOMIC_RELAXED));
-    double most = left / (double)(4 * r->split);
-    double per = seconds / (double)n;
-    double want = per > 0.0 ? JF_CHUNK_SECONDS / per : most;
-    ptrdiff_t m;
-    if (want > most) want = most;
-    m = (ptrdiff_t)want;
-    if (m > 1) __atomic_store_n(&r->min_chunk, m, __ATOMIC_RELAXED);
-}
-
 static inline int jf_range_work(jf_range_t *r, int worker, int *won)
 {
     ptrdiff_t a, b;
-    int rc, zero, timed = worker == 0 && r->auto_grain;
-    double t0 = 0.0;
+    int rc, zero;
     *won = 0;
     while (jf_range_grab(r, &a, &b)) {
-        if (timed) t0 = jf_clock_now();
         rc = r->body(r->ctx, a, b, worker);
-        if (timed) {
-            timed = 0;
-            jf_range_timed(r, b - a, jf_clock_now() - t0);
-        }
         if (rc != 0) {
             zero = 0;
             *won = __atomic_compare_exchange_n(&r->rc, &zero, rc, 0,

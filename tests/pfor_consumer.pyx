@@ -261,8 +261,8 @@ def on_helpers(fn, int code=-1, Py_ssize_t n=400, long spin=20_000,
     return rc, bool(h.helper_ran)
 
 
-# A range whose first indices cost nothing (a masked-out prefix, say):
-# what the automatic grain makes of the rest.
+# A range whose first indices cost nothing (its cost in its tail, as in
+# rows sorted by cost): what the automatic grain makes of the rest.
 cdef struct CheapStart:
     Py_ssize_t cheap_below
     long spin
@@ -282,7 +282,7 @@ cdef int _cheap_start_body(void *ctx, Py_ssize_t start, Py_ssize_t stop,
     if worker != 0:
         c.helper_ran = 1
     if stop - start > c.largest:
-        c.largest = stop - start   # racy max: good enough for a bound
+        c.largest = stop - start   # racy max: may miss a close race only
     for _i in range(start, stop):
         _spin(c.spin)
     pfc_add(&c.visited, stop - start)
@@ -291,8 +291,8 @@ cdef int _cheap_start_body(void *ctx, Py_ssize_t start, Py_ssize_t stop,
 
 def cheap_start(Py_ssize_t n, Py_ssize_t cheap_below, long spin):
     """parallel_for over [0, n), grain automatic, with free indices below
-    cheap_below: (largest chunk above it, a helper ran, indices visited
-    above it)."""
+    cheap_below: (the most indices at or above it in one chunk, a helper
+    ran some of them, indices visited at or above it)."""
     cdef CheapStart c
     c.cheap_below = cheap_below
     c.spin = spin

@@ -277,17 +277,18 @@ def test_bad_arguments(consumer):
     assert consumer.bad_call(0, -1, big - 1000, big) == 1000
 
 
-def test_automatic_grain_shares_a_range_whose_start_is_cheap(consumer):
-    # The automatic grain is set from the caller's first chunk: a first
-    # quarter that costs nothing must not make the rest one chunk.
+def test_automatic_grain_shares_a_costly_tail(consumer):
+    # Only the last 5% of the range costs anything: with grain 0 no chunk
+    # holds more than half of it (guided chunks, a small floor), and a
+    # pool thread runs some of it.
     for _ in range(20):
-        largest, helper_ran, visited = consumer.cheap_start(4000, 1000,
-                                                            20_000)
-        assert visited == 3000
-        assert largest <= 3000 // 4
+        largest, helper_ran, visited = consumer.cheap_start(4000, 3800,
+                                                            50_000)
+        assert visited == 200
+        assert largest <= 100
         if helper_ran:
             return
-    pytest.fail("no pool thread ran a chunk in 20 calls")
+    pytest.fail("no pool thread ran a costly chunk in 20 calls")
 
 
 def test_nested_parallel_for_runs_inline(consumer):
