@@ -28,6 +28,7 @@ import atexit
 import os
 import threading
 import traceback
+from time import monotonic as _monotonic
 
 cimport cython
 from cpython.exc cimport PyErr_Fetch, PyErr_NormalizeException
@@ -259,9 +260,13 @@ cdef class WorkerPool:
         me = threading.current_thread()
         threads = self.threads
         if wait:
+            # One deadline for all: joined one after the other, each with
+            # its own timeout, n stuck threads held the exit n times longer.
+            deadline = None if timeout is None else _monotonic() + timeout
             for t in threads:
                 if t is not me:
-                    t.join(timeout)
+                    t.join(None if deadline is None
+                           else max(0.0, deadline - _monotonic()))
         return not any(t.is_alive() for t in threads if t is not me)
 
 
