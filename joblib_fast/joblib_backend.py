@@ -30,7 +30,6 @@ Threads: ``configure``, ``start_call``, ``stop_call``, ``terminate`` and
 from __future__ import annotations
 
 import collections
-import multiprocessing as mp
 import threading
 import traceback
 import warnings
@@ -52,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - exercised without joblib
 from ._core import Call
 from .backends.base import ThreadingBackend
 from .backends.native import CallOptions
-from .backends.processes import ProcessBackend
+from .backends.processes import ProcessBackend, daemonic_warning
 
 __all__ = ["register_joblib_backend", "FastProcessBackend",
            "FastThreadingBackend"]
@@ -425,11 +424,11 @@ class FastProcessBackend(_FastBackend):
     def effective_n_jobs(self, n_jobs):
         if n_jobs in (None, 0, 1):
             return super().effective_n_jobs(n_jobs)
-        if mp.current_process().daemon:
-            # In a worker process (daemonic): run in place, as joblib does.
-            warnings.warn("joblib_fast process-backed parallel loops cannot "
-                          "be nested in a worker process, setting n_jobs=1",
-                          stacklevel=3)
+        reason = daemonic_warning()
+        if reason is not None:
+            # A daemonic process cannot start workers: run in place, with
+            # the process backend's warning (joblib's words).
+            warnings.warn(reason, UserWarning, stacklevel=3)
             return 1
         if not (self.in_main_thread() or self.nesting_level == 0):
             warnings.warn("joblib_fast process-backed parallel loops cannot "

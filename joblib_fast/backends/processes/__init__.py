@@ -24,7 +24,7 @@ from ...errors import RemoteTraceback, TaskFailedError, TerminatedWorkerError
 from ..base import ParallelBackendBase, ThreadingBackend, worker_initializer
 from ..native import CallInput, CallOptions, PoolProvider
 from .arrays_in import ArrayExchange
-from .context import resolve_context
+from .context import DASK_DAEMONIC_WARNING, daemonic_warning, resolve_context
 from .pickling import dumps_any
 from .pool import ProcessLease, ProcessPool
 from .registry import get_pool, reusable_pool_pids, shutdown_reusable_pools
@@ -36,6 +36,7 @@ __all__ = [
     "RemoteTraceback",
     "TaskFailedError",
     "TerminatedWorkerError",
+    "daemonic_warning",
     "get_pool",
     "resolve_context",
     "reusable_pool_pids",
@@ -65,14 +66,24 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
         self.context = context
 
     def effective_n_jobs(self, n_jobs):
-        if n_jobs is not None and self.nesting_level and self.nesting_level > 0:
-            # Processes inside workers would oversubscribe: run in place,
-            # and say so in joblib's words (code filters on them).
+        """``n_jobs`` resolved; 1 (with joblib's warning, in its words:
+        code filters on them) where this process must not start workers:
+        in a daemonic process (multiprocessing forbids it children) and
+        inside a worker of another call (processes there would
+        oversubscribe the machine).  This is the one place that decides
+        it, for every way of making or using the backend."""
+        if n_jobs is None:
+            return resolve_n_jobs(n_jobs)
+        reason = daemonic_warning()
+        if self.nesting_level and reason is not DASK_DAEMONIC_WARNING:
+            # A worker of ours (daemonic too) or of another backend: the
+            # nesting is the reason to give.
+            where = "" if self.in_main_thread() else " below threads"
+            reason = ("Multiprocessing-backed parallel loops cannot be "
+                      f"nested{where}, setting n_jobs=1")
+        if reason is not None:
             if n_jobs != 1:
-                where = "" if self.in_main_thread() else " below threads"
-                warnings.warn(
-                    "Multiprocessing-backed parallel loops cannot be nested"
-                    f"{where}, setting n_jobs=1", stacklevel=3)
+                warnings.warn(reason, UserWarning, stacklevel=3)
             return 1
         return resolve_n_jobs(n_jobs)
 

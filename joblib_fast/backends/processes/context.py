@@ -1,11 +1,13 @@
 """Start methods of the process backend: which multiprocessing context a
-pool uses (``resolve_context``, ``JOBLIB_START_METHOD``), and the two
+pool uses (``resolve_context``, ``JOBLIB_START_METHOD``), whether this
+process may start workers at all (:func:`daemonic_warning`), and the two
 adjustments made to multiprocessing for our workers, installed when the
 first pool starts (:func:`install`), never at import."""
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import threading
 from multiprocessing import spawn as _mp_spawn
 from typing import Any
@@ -24,6 +26,22 @@ FORKSERVER_PRELOAD = [
     "joblib_fast.backends.processes.arrays_out",
     "cloudpickle",
 ]
+
+# What a process-backed call made in a daemonic process says when it runs in
+# place.  Each starts with joblib's words (code filters warnings on them):
+# joblib's loky wording for both backend names, "loky" being the default.
+DAEMONIC_WARNING = (
+    "Loky-backed parallel loops cannot be called in a multiprocessing, "
+    "setting n_jobs=1 (this process is daemonic, as the workers of a "
+    "multiprocessing.Pool are, and daemonic processes cannot start worker "
+    "processes: the call runs sequentially in this process)")
+DASK_DAEMONIC_WARNING = (
+    "Inside a Dask worker with daemon=True, setting n_jobs=1 (a daemonic "
+    "process cannot start worker processes: the call runs sequentially in "
+    "this worker).  To let the workers of a dask cluster start processes, "
+    "create the cluster with the setting 'distributed.worker.daemon' "
+    "False: dask.config.set({'distributed.worker.daemon': False}), or the "
+    "environment variable DASK_DISTRIBUTED__WORKER__DAEMON=False.")
 
 # Guards the one-time patch in install().
 _INSTALL_LOCK = threading.Lock()
@@ -72,6 +90,34 @@ def fork_server_pid() -> int | None:
         return forkserver._forkserver._forkserver_pid
     except (AttributeError, ImportError):  # pragma: no cover - other Pythons
         return None
+
+
+def daemonic_warning() -> str | None:
+    """None when this process may start worker processes; otherwise the
+    warning of a call that runs in place instead: multiprocessing forbids
+    children to a daemonic process (a ``multiprocessing.Pool`` worker, a
+    dask worker with ``distributed.worker.daemon`` true, ...), where
+    trying fails with an AssertionError.  The warning names dask's
+    setting inside a task of a dask worker."""
+    if not mp.current_process().daemon:
+        return None
+    if in_dask_task():
+        return DASK_DAEMONIC_WARNING
+    return DAEMONIC_WARNING
+
+
+def in_dask_task() -> bool:
+    """True in a thread running a task of a dask worker.  A dask worker has
+    imported distributed already: when it is not imported this is no dask
+    worker, and nothing is imported to find out."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def resolve_context(context: Any = None):
