@@ -70,6 +70,11 @@ def array_sum(a):
     return float(a.sum())
 
 
+def matmul_sum(a):
+    """One BLAS call (``a @ a``), a float back (nothing large to return)."""
+    return float((a @ a)[0, 0])
+
+
 def fresh_array(n_floats):
     import numpy as np
     return np.ones(n_floats)
@@ -448,6 +453,12 @@ def _prepare_bigarray_out(ctx: Context, n: int) -> Prepared:
                     f"{floats * 8 / MB:.1f} MB arrays out")
 
 
+def _prepare_blas(ctx: Context, n: int) -> Prepared:
+    import numpy as np
+    a = np.random.default_rng(0).random((300, 300))
+    return Prepared(matmul_sum, [a] * n, "a @ a, 300x300 float64")
+
+
 def _idle_at_end(results: list, wall: tuple[float, float], n_jobs: int) -> str:
     """Each worker's idle time between its last task's end and the call's
     end, as a share of the call's wall time."""
@@ -500,6 +511,11 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
              _prepare_bigarray_in, memory=True),
     Workload("bigarray_out", ("loop",) + NUMPY_PEERS, (8, 8),
              _prepare_bigarray_out, memory=True, digest=_shapes),
+    # BLAS tasks: the loop runs with BLAS at its default thread count;
+    # joblib_fast caps BLAS while its threads (or its processes) run.
+    Workload("blas", ("loop", "joblib_fast[threading]", "joblib[threading]",
+                      "joblib_fast[loky]", "joblib[loky]"), (300, 150),
+             _prepare_blas),
     # Issue 12: dask.distributed (a LocalCluster of n_jobs workers).
     Workload("dask_trivial", ("loop",) + DASK_PEERS, (100, 100),
              _prepare_noop),
@@ -865,6 +881,16 @@ def print_side_by_side(rows: list[Row], ours: str, theirs: str) -> None:
             print(f"  {workload}: {ours} is {b / a:.2f}x faster than {theirs}")
 
 
+def _blas_sizes() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed"
+    return ", ".join(f"{i['internal_api']} {i.get('architecture', '')} "
+                     f"{i['num_threads']} threads"
+                     for i in threadpool_info() if i["user_api"] == "blas")
+
+
 def print_legend(rows: list[Row], ctx: Context) -> None:
     print_side_by_side(rows, "joblib_fast[dask]", "joblib[dask]")
     used = list(dict.fromkeys(row.peer for row in rows))
@@ -892,6 +918,11 @@ def print_legend(rows: list[Row], ctx: Context) -> None:
               "joblib reuses its memmap dump of it after the warm-up without "
               "checking its bytes (stale if the array changed); joblib_fast "
               "compares them before reusing its dump")
+    if any(row.workload == "blas" for row in rows):
+        print("  blas: the loop and joblib[threading] run with BLAS at its "
+              f"default size ({_blas_sizes()}); joblib_fast caps it while "
+              "its threads run; OPENBLAS_CORETYPE="
+              f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     if ctx.quick:
         print("  --quick: fewer repeats, smaller N for the nogil/py/uneven "
               "workloads, 50 MB / 12.5 MB arrays for bigarray_in / _out")

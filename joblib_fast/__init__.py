@@ -23,7 +23,7 @@ so.  A module may import its own layer or any layer below it::
     _core, _kernels                 compiled: dispatch core, test kernels
     _threads                        compiled: the worker threads, parallel_for
     _context                        thread-local settings, n_jobs rules
-    _cpu, _gc, _progress, _args, errors
+    _cpu, _gc, _progress, _args, errors, _native_threads
                                     leaves: no package imports but these
 
 Imports of the package itself are at module level; function-level imports

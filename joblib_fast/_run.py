@@ -7,13 +7,14 @@
         sequential--> run in the caller
         | n_jobs > 1
     pool (kept across the calls of a ``with`` block, else new)
-    GC relaxed, reporter started, backend.start_call()
+    GC relaxed, native thread pools capped (threads), reporter started,
+    backend.start_call()
     provider.prepare_input --> core Call --> list | ordered | unordered
     end, exactly once however the call ends (returned, raised, generator
     exhausted, closed or collected):
         GC restored, pool.end_call(error), pool.shutdown (unmanaged),
         backend.stop_call(), backend.terminate() (unmanaged),
-        reporter.finish(error)
+        native thread pools restored, reporter.finish(error)
 
 Threads: everything here runs in the thread that called ``Parallel``
 (a generator's end runs in whichever thread closes it).
@@ -24,7 +25,7 @@ import itertools
 from collections.abc import Iterable
 from typing import Any, Callable
 
-from . import _gc
+from . import _gc, _native_threads
 from ._args import eval_pre_dispatch, known_length
 from ._core import Call, forget_delayed, iter_sequential, run_sequential
 from .backends.base import warn_timeout_unsupported
@@ -100,6 +101,9 @@ class Runner:
         _gc.relax()  # undone by _End
         end = _End(self, pool, reporter)
         try:
+            limit = self.provider.native_threads_limit(n_jobs)
+            if limit is not None:
+                end.native_cap = _native_threads.hold(limit)
             if reporter is not None:
                 reporter.start(self.backend, n_jobs)
             self.backend.start_call()
@@ -201,6 +205,8 @@ class _End:
         self.call: Call | None = None
         self.started = False   # backend.start_call() ran
         self.ended = False
+        # The native thread pools' cap held for this call (released last).
+        self.native_cap: _native_threads.Hold | None = None
 
     def __call__(self, error: BaseException | None) -> None:
         if self.ended:
@@ -225,6 +231,9 @@ class _End:
                 runner.backend.terminate()
         finally:
             runner.running = False
+            cap, self.native_cap = self.native_cap, None
+            if cap is not None:
+                cap.release()
             if self.reporter is not None:
                 self.reporter.finish(error)
 

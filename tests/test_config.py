@@ -180,8 +180,9 @@ def test_parallel_backend_is_a_parallel_config():
     ({"backend": "no_such_backend"}, ValueError),
     ({"backend": 3}, ValueError),
     ({"backend": "threading", "inner_max_num_threads": 0}, ValueError),
-    # threads do not cap BLAS pools (supports_inner_max_num_threads=False)
-    ({"backend": "threading", "inner_max_num_threads": 2}, ValueError),
+    # the caller runs the tasks: nothing to cap
+    # (supports_inner_max_num_threads=False)
+    ({"backend": "sequential", "inner_max_num_threads": 2}, ValueError),
     # backend parameters need a backend (name)
     ({"inner_max_num_threads": 2}, ValueError),
     ({"n_jobs": 2, "foo": 1}, ValueError),

@@ -17,7 +17,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 # longest prefix wins (``backends.processes.worker`` is in the processes
 # layer).
 LAYERS = [
-    ("_cpu", "_gc", "_progress", "_args", "errors"),
+    ("_cpu", "_gc", "_progress", "_args", "errors", "_native_threads"),
     ("_context",),
     ("_threads",),
     ("_core", "_kernels"),

@@ -15,7 +15,7 @@ import warnings
 from abc import ABCMeta, abstractmethod
 from typing import Any, Callable
 
-from .. import _cpu
+from .. import _cpu, _native_threads
 from .._context import enter_worker, nested_backend_config, resolve_n_jobs
 from .._core import ThreadPool
 from .native import CallOptions, PoolProvider
@@ -226,12 +226,21 @@ class ThreadingBackend(PoolProvider, ParallelBackendBase):
     """Worker threads; for code that releases the GIL (Cython, NumPy, I/O)."""
 
     supports_retrieve_callback = True
+    # Caps the native pools of this process while its threads run tasks.
+    supports_inner_max_num_threads = True
     uses_threads = True
     supports_sharedmem = True
     target_batch_duration = THREAD_TARGET_BATCH_SECONDS
 
     def effective_n_jobs(self, n_jobs):
         return resolve_n_jobs(n_jobs)
+
+    def native_threads_limit(self, n_jobs: int) -> int | None:
+        # n_jobs threads each running a BLAS call of cpu_count() threads
+        # would oversubscribe the cores.
+        if n_jobs <= 1:
+            return None
+        return _native_threads.inner_limit(n_jobs, self.inner_max_num_threads)
 
     def make_pool(self, n_jobs: int, options: CallOptions) -> ThreadPool:
         # A lease on the process-wide threads that parallel_for uses too:

@@ -148,6 +148,12 @@ class PoolProvider:
         return CallInput(iterable, options.batch_size, on_result,
                          options.timeout)
 
+    def native_threads_limit(self, n_jobs: int) -> int | None:
+        """Threads each native pool (BLAS, OpenMP) of the caller's process
+        may use while a call runs on ``n_jobs`` workers; None: no cap
+        (workers that are not threads of this process)."""
+        return None
+
     def reuses(self, pool: Pool, n_jobs: int) -> bool:
         """True when ``pool`` (kept by a ``with Parallel(...)`` block) can
         run the next call with ``n_jobs`` workers."""

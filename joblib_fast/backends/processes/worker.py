@@ -6,7 +6,8 @@ process is busy sending results (that would deadlock when both directions
 fill up).
 
 This module imports nothing of the parent side: only the wire, pickling
-and array modules, ``joblib_fast._context`` and ``backends.base``.
+and array modules, ``joblib_fast._context``, ``joblib_fast._native_threads``
+and ``backends.base``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import threading
 import time
 import traceback
 
+from ... import _native_threads
 from ..._context import DEFAULT_CONFIG, set_config
 from ..base import ThreadingBackend
 from . import wire
@@ -160,6 +162,11 @@ def main(conn, env: dict, inherited=(), initializer: bytes | None = None
     for other in inherited:
         other.close()
     os.environ.update(env)
+    # Libraries loaded before the variables were set (a fork worker's
+    # OpenBLAS) no longer read them: capped here.
+    limit = _native_threads.worker_limit(env)
+    if limit is not None:
+        _native_threads.cap_loaded(limit)
     # Ctrl-C in a terminal reaches the whole process group: the parent
     # decides what stops; workers are stopped by it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,207 @@
+"""The native thread pools (BLAS, OpenMP) of loaded libraries, capped
+while joblib_fast's workers run tasks, so that n_jobs workers each calling
+a multithreaded library do not run n_jobs times its thread count.
+
+Two users, one rule (:func:`inner_limit`: ``inner_max_num_threads`` when
+given, else ``max(1, cpu_count() // n_jobs)``):
+
+* a threading call with more than one thread holds a cap for as long as
+  it runs (:func:`hold`, released by the call's end however it ends);
+  calls that overlap (nested, several user threads) are counted: the
+  lowest limit held wins and the libraries get their own sizes back when
+  the last one ends;
+* a worker process caps, for good, the libraries it already has when it
+  starts (:func:`cap_loaded`): a ``fork`` worker inherits its parent's
+  loaded OpenBLAS, whose pool the ``*_NUM_THREADS`` variables no longer
+  size.
+
+threadpoolctl does the work; it is imported on first use, and only once a
+module that brings such libraries (NumPy, SciPy...) is loaded: a process
+without them has no pool to cap, and pays nothing.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from . import _cpu
+
+_log = logging.getLogger("joblib_fast")
+
+# Modules that load the libraries threadpoolctl knows (OpenBLAS, MKL,
+# BLIS, OpenMP runtimes) into the process.  Until one of them is imported
+# nothing is capped and threadpoolctl is not imported (importing it costs
+# more than a short threading call).
+POOL_MODULES = ("numpy", "scipy", "numexpr", "numba", "torch",
+                "threadpoolctl")
+
+# Guards every name below.  threadpoolctl's calls run under it too, so two
+# calls starting at once apply their limits one after the other.
+_LOCK = threading.Lock()
+_HELD: collections.Counter = collections.Counter()  # limit -> calls holding
+_applied: int | None = None       # the limit the libraries have now
+_originals: list | None = None    # (library, its size) to give back
+_controller: Any = None           # threadpoolctl controller, cached
+_modules_seen = -1                # len(sys.modules) when it was made
+_fork_hook = False
+_unavailable = False              # threadpoolctl is not installed
+
+
+def inner_limit(n_jobs: int, inner_max_num_threads: int | None = None) -> int:
+    """Threads each native pool may use while ``n_jobs`` workers run."""
+    if inner_max_num_threads is not None:
+        return inner_max_num_threads
+    return max(1, _cpu.cpu_count() // max(n_jobs, 1))
+
+
+def _pools_possible() -> bool:
+    modules = sys.modules
+    return any(name in modules for name in POOL_MODULES)
+
+
+def _get_controller() -> Any:
+    """threadpoolctl's view of the loaded libraries; rescanned when modules
+    were imported since the last scan (a scan walks every loaded shared
+    library: too slow to do on every call)."""
+    global _controller, _modules_seen, _unavailable
+    if _unavailable:
+        return None
+    count = len(sys.modules)
+    if _controller is None or count != _modules_seen:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _unavailable = True
+            _log.debug("threadpoolctl is not installed: native thread "
+                       "pools are not capped")
+            return None
+        _controller = ThreadpoolController()
+        _modules_seen = len(sys.modules)
+    return _controller
+
+
+def _set_size(lib: Any, size: int) -> None:
+    """Give one library's pool ``size`` threads, whichever thread asks.
+
+    threadpoolctl lets only one live thread (the first to change it) resize
+    OpenBLAS's process-wide pthreads pool and ignores the others without a
+    word; our changes are serialised by ``_LOCK`` and always undone, so a
+    refused change is made directly.  Goes when threadpoolctl offers a
+    public way to resize from any thread."""
+    lib.set_num_threads(size)
+    if lib.get_num_threads() != size:
+        direct = getattr(lib, "_real_set_num_threads", None)
+        if direct is not None:
+            direct(size)
+
+
+def _apply() -> None:
+    """Give the libraries the lowest limit held, or their own sizes back
+    when none is (``_LOCK`` held).  A library already below the limit
+    keeps its size: the cap only ever lowers."""
+    global _applied, _originals
+    want = min(_HELD) if _HELD else None
+    if want == _applied:
+        return
+    if want is None:
+        originals, _originals, _applied = _originals, None, None
+        for lib, size in originals or ():
+            _set_size(lib, size)
+        return
+    if _originals is None:
+        controller = _get_controller()
+        if controller is None:
+            return
+        # The sizes to give back when the last call ends.
+        _originals = [(lib, size) for lib in controller.lib_controllers
+                      if (size := lib.get_num_threads()) is not None]
+    for lib, size in _originals:
+        target = min(want, size)
+        if lib.get_num_threads() != target:
+            _set_size(lib, target)
+    _applied = want
+
+
+class Hold:
+    """One call's cap (see :func:`hold`); :meth:`release` is idempotent."""
+
+    __slots__ = ("limit", "pid")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        limit, self.limit = self.limit, 0
+        if not limit or self.pid != os.getpid():
+            return  # released already, or inherited by a forked child
+        with _LOCK:
+            _HELD[limit] -= 1
+            if _HELD[limit] <= 0:
+                del _HELD[limit]
+            try:
+                _apply()
+            except Exception:  # noqa: BLE001 - never fail the user's call
+                _log.debug("restoring native thread pools failed",
+                           exc_info=True)
+
+
+def hold(limit: int) -> Hold | None:
+    """Cap the native pools at ``limit`` threads until the returned
+    object's ``release()`` (None: nothing to cap in this process)."""
+    global _fork_hook
+    if _unavailable or not _pools_possible():
+        return None
+    held = Hold(limit)
+    with _LOCK:
+        if not _fork_hook:
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook = True
+        _HELD[limit] += 1
+        try:
+            _apply()
+        except Exception:  # noqa: BLE001 - never fail the user's call
+            _log.debug("capping native thread pools failed", exc_info=True)
+    return held
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while calls held a cap has none of those calls: its
+    libraries get their sizes back (a process worker then caps its own)."""
+    global _LOCK
+    _LOCK = threading.Lock()  # it may have been held by another thread
+    _HELD.clear()
+    try:
+        _apply()
+    except Exception:  # noqa: BLE001
+        _log.debug("restoring native thread pools failed", exc_info=True)
+
+
+def cap_loaded(limit: int) -> None:
+    """Cap, for good, the pools of the libraries this process has loaded
+    (a worker process at start; libraries it loads later read the
+    ``*_NUM_THREADS`` variables)."""
+    if not _pools_possible():
+        return
+    try:
+        controller = _get_controller()
+        for lib in controller.lib_controllers if controller else ():
+            size = lib.get_num_threads()
+            if size is None or size > limit:
+                _set_size(lib, limit)
+    except Exception:  # noqa: BLE001 - a worker starts anyway
+        _log.debug("capping native thread pools failed", exc_info=True)
+
+
+def worker_limit(env: dict[str, str]) -> int | None:
+    """The limit a worker process was started with (the value of its
+    ``OMP_NUM_THREADS`` in ``env``, as ``_prepare_worker_env`` sets it)."""
+    try:
+        value = int(env.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value >= 1 else None
