@@ -376,7 +376,8 @@ THREAD_PEERS = ("joblib_fast[threading]", "joblib[threading]",
 PROCESS_PEERS = ("joblib_fast[loky]", "joblib[loky]", "joblib->jf[loky]",
                  "joblib[multiprocessing]",
                  "ProcessPoolExecutor", "mp.Pool", "mpire")
-NUMPY_PEERS = ("joblib_fast[loky]", "joblib[loky]", "mp.Pool")
+NUMPY_PEERS = ("joblib_fast[loky]", "joblib_fast[threading]", "joblib[loky]",
+               "mp.Pool")
 DASK_PEERS = ("joblib_fast[dask]", "joblib[dask]")
 
 

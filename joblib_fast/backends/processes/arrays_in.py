@@ -194,16 +194,51 @@ def is_dump(filename: Any) -> bool:
 
 # ------------------------------------------------ worker: input dumps
 
-# (path, mode) -> mmap of a dump, shared by the tasks a worker runs back to
-# back (the dump is mapped, and its pages faulted in, once); dropped when
-# the worker runs out of work so that a removed dump's memory is released.
-# Only the worker's main thread touches it.
-_WORKER_MAPS: dict[tuple[str, str], mmap.mmap] = {}
+# (path, mode) -> (mmap of a dump, the dump's inode), shared by every task
+# the worker runs while the dump exists: the dump is mapped, and its page
+# tables set up, once per worker for the call (for the calls of a `with`
+# block), not once per task.  A mapping is let go once its dump was removed
+# (end of the call or block) so that the memory is freed: see
+# :func:`worker_idle`.  Only the worker's main thread touches it.
+_WORKER_MAPS: dict[tuple[str, str], tuple[mmap.mmap, int]] = {}
+
+# Seconds between two looks of an idle worker at whether the dumps it
+# keeps mapped still exist: how long a finished call's input memory may
+# outlive it, against the wake-ups of an idle worker while it keeps a
+# mapping (none once it keeps none).
+MAP_CHECK_SECONDS = 0.05
+
+# MAP_POPULATE: the page tables of a mapping are filled in one system call
+# rather than by one fault per few pages as the task first reads it.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def worker_idle() -> None:
-    """The worker has no batch queued: release the cached mappings."""
-    _WORKER_MAPS.clear()
+def worker_idle() -> bool:
+    """Let go of the mappings whose dump was removed; True while some
+    remain (then call again within ``MAP_CHECK_SECONDS``)."""
+    for key, (_, inode) in list(_WORKER_MAPS.items()):
+        try:
+            kept = os.stat(key[0]).st_ino == inode
+        except OSError:
+            kept = False
+        if not kept:
+            # Arrays a task kept still hold the mmap object (and its pages).
+            del _WORKER_MAPS[key]
+    return bool(_WORKER_MAPS)
+
+
+def _map_dump(path: str, mode: str) -> tuple[mmap.mmap, int]:
+    prot = mmap.PROT_READ if mode == "r" else mmap.PROT_READ | mmap.PROT_WRITE
+    with open(path, "rb" if mode == "r" else "r+b") as f:
+        inode = os.fstat(f.fileno()).st_ino
+        try:
+            mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE,
+                           prot=prot)
+        except OSError:
+            if not _POPULATE:
+                raise
+            mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=prot)
+    return mm, inode
 
 
 def _open_dump(path, dtype, shape, order, mode):
@@ -213,12 +248,10 @@ def _open_dump(path, dtype, shape, order, mode):
         return np.memmap(path, dtype=dtype, mode=mode, shape=shape,
                          order=order)
     key = (path, mode)
-    mm = _WORKER_MAPS.get(key)
-    if mm is None:
-        with open(path, "rb" if mode == "r" else "r+b") as f:
-            access = mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_WRITE
-            mm = mmap.mmap(f.fileno(), 0, access=access)
-        _WORKER_MAPS[key] = mm
+    entry = _WORKER_MAPS.get(key)
+    if entry is None:
+        entry = _WORKER_MAPS[key] = _map_dump(path, mode)
+    mm = entry[0]
     out = np.ndarray.__new__(np.memmap, shape, dtype=dtype, buffer=mm,
                              order=order)
     return set_memmap_attrs(out, mm, path, 0, mode)

@@ -24,7 +24,7 @@ from ... import _native_threads
 from ..._context import DEFAULT_CONFIG, set_config
 from ..base import ThreadingBackend
 from . import wire
-from .arrays_in import worker_idle
+from .arrays_in import MAP_CHECK_SECONDS, worker_idle
 from .arrays_out import ResultPacker
 from .pickling import dumps, dumps_any, dumps_exception, find_unpicklable
 from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
@@ -122,12 +122,22 @@ def _unpicklable_result(status: int, data, exc: BaseException):
     return (index, message)
 
 
+def _next_message(inbox: queue.SimpleQueue):
+    """The next message of the inbox; while waiting for it, the mappings of
+    input dumps that were removed are let go (checked every
+    ``MAP_CHECK_SECONDS`` while any is kept)."""
+    while worker_idle():
+        try:
+            return inbox.get(timeout=MAP_CHECK_SECONDS)
+        except queue.Empty:
+            pass
+    return inbox.get()
+
+
 def _serve(inbox: queue.SimpleQueue, replier: _Replier) -> None:
     """Run each batch of the inbox and reply, until the inbox ends."""
     while True:
-        if inbox.empty():
-            worker_idle()  # nothing queued: unmap the inputs
-        message = inbox.get()
+        message = _next_message(inbox)
         if message is None:
             break
         frame, buffers = message
