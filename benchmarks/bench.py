@@ -218,9 +218,9 @@ def _open_loop(n_jobs: int):
 
 
 @contextlib.contextmanager
-def _open_joblib_like(module: str, backend: str, n_jobs: int):
+def _open_joblib_like(module: str, backend: str, n_jobs: int, **kwargs):
     lib = importlib.import_module(module)
-    with lib.Parallel(n_jobs=n_jobs, backend=backend) as par:
+    with lib.Parallel(n_jobs=n_jobs, backend=backend, **kwargs) as par:
         yield lambda func, items: par(lib.delayed(func)(x) for x in items)
 
 
@@ -348,6 +348,10 @@ PEERS: dict[str, Peer] = {peer.name: peer for peer in (
     Peer("joblib_fast[loky]",
          "joblib_fast.Parallel(backend='loky'), its process backend",
          partial(_open_joblib_like, "joblib_fast", "loky"), ("joblib_fast",)),
+    Peer("jf[loky] no mem guard",
+         "joblib_fast[loky] with memory_growth_limit=None (the guard off)",
+         partial(_open_joblib_like, "joblib_fast", "loky",
+                 memory_growth_limit=None), ("joblib_fast",)),
     Peer("joblib[loky]", "joblib.Parallel(backend='loky')",
          partial(_open_joblib_like, "joblib", "loky"), ("joblib",)),
     Peer("joblib->jf[loky]",
@@ -497,7 +501,9 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("nogil1ms", ("loop",) + THREAD_PEERS, (400, 200),
              _prepare_nogil("nogil1ms")),
     # Issue 3: processes.
-    Workload("noop_proc", ("loop",) + PROCESS_PEERS, (100_000, 100_000),
+    Workload("noop_proc", ("loop", "joblib_fast[loky]",
+                           "jf[loky] no mem guard") + PROCESS_PEERS[1:],
+             (100_000, 100_000),
              _prepare_noop, per_task=True,
              reduced={"mpire": (100_000, 20_000)}),
     Workload("py1ms", ("loop",) + PROCESS_PEERS, (400, 200), _prepare_py1ms),

@@ -15,7 +15,7 @@ VALID_RETURN_AS = ("list", "generator", "generator_unordered")
 _SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def memstr_to_bytes(text: Any) -> int | float | None:
+def memstr_to_bytes(text: Any, name: str = "max_nbytes") -> int | float | None:
     """``"1M"`` -> 1048576; numbers pass through (joblib compares
     ``a.nbytes > max_nbytes``: a float such as ``1e6`` is fine, and a
     negative number memmaps every array); None stays None."""
@@ -23,7 +23,7 @@ def memstr_to_bytes(text: Any) -> int | float | None:
         return None
     if isinstance(text, Real) and not isinstance(text, bool):
         if text != text:
-            raise ValueError("max_nbytes must be a number of bytes, got nan")
+            raise ValueError(f"{name} must be a number of bytes, got nan")
         return int(text) if isinstance(text, Integral) else float(text)
     if isinstance(text, str):
         value = text.strip().lower()
@@ -38,7 +38,7 @@ def memstr_to_bytes(text: Any) -> int | float | None:
         if number >= 0:
             return int(number * unit)
     raise ValueError(
-        "max_nbytes must be None, a number of bytes or a string like "
+        f"{name} must be None, a number of bytes or a string like "
         f"'1M', '200k', '2G'; got {text!r}")
 
 

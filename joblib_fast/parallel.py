@@ -16,7 +16,7 @@ from . import config as _config
 from ._args import VALID_RETURN_AS, eval_pre_dispatch, memstr_to_bytes
 from ._core import delayed
 from ._run import Runner
-from .backends.base import ParallelBackendBase
+from .backends.base import ParallelBackendBase, check_backend_keywords
 from .backends.native import CallOptions, PoolProvider
 from .backends.user import UserBackendProvider
 from .config import (  # noqa: F401 - joblib.parallel exposes these too
@@ -81,7 +81,15 @@ class Parallel:
         maps the worker's copy instead of unpickling one.  ``False``
         pickles them (out-of-band buffers).  Not in joblib.
     **backend_kwargs
-        Passed to the backend's ``configure``.
+        Passed to the backend's ``configure``.  Those a backend does not
+        document are a ``TypeError`` naming them.  Processes:
+        ``initializer``, ``initargs``, ``max_tasks_per_child`` (a worker
+        is replaced after this many tasks; auto batches then hold one
+        task), ``memory_growth_limit`` (a worker whose resident memory
+        grew by more than this since it started is replaced between
+        batches; bytes or ``"300M"``, default 300 MiB, None: never),
+        ``idle_worker_timeout`` (seconds an idle reusable pool lives,
+        default 300).  Threads: ``initializer``, ``initargs``.
 
     Examples
     --------
@@ -165,6 +173,7 @@ class Parallel:
             raise ValueError(
                 f"Invalid backend: {backend!r}, expected a backend name, a "
                 "ParallelBackendBase instance or a multiprocessing context")
+        check_backend_keywords(backend, backend_kwargs, "Parallel(...)")
         if require == "sharedmem" and not backend.supports_sharedmem:
             raise ValueError(
                 f"Backend {backend!r} does not support shared memory "

@@ -157,8 +157,8 @@ def test_backend_instance_and_params():
     with parallel_config(backend=backend):
         assert Parallel()._backend is backend
         assert backend.nesting_level == 0
-    with parallel_config(backend="threading", custom_param=3):
-        assert Parallel()._backend.backend_kwargs == {"custom_param": 3}
+    with parallel_config(backend="threading", initargs=(3,)):
+        assert Parallel()._backend.backend_kwargs == {"initargs": (3,)}
 
 
 def test_parallel_backend_is_a_parallel_config():

@@ -15,7 +15,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(processes.__file__))
 
 # What the worker main loop may import (beyond the standard library).
 WORKER_ALLOWED = {
-    "wire", "pickling", "arrays", "arrays_in", "arrays_out",
+    "wire", "pickling", "arrays", "arrays_in", "arrays_out", "rss",
     "..._context", "..base",
 }
 PARENT_SIDE = {"pool", "registry", "context", "__init__"}

@@ -47,6 +47,11 @@ class ParallelBackendBase(metaclass=ABCMeta):
     backend_kwargs: dict[str, Any] | None = None
     # Seconds an auto-sized batch should last on this backend.
     target_batch_duration = 0.002
+    # The backend keyword arguments this backend documents (given to
+    # parallel_config(backend=name, ...) or to Parallel(...)): any other
+    # is a TypeError naming it (check_backend_keywords).  None accepts
+    # anything, as joblib does: a user's backend decides for itself.
+    backend_keywords: frozenset[str] | None = None
     # joblib exposes these on the class; third-party backends use them.
     MAX_NUM_THREADS_VARS = MAX_NUM_THREADS_VARS
     TBB_ENABLE_IPC_VAR = "ENABLE_IPC"
@@ -63,6 +68,7 @@ class ParallelBackendBase(metaclass=ABCMeta):
                  inner_max_num_threads: int | None = None,
                  **backend_kwargs: Any) -> None:
         super().__init__()  # cooperative, for mixins listed before us
+        check_backend_keywords(self, backend_kwargs)
         self.nesting_level = nesting_level
         self.inner_max_num_threads = inner_max_num_threads
         self.backend_kwargs = backend_kwargs
@@ -156,6 +162,26 @@ class ParallelBackendBase(metaclass=ABCMeta):
         return f"{type(self).__name__}()"
 
 
+def check_backend_keywords(backend: ParallelBackendBase,
+                           kwargs: dict[str, Any],
+                           where: str = "the backend's parameters, as "
+                           "given to parallel_config") -> None:
+    """TypeError naming the keyword arguments in ``kwargs`` that
+    ``backend`` does not document (its ``backend_keywords``)."""
+    accepted = backend.backend_keywords
+    if accepted is None:
+        return
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        name = type(backend).__name__
+        raise TypeError(
+            f"{name} got unexpected keyword argument"
+            f"{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} (in {where}); "
+            + (f"it accepts {', '.join(sorted(accepted))}" if accepted
+               else "it accepts none"))
+
+
 def warn_timeout_unsupported(backend_name: str, timeout: float) -> None:
     """joblib's warning (its exact words: code filters on them)."""
     warnings.warn(
@@ -198,6 +224,7 @@ class SequentialBackend(PoolProvider, ParallelBackendBase):
     supports_timeout = False  # type: ignore[assignment]
     supports_return_generator = True  # type: ignore[assignment]
     sequential = True
+    backend_keywords = frozenset()
 
     def effective_n_jobs(self, n_jobs):
         if n_jobs == 0:
@@ -231,6 +258,7 @@ class ThreadingBackend(PoolProvider, ParallelBackendBase):
     uses_threads = True
     supports_sharedmem = True
     target_batch_duration = THREAD_TARGET_BATCH_SECONDS
+    backend_keywords = frozenset({"initializer", "initargs"})
 
     def effective_n_jobs(self, n_jobs):
         return resolve_n_jobs(n_jobs)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from numbers import Integral, Real
 from typing import Any
 
+from ..._args import memstr_to_bytes
 from ..._context import resolve_n_jobs
 from ...errors import RemoteTraceback, TaskFailedError, TerminatedWorkerError
 from ..base import ParallelBackendBase, ThreadingBackend, worker_initializer
@@ -49,6 +51,42 @@ __all__ = [
 # 0.004 and 0.01 s: 0.01 was best (py1ms 2.05x, uneven 1.37x that run).
 PROCESS_TARGET_BATCH_SECONDS = 0.01
 
+# Resident-memory growth (bytes) past which a worker is replaced, by
+# default.  Lower replaces workers whose tasks keep a legitimate cache (a
+# new worker costs a start and the imports again); higher lets a leak grow
+# further.  The same figure as loky's leak check.  The guard's own cost
+# (one read of the resident size per batch) shows on `python
+# benchmarks/bench.py --only noop_proc` with memory_growth_limit=None.
+DEFAULT_MEMORY_GROWTH_LIMIT = 300 * 1024 ** 2
+
+
+def worker_settings(kwargs: dict[str, Any]) -> tuple[int | None, int | None,
+                                                     float | None]:
+    """``(max_tasks_per_child, memory_growth_limit in bytes,
+    idle_worker_timeout)`` from backend keyword arguments, checked."""
+    tasks = kwargs.get("max_tasks_per_child")
+    if tasks is not None and (isinstance(tasks, bool) or not isinstance(
+            tasks, Integral) or tasks < 1):
+        raise ValueError(
+            "max_tasks_per_child must be a positive integer (tasks a worker "
+            f"process runs before it is replaced) or None, got {tasks!r}")
+    limit = kwargs.get("memory_growth_limit", DEFAULT_MEMORY_GROWTH_LIMIT)
+    if limit is not None:
+        limit = memstr_to_bytes(limit, "memory_growth_limit")
+        if not limit > 0:
+            raise ValueError(
+                "memory_growth_limit must be a positive number of bytes, a "
+                "string like '300M' or '2G', or None (no limit), got "
+                f"{kwargs['memory_growth_limit']!r}")
+        limit = int(limit)
+    idle = kwargs.get("idle_worker_timeout")
+    if idle is not None and (isinstance(idle, bool) or not isinstance(
+            idle, Real) or not idle > 0):
+        raise ValueError(
+            "idle_worker_timeout must be a positive number of seconds or "
+            f"None, got {idle!r}")
+    return tasks, limit, idle
+
 
 class ProcessBackend(PoolProvider, ParallelBackendBase):
     """Worker processes: for pure-Python CPU-bound work (the default)."""
@@ -56,6 +94,9 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
     supports_retrieve_callback = True
     supports_inner_max_num_threads = True
     target_batch_duration = PROCESS_TARGET_BATCH_SECONDS
+    backend_keywords = frozenset({
+        "context", "initializer", "initargs", "max_tasks_per_child",
+        "memory_growth_limit", "idle_worker_timeout"})
 
     def __init__(self, nesting_level: int | None = None,
                  inner_max_num_threads: int | None = None,
@@ -63,6 +104,7 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads,
                          **backend_kwargs)
+        worker_settings(backend_kwargs)
         self.context = context
 
     def effective_n_jobs(self, n_jobs):
@@ -105,6 +147,8 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
             temp_folder=options.temp_folder,
             return_shared=options.return_shared)
         initializer, initargs = worker_initializer(self, options)
+        max_tasks, memory_limit, idle_timeout = worker_settings(
+            self._backend_settings(options))
         blob = None
         if initializer is not None:
             # By value when defined in __main__ (spawned workers lack it).
@@ -116,13 +160,25 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
                     "pickled to send them to the worker processes: "
                     f"{type(exc).__name__}: {exc}") from exc
         pool = get_pool(n_jobs, context, self._prepare_worker_env(n_jobs),
-                        arrays.temp_folder, initializer=blob)
-        pool.lease(arrays)
+                        arrays.temp_folder, initializer=blob,
+                        memory_limit=memory_limit, idle_timeout=idle_timeout)
+        pool.lease(arrays, max_tasks)
         return ProcessLease(pool, n_jobs)
+
+    def _backend_settings(self, options: CallOptions) -> dict[str, Any]:
+        """The backend keywords of parallel_config, then of Parallel."""
+        kwargs = dict(self.backend_kwargs or {})
+        kwargs.update(options.backend_kwargs)
+        return kwargs
 
     def prepare_input(self, pool, iterable, options, on_result) -> CallInput:
         # A process worker is timed per batch: one task per batch.
         batch_size = 1 if options.timeout is not None else options.batch_size
+        max_tasks = worker_settings(self._backend_settings(options))[0]
+        if max_tasks is not None:
+            # A worker is replaced between batches only: no batch may hold
+            # more tasks than a worker may run (auto batches: one task).
+            batch_size = min(batch_size or 1, max_tasks)
         return CallInput(iterable, batch_size, on_result, options.timeout)
 
     def get_nested_backend(self):

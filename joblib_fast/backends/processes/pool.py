@@ -12,6 +12,11 @@ a worker that dies makes the call fail with
 
 A reusable pool is leased out by ``registry``, and handed back to it (its
 ``owner``) at shutdown.
+
+A worker is replaced between two of its batches, never during one, when
+its reply says it grew past the pool's memory limit (``rss``), or when
+its next batch would take it past the lease's ``max_tasks_per_child``:
+its pipe is closed (it exits by itself) and a fresh worker takes its place.
 """
 from __future__ import annotations
 
@@ -138,11 +143,15 @@ def _unpicklable_task(tasks: list, start: int,
 _NOT_PICKLED = "Could not pickle the task to send it to the workers."
 
 
+def _n_tasks(batch) -> int:
+    return len(batch.tasks) if batch.tasks is not None else 0
+
+
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    __slots__ = ("batches", "conn", "fd", "pid", "process", "sentinel",
-                 "sock", "started", "started_at")
+    __slots__ = ("batches", "conn", "fd", "pid", "process", "retiring",
+                 "sentinel", "sock", "started", "started_at", "tasks_sent")
 
     def __init__(self, process, conn) -> None:
         self.process = process
@@ -155,6 +164,10 @@ class _Worker:
         self.started = 0.0  # when its current batch started (timeouts)
         # With the pid, names this process for good (tree.start_time).
         self.started_at = start_time(self.pid)
+        self.tasks_sent = 0
+        # Why it is replaced once its batches are done (no new batch goes
+        # to it), or None.
+        self.retiring: str | None = None
 
     def running(self) -> bool:
         """Alive: a forkserver worker whose fork server died has a sentinel
@@ -186,12 +199,20 @@ class ProcessPool:
     def __init__(self, n_workers: int, context, env: dict[str, str],
                  reusable: bool = False,
                  owner: PoolOwner | None = None,
-                 initializer: bytes | None = None) -> None:
+                 initializer: bytes | None = None,
+                 memory_limit: int | None = None) -> None:
         self.n_workers = n_workers
         self.context = context
         self.env = env
         # Pickled (initializer, initargs) each worker runs when it starts.
         self.initializer = initializer
+        # Bytes of resident growth past which a worker is replaced (the
+        # workers measure themselves: rss.py); None: never.
+        self.memory_limit = memory_limit
+        # Tasks a worker runs before it is replaced (set per lease).
+        self.max_tasks_per_child: int | None = None
+        # Workers replaced but not yet reaped.
+        self._retired: list[_Worker] = []
         self.reusable = reusable
         self.owner = owner  # given with reusable=True
         self.workers: list[_Worker] = []
@@ -199,6 +220,7 @@ class ProcessPool:
         self.broken: BaseException | None = None
         self.closed = False
         self.in_use = False
+        self.idle_timeout = 300.0  # set by the registry at each lease
         self._next_key = 0
         self._timer: threading.Timer | None = None
         # The arrays of the current lease (a call or a `with` block).
@@ -223,7 +245,8 @@ class ProcessPool:
                 if self.context.get_start_method() == "fork" else []
             process = self.context.Process(
                 target=worker_main,
-                args=(child_conn, self.env, inherited, self.initializer),
+                args=(child_conn, self.env, inherited, self.initializer,
+                      self.memory_limit),
                 name=WORKER_NAME, daemon=True)
             try:
                 process.start()
@@ -249,15 +272,18 @@ class ProcessPool:
     def pids(self) -> list[int]:
         return [w.pid for w in self.workers]
 
-    def lease(self, arrays: ArrayExchange) -> None:
+    def lease(self, arrays: ArrayExchange,
+              max_tasks_per_child: int | None = None) -> None:
         """Start a lease (a call, or a ``with`` block) with these array
         settings; ``shutdown`` ends it."""
         self.arrays.cleanup()
         self.arrays = arrays
+        self.max_tasks_per_child = max_tasks_per_child
 
     def end_call(self) -> None:
         """A call of a ``with`` block ended; the lease goes on."""
         self.arrays.end_call()
+        self._reap_retired()
 
     def alive(self) -> bool:
         return not self.broken and not self.closed and all(
@@ -273,9 +299,18 @@ class ProcessPool:
 
     def _dispatch(self) -> None:
         while self.queue:
-            worker = min(self.workers, key=lambda w: len(w.batches))
-            if len(worker.batches) >= self._max_outstanding:
+            worker = min(self.workers, key=lambda w: (
+                w.retiring is not None, len(w.batches)))
+            if worker.retiring is not None or \
+                    len(worker.batches) >= self._max_outstanding:
                 return
+            limit = self.max_tasks_per_child
+            if limit is not None and worker.tasks_sent and \
+                    worker.tasks_sent + _n_tasks(self.queue[0]) > limit:
+                worker.retiring = f"max_tasks_per_child={limit}"
+                if not worker.batches:
+                    self._replace(worker)
+                continue
             self._send(worker, self.queue.popleft())
 
     _max_outstanding = MAX_OUTSTANDING
@@ -290,6 +325,7 @@ class ProcessPool:
             arrays if "numpy" in sys.modules else None)
         key = self._next_key
         self._next_key += 1
+        worker.tasks_sent += len(batch.tasks)
         if not worker.batches:
             worker.started = time.monotonic()
         worker.batches.append((key, batch))
@@ -316,7 +352,7 @@ class ProcessPool:
         for worker in busy:
             if id(worker.conn) in ready_set:
                 self._drain(worker)
-        for worker in self.workers:
+        for worker in list(self.workers):
             if id(worker.sentinel) in ready_set:
                 self._drain(worker)
                 self._worker_died(worker)
@@ -331,6 +367,11 @@ class ProcessPool:
                 return
             key, batch = worker.batches.popleft()
             worker.started = time.monotonic()
+            if wire.reply_retires(reply[0]):
+                worker.retiring = "memory_growth_limit="  \
+                    f"{self.memory_limit} bytes"
+            if worker.retiring is not None and not worker.batches:
+                self._replace(worker)
             self._dispatch()  # refill before the parent does anything else
             self._deliver(batch, key, *reply)
 
@@ -374,6 +415,41 @@ class ProcessPool:
             error = pickle.PicklingError(f"{where}: {message}")
             index = max(index, 0)
         batch.call.complete(batch, None, duration, error, batch.start + index)
+
+    def _replace(self, worker: _Worker) -> None:
+        """Between two of its batches: close the pipe of ``worker`` (it
+        exits by itself; reaped later, see ``_reap_retired``) and start a
+        fresh worker in its place."""
+        self.workers.remove(worker)
+        worker.close_conn()
+        self._retired.append(worker)
+        # Imported here: importing logging registers an exit hook, and
+        # importing the package registers none.
+        import logging
+        logging.getLogger("joblib_fast").debug(
+            "worker pid %d replaced after %d tasks (%s)", worker.pid,
+            worker.tasks_sent, worker.retiring)
+        try:
+            self._spawn()
+        except BaseException as exc:
+            self.broken = exc
+            self.terminate()
+            raise
+
+    def _reap_retired(self) -> None:
+        """Join the replaced workers (they exit as soon as their pipe
+        closes); one still alive after the grace period is killed."""
+        retired, self._retired = self._retired, []
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for w in retired:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+            try:
+                w.process.close()
+            except ValueError:
+                pass
 
     def _worker_died(self, worker: _Worker) -> None:
         worker.process.join(0.1)
@@ -502,6 +578,7 @@ class ProcessPool:
 
     def _kill_remaining(self) -> None:
         self._reaped = True
+        self._reap_retired()
         lingering = [w.pid for w in self.workers if w.running()]
         for pid in descendants(lingering) + lingering:
             try:

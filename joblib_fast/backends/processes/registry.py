@@ -14,7 +14,8 @@ import threading
 from .arrays_in import sweep_stale
 from .pool import ProcessPool
 
-# Seconds an idle reusable pool lives (loky uses 300).
+# Seconds an idle reusable pool lives (loky uses 300), unless the backend
+# keyword idle_worker_timeout says otherwise.
 IDLE_TIMEOUT = 300.0
 
 # Guards _REUSABLE, _HOOKS_INSTALLED and each registered pool's `in_use`
@@ -25,22 +26,25 @@ _HOOKS_INSTALLED = False
 
 
 def _pool_key(n_workers: int, context, env: dict[str, str],
-              initializer: bytes | None) -> tuple:
+              initializer: bytes | None, memory_limit: int | None) -> tuple:
     # Workers started with another initializer, or other initargs, are not
     # reused (joblib's rule); "the same" is "pickles to the same bytes".
+    # The memory limit is given to each worker when it starts.
     return (n_workers, context.get_start_method(), tuple(sorted(env.items())),
-            initializer)
+            initializer, memory_limit)
 
 
 def get_pool(n_workers: int, context, env: dict[str, str],
              temp_folder: str | None = None,
-             initializer: bytes | None = None) -> ProcessPool:
+             initializer: bytes | None = None,
+             memory_limit: int | None = None,
+             idle_timeout: float | None = None) -> ProcessPool:
     """Lease the reusable pool for this configuration, or make one.
 
     Starting a pool also removes the memmap folders that killed
     joblib_fast processes left behind (in ``temp_folder`` too)."""
     _install_hooks()
-    key = _pool_key(n_workers, context, env, initializer)
+    key = _pool_key(n_workers, context, env, initializer, memory_limit)
     stale = []
     with _REGISTRY_LOCK:
         pool = _REUSABLE.get(key)
@@ -50,6 +54,7 @@ def get_pool(n_workers: int, context, env: dict[str, str],
                 pool._timer = None
             if pool.alive():
                 pool.in_use = True
+                pool.idle_timeout = idle_timeout or IDLE_TIMEOUT
                 return pool
             del _REUSABLE[key]
             stale.append(pool)
@@ -67,8 +72,10 @@ def get_pool(n_workers: int, context, env: dict[str, str],
         old.terminate()
     sweep_stale(temp_folder)
     pool = ProcessPool(n_workers, context, env, reusable=reusable,
-                       owner=_OWNER, initializer=initializer)
+                       owner=_OWNER, initializer=initializer,
+                       memory_limit=memory_limit)
     pool.in_use = True
+    pool.idle_timeout = idle_timeout or IDLE_TIMEOUT
     if reusable:
         with _REGISTRY_LOCK:
             if key in _REUSABLE:  # another thread registered one meanwhile
@@ -81,7 +88,7 @@ def get_pool(n_workers: int, context, env: dict[str, str],
 def _release(pool: ProcessPool) -> None:
     with _REGISTRY_LOCK:
         pool.in_use = False
-        timer = threading.Timer(IDLE_TIMEOUT, _reap, args=(pool,))
+        timer = threading.Timer(pool.idle_timeout, _reap, args=(pool,))
         timer.daemon = True
         timer.name = "joblib_fast-pool-reaper"
         pool._timer = timer

@@ -19,7 +19,9 @@ worker -> parent   reply: ``REPLY_HEAD (key, status, duration, n_buffers,
     ``TASK_ERROR``: ``data = (index in batch, pickled exception or None,
     exception type name, message, worker traceback text)``;
     ``SEND_ERROR``: ``data = (index in batch or -1, message)`` when the
-    batch could not be unpickled or a result could not be pickled.
+    batch could not be unpickled or a result could not be pickled;
+    ``RETIRE`` or'ed into the status: the worker asks to be replaced
+    (it grew past its memory limit); it serves on until its pipe closes.
 The parent closes a worker's pipe to stop it.
 
 
@@ -54,6 +56,7 @@ from collections.abc import Sequence
 PROTOCOL = 5
 UNIFORM, GENERAL = 0, 1                 # task kinds
 OK, TASK_ERROR, SEND_ERROR = 0, 1, 2    # reply statuses
+RETIRE = 0x80                           # reply status flag
 TASK_HEAD = struct.Struct("<qBqI")
 # out_threshold meaning "no result through shared memory" (no array has
 # more bytes than this).
@@ -243,9 +246,12 @@ def task_payload(frame, buffers):
 
 
 def send_reply(fd: int, sock_for_fds, key: int, status: int,
-               duration: float, blob, buffers, fds) -> None:
+               duration: float, blob, buffers, fds,
+               retire: bool = False) -> None:
     """Worker side: send one reply; ``sock_for_fds()`` gives the socket
     that passes descriptors (called only when there are some)."""
+    if retire:
+        status |= RETIRE
     head = REPLY_HEAD.pack(key, status, duration, len(buffers), len(fds))
     if not fds:
         send_message(fd, head, blob, buffers)
@@ -271,6 +277,13 @@ def recv_reply(fd: int, sock_for_fds):
 
 
 def split_reply(frame):
-    """(key, status, duration) of a reply, and its pickled data."""
-    return (REPLY_HEAD.unpack_from(frame)[:3],
+    """(key, status, duration) of a reply (``RETIRE`` masked out), and
+    its pickled data."""
+    key, status, duration = REPLY_HEAD.unpack_from(frame)[:3]
+    return ((key, status & ~RETIRE, duration),
             memoryview(frame)[REPLY_HEAD.size:])
+
+
+def reply_retires(frame) -> bool:
+    """The worker that sent this reply asks to be replaced."""
+    return bool(REPLY_HEAD.unpack_from(frame)[1] & RETIRE)

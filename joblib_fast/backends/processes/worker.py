@@ -27,6 +27,7 @@ from . import wire
 from .arrays_in import MAP_CHECK_SECONDS, worker_idle
 from .arrays_out import ResultPacker
 from .pickling import dumps, dumps_any, dumps_exception, find_unpicklable
+from .rss import memory_guard
 from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
 
 
@@ -97,7 +98,7 @@ class _Replier:
         return self._sock
 
     def reply(self, key: int, status: int, data, duration: float,
-              threshold: int = wire.NEVER) -> None:
+              threshold: int = wire.NEVER, retire: bool = False) -> None:
         try:
             blob, buffers, fds = self._pack(data, threshold)
         except Exception as exc:  # noqa: BLE001 - any pickling failure
@@ -106,7 +107,7 @@ class _Replier:
             fds = []
         try:
             wire.send_reply(self.fd, self._socket, key, status, duration,
-                            blob, buffers, fds)
+                            blob, buffers, fds, retire)
         finally:
             wire.close_fds(fds)
 
@@ -134,8 +135,10 @@ def _next_message(inbox: queue.SimpleQueue):
     return inbox.get()
 
 
-def _serve(inbox: queue.SimpleQueue, replier: _Replier) -> None:
-    """Run each batch of the inbox and reply, until the inbox ends."""
+def _serve(inbox: queue.SimpleQueue, replier: _Replier, guard=None) -> None:
+    """Run each batch of the inbox and reply, until the inbox ends.
+    ``guard`` (``rss.MemoryGuard``): a reply says when this worker grew
+    past its memory limit; the parent then replaces it."""
     while True:
         message = _next_message(inbox)
         if message is None:
@@ -155,20 +158,23 @@ def _serve(inbox: queue.SimpleQueue, replier: _Replier) -> None:
         del frame, buffers
         status, data = _run(kind, payload)
         del payload
+        retire = guard is not None and guard.exceeded()
         replier.reply(key, status, data, time.perf_counter() - start,
-                      threshold)
+                      threshold, retire)
         del data
 
 
-def main(conn, env: dict, inherited=(), initializer: bytes | None = None
-         ) -> None:
+def main(conn, env: dict, inherited=(), initializer: bytes | None = None,
+         memory_limit: int | None = None) -> None:
     """Serve batches from ``conn`` until it closes.
 
     ``inherited``: the parent's ends of other workers' pipes that a forked
     child got a copy of; closed at once.  ``initializer``: the pickled
     ``(initializer, initargs)`` of ``Parallel``, run once before the first
     batch (an error there ends the worker: the call fails with
-    ``TerminatedWorkerError``, as a broken pool does in joblib)."""
+    ``TerminatedWorkerError``, as a broken pool does in joblib).
+    ``memory_limit``: bytes of resident growth past which the replies ask
+    for this worker's replacement (None: never)."""
     for other in inherited:
         other.close()
     os.environ.update(env)
@@ -192,7 +198,7 @@ def main(conn, env: dict, inherited=(), initializer: bytes | None = None
                      name="joblib_fast-worker-reader").start()
     replier = _Replier(conn)
     try:
-        _serve(inbox, replier)
+        _serve(inbox, replier, memory_guard(memory_limit))
     except (BrokenPipeError, ConnectionResetError):
         # The parent closed our pipe: it stopped the pool (a failed call,
         # a dead sibling) or is gone.  Nothing for the user's stderr.
