@@ -8,8 +8,8 @@
 Layers
 ------
 Imports point down this list, never up, never in a cycle, and never at
-another module's private (``_``) names; ``tests/test_layers.py`` keeps it
-so.  A module may import its own layer or any layer below it::
+another module's private (``_``) names; ``tests/project/test_layers.py``
+keeps it so.  A module may import its own layer or any layer below it::
 
     joblib_fast/__init__.py         public names only
     parallel, joblib_backend        Parallel: arguments, backend choice

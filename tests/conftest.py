@@ -52,15 +52,21 @@ os.environ["TMPDIR"] = _SESSION_TMP
 tempfile.tempdir = None  # re-read TMPDIR on the next gettempdir()
 assert tempfile.gettempdir() == _SESSION_TMP
 
-# Test modules import their shared helpers from tests/_jf_testutils.py
-# (--import-mode=importlib does not put tests/ on sys.path by itself).
+# Test modules import their shared helpers from the ``helpers`` package
+# beside this file (tests/helpers/), and process workers unpickle the task
+# functions of ``helpers.*_tasks`` by that name: tests/ goes first on
+# sys.path (--import-mode=importlib does not put it there), before the fork
+# server starts, so that spawned and forkserver workers inherit it.  The
+# feature folders (numpy/, dask/, ...) have no ``__init__.py`` and must never
+# get one: a folder without it cannot shadow the installed package of the
+# same name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# Test modules are imported as ``tests.<name>`` (importlib mode); process
-# workers unpickle functions defined in them by that name, so the folder
-# holding ``tests`` goes at the END of sys.path (before the fork server
-# starts): the installed joblib_fast still wins over the source checkout.
+# Test modules are imported as ``tests.<folder>.<name>`` (importlib mode);
+# process workers unpickle functions defined in them by that name, so the
+# folder holding ``tests`` goes at the END of sys.path: the installed
+# joblib_fast still wins over the source checkout.
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import _jf_testutils
+from helpers import common
 
 
 def pytest_configure(config):
@@ -102,7 +108,7 @@ _DASK_THREADS = ("Dask-Offload", "Dask-Callback-Thread",
 
 
 def _threads():
-    keep = {t for source in _jf_testutils.INFRASTRUCTURE_THREADS
+    keep = {t for source in common.INFRASTRUCTURE_THREADS
             for t in source()}
     return {t for t in threading.enumerate()
             if t.is_alive() and t.name not in _POOL_THREADS
@@ -113,7 +119,7 @@ def _infrastructure_pids():
     """Processes meant to outlive a test: the workers of the process-wide
     reusable pool, multiprocessing's fork server and resource tracker."""
     pids = set()
-    for source in _jf_testutils.INFRASTRUCTURE_PIDS:
+    for source in common.INFRASTRUCTURE_PIDS:
         pids.update(source())
     processes = sys.modules.get("joblib_fast.backends.processes")
     if processes is not None:
@@ -198,7 +204,7 @@ def no_leaks(request):
     if unknown:
         pytest.fail(f"allow_leaks: unknown kinds {sorted(unknown)}")
     threads_before = _threads()
-    _jf_testutils.BASELINE_THREADS = frozenset(threads_before)
+    common.BASELINE_THREADS = frozenset(threads_before)
     children_before = _children()
     files_before = _joblib_files()
 
@@ -270,7 +276,7 @@ def warm_pool():
     return its pids."""
     from joblib_fast import Parallel, delayed
     from joblib_fast.backends.processes import reusable_pool_pids
-    Parallel(n_jobs=2)(delayed(_jf_testutils.square)(i) for i in range(4))
+    Parallel(n_jobs=2)(delayed(common.square)(i) for i in range(4))
     pids = set(reusable_pool_pids())
     assert len(pids) == 2
     return pids
@@ -311,7 +317,7 @@ def process_helpers():
 
 # The session's dask cluster: a worker killed twice running the same task
 # ends its future with KilledWorker (dask's default, 3, would make
-# test_dask.py slower).
+# the dask tests slower).
 DASK_ALLOWED_FAILURES = 1
 
 
@@ -335,11 +341,11 @@ def dask_cluster():
         cluster = distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True,
             host="127.0.0.1", dashboard_address=None,
-            scheduler_kwargs=_jf_testutils.DASK_NO_HTTP_PORT)
+            scheduler_kwargs=common.DASK_NO_HTTP_PORT)
     client = distributed.Client(cluster, set_as_default=False)
     # dask's lazily created threads (callbacks, offload) start now too.
     with parallel_config(backend="dask", client=client):
-        Parallel()(delayed(_jf_testutils.square)(i) for i in range(4))
+        Parallel()(delayed(common.square)(i) for i in range(4))
     started = set(threading.enumerate()) - before
 
     def worker_pids():
@@ -355,15 +361,15 @@ def dask_cluster():
                 if thread is not None:
                     yield thread
 
-    _jf_testutils.INFRASTRUCTURE_PIDS.append(worker_pids)
-    _jf_testutils.INFRASTRUCTURE_THREADS.append(cluster_threads)
+    common.INFRASTRUCTURE_PIDS.append(worker_pids)
+    common.INFRASTRUCTURE_THREADS.append(cluster_threads)
     try:
         yield cluster, client
     finally:
         client.close()
         cluster.close()
-        _jf_testutils.INFRASTRUCTURE_PIDS.remove(worker_pids)
-        _jf_testutils.INFRASTRUCTURE_THREADS.remove(cluster_threads)
+        common.INFRASTRUCTURE_PIDS.remove(worker_pids)
+        common.INFRASTRUCTURE_THREADS.remove(cluster_threads)
 
 
 @pytest.fixture

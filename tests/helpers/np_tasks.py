@@ -1,0 +1,205 @@
+"""Task functions for tests/test_np_*.py (importable by process workers),
+and the parent-side helpers those tests share."""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def describe(a):
+    """What a worker received: type, memmap mode and file, layout, sum."""
+    return {
+        "type": type(a).__name__,
+        "memmap": isinstance(a, np.memmap),
+        "mode": getattr(a, "mode", None),
+        "filename": getattr(a, "filename", None),
+        "writeable": bool(a.flags.writeable),
+        "c_contiguous": bool(a.flags.c_contiguous),
+        "f_contiguous": bool(a.flags.f_contiguous),
+        "shape": a.shape,
+        "sum": float(a.sum()),
+        "pid": os.getpid(),
+    }
+
+
+def folder_listing(a):
+    """The names in the folder of the dump backing ``a``."""
+    return sorted(os.listdir(os.path.dirname(a.filename)))
+
+
+def try_write(a):
+    """Write 1 into a[0]; returns the error type name, or None."""
+    try:
+        a[0] = 1.0
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__
+    return None
+
+
+def write_and_read(a, value):
+    """Write ``value`` into a[0] and return what a[0] then holds."""
+    a[0] = value
+    return float(a[0])
+
+
+def write_then_filename(a, value):
+    a[0] = value
+    if hasattr(a, "flush"):
+        a.flush()
+    return a.filename
+
+
+def first(a):
+    return float(a[0])
+
+
+def fill_slice(out, start, stop, value):
+    """The joblib shared-output pattern: fill out[start:stop]."""
+    out[start:stop] = value
+
+
+def ones(n, dtype="float64"):
+    return np.ones(n, dtype=dtype)
+
+
+def arange_2d(rows, cols, order):
+    return np.asarray(np.arange(rows * cols, dtype=np.float64).reshape(rows, cols),
+                      order=order)
+
+
+def strided(n):
+    """A non-contiguous large result."""
+    return np.arange(2 * n, dtype=np.float64)[::2]
+
+
+def nested(n):
+    return (np.full(n, 1.0), [np.full(n, 2.0), {"k": np.full(n, 3.0),
+                                                 "small": np.full(3, 4.0)}],
+            "text")
+
+
+def same(a):
+    return a
+
+
+def head(a, n):
+    return a[:n]
+
+
+def sleep_then(a, seconds):
+    time.sleep(seconds)
+    return float(a.sum())
+
+
+def fail_at_index(a, bad, index):
+    if index == bad:
+        raise ValueError(f"task {index} fails on purpose")
+    return float(a[0])
+
+
+def die_on(a, bad, index):
+    if index == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)
+    return float(a[0])
+
+
+def object_array(n):
+    return np.array([{"i": i} for i in range(n)], dtype=object)
+
+
+def is_ndarray_copy(a):
+    """(type name, writeable, owns or shares) of a plain received array."""
+    return type(a).__name__, bool(a.flags.writeable)
+
+
+def many(count, n):
+    return [np.full(n, float(i)) for i in range(count)]
+
+
+def with_lock(n):
+    import threading
+    return np.ones(n), threading.Lock()
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ------------------------------------------- parent-side helpers and sizes
+# Shared by tests/test_np_*.py (defined once here, next to the tasks).
+
+BIG = 50_000            # float64 items: 400 kB, above LIMIT
+SMALL = 1_000           # 8 kB, below LIMIT
+MID = 12_500            # 100 kB: below LIMIT, sent as an out-of-band buffer
+LIMIT = "200k"
+SHM = "/dev/shm"
+RESULT_MAPS = "memfd:joblib_fast_result"
+
+
+def ours(folder) -> list:
+    """This process's joblib_fast entries in ``folder``."""
+    prefix = f"joblib_fast_{os.getpid()}_"
+    try:
+        return sorted(n for n in os.listdir(folder) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def result_maps() -> int:
+    """Shared-memory results mapped in this process now."""
+    gc.collect()
+    with open("/proc/self/maps") as f:
+        return sum(RESULT_MAPS in line for line in f)
+
+
+def par(**kwargs):
+    """A process-backend Parallel with the tests' ``max_nbytes``."""
+    from joblib_fast import Parallel
+
+    kwargs.setdefault("n_jobs", 2)
+    kwargs.setdefault("backend", "loky")
+    kwargs.setdefault("max_nbytes", LIMIT)
+    return Parallel(**kwargs)
+
+
+def mapped_base(a):
+    """The object at the end of ``a``'s base chain (through memoryviews)."""
+    b = a
+    while True:
+        if isinstance(b, memoryview):
+            b = b.obj
+        elif getattr(b, "base", None) is not None:
+            b = b.base
+        else:
+            return b
+
+
+def is_shared_result(a) -> bool:
+    """``a``'s data lies in a shared-memory result mapping."""
+    addr = a.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if RESULT_MAPS in line:
+                low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                if low <= addr < high:
+                    return True
+    return False
+
+
+def dead_pid() -> int:
+    """The pid of a process that has already exited."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def big_array(i, n=300_000):
+    import numpy as np
+    return np.full(n, i, dtype=np.float64)

@@ -1,0 +1,213 @@
+"""The threading backend's caller runs batches itself.
+
+While it waits for a list of short tasks, the calling thread runs queued
+batches as one of the n_jobs workers (n_jobs - 1 pool threads then run the
+others), under the configuration a worker has; when the threads take turns
+(tasks holding the GIL), it stands back for a while.  Not with a
+generator output, a timeout, a per-worker initializer or long tasks.
+"""
+from __future__ import annotations
+
+import os
+import textwrap
+import threading
+import time
+
+import pytest
+from helpers.common import interrupt_script
+from joblib_fast._kernels import burn, calibrate
+
+import joblib_fast._run as run_module
+from joblib_fast import Parallel, _threads, delayed, parallel_config
+from joblib_fast._core import Call, in_worker_thread
+
+N_SHORT = 3000
+NO_HANG = 30.0
+
+
+@pytest.fixture(scope="module")
+def k20us():
+    return calibrate(20e-6)
+
+
+def where(k):
+    burn(k)
+    return threading.get_ident()
+
+
+def in_caller(idents):
+    me = threading.get_ident()
+    return sum(ident == me for ident in idents)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The Call objects the runner makes during the test."""
+    made = []
+
+    def make(*args, **kwargs):
+        call = Call(*args, **kwargs)
+        made.append(call)
+        return call
+
+    monkeypatch.setattr(run_module, "Call", make)
+    return made
+
+
+@pytest.mark.parametrize("n_jobs", [2, 3])
+def test_caller_runs_some_batches_of_short_tasks(k20us, n_jobs):
+    idents = Parallel(n_jobs=n_jobs, backend="threading")(
+        delayed(where)(k20us) for _ in range(N_SHORT))
+    assert len(idents) == N_SHORT
+    assert 0 < in_caller(idents) < N_SHORT
+    workers = {t.ident for t in _threads.shared_pool_threads()}
+    assert {i for i in idents if i != threading.get_ident()} <= workers
+
+
+@pytest.mark.parametrize("options", [
+    {"return_as": "generator"},
+    {"return_as": "generator_unordered"},
+    {"timeout": 60},
+    {"initializer": int},
+], ids=["generator", "generator_unordered", "timeout", "initializer"])
+def test_caller_runs_no_task(k20us, options):
+    idents = list(Parallel(n_jobs=2, backend="threading", **options)(
+        delayed(where)(k20us) for _ in range(N_SHORT)))
+    assert len(idents) == N_SHORT
+    assert in_caller(idents) == 0
+
+
+def test_caller_runs_no_long_task():
+    # 15 ms per task: above the 10 ms the caller accepts (it sees Ctrl-C
+    # only between the batches it runs).
+    idents = Parallel(n_jobs=2, backend="threading")(
+        delayed(lambda: (time.sleep(0.015), threading.get_ident())[1])()
+        for _ in range(12))
+    assert in_caller(idents) == 0
+
+
+@pytest.mark.parametrize("n_jobs", [2, 3])
+def test_no_more_than_n_jobs_tasks_at_once(n_jobs):
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0}
+
+    def task():
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.0005)  # releases the GIL: the others may start
+        with lock:
+            state["now"] -= 1
+        return threading.get_ident()
+
+    idents = Parallel(n_jobs=n_jobs, backend="threading")(
+        delayed(task)() for _ in range(600))
+    assert in_caller(idents) > 0
+    assert 2 <= state["most"] <= n_jobs, state
+
+
+def test_tasks_in_the_caller_run_as_in_a_worker(k20us):
+    def probe():
+        burn(k20us)
+        nested = Parallel(n_jobs=2)(delayed(threading.get_ident)()
+                                    for _ in range(2))
+        return (threading.get_ident(), in_worker_thread(),
+                _threads.max_workers(-1), len(set(nested)))
+
+    with parallel_config(n_jobs=3, verbose=0):
+        out = Parallel(n_jobs=2, backend="threading")(
+            delayed(probe)() for _ in range(N_SHORT // 2))
+        # The caller's own configuration is back after the call.
+        from joblib_fast._context import current_config
+        assert current_config()["n_jobs"] == 3
+    me = threading.get_ident()
+    mine = [row for row in out if row[0] == me]
+    assert mine, "the caller ran no batch"
+    for _, flag, pfor_workers, nested_threads in out:
+        assert flag is True             # in_worker_thread()
+        assert pfor_workers == 1        # parallel_for runs inline
+        assert nested_threads == 1      # nested calls run sequentially
+    assert not in_worker_thread()
+    assert _threads.max_workers(-1) == _threads.thread_cap()
+
+
+def test_errors_in_caller_run_batches_are_raised(k20us):
+    def maybe_fail(i):
+        burn(k20us)
+        if i == N_SHORT - 10:
+            raise ValueError(f"task {i} failed")
+        return i
+
+    with pytest.raises(ValueError, match=f"task {N_SHORT - 10} failed"):
+        Parallel(n_jobs=2, backend="threading")(
+            delayed(maybe_fail)(i) for i in range(N_SHORT))
+    # The pool is usable again (its limit restored).
+    assert Parallel(n_jobs=2, backend="threading")(
+        delayed(abs)(-i) for i in range(100)) == list(range(100))
+
+
+def spin_holding_the_gil(n):
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def test_gil_holding_tasks_make_the_caller_stand_back(calls):
+    # Pure-Python tasks hold the GIL: two threads never run at once, the
+    # measured concurrency stays near 1 and the caller stands back (one
+    # thread fewer runs tasks).
+    n = 2000  # about 50 us of bytecode
+    out = Parallel(n_jobs=2, backend="threading")(
+        delayed(spin_holding_the_gil)(n) for _ in range(20_000))
+    assert out == [spin_holding_the_gil(n)] * 20_000
+    assert len(calls) == 1
+    assert calls[0].solo_stretches >= 1
+
+
+def test_tasks_that_wait_keep_every_thread(calls):
+    # Sleeping tasks are off the CPU like tasks waiting for the GIL, but
+    # they gain from every thread: the caller does not stand back.
+    out = Parallel(n_jobs=4, backend="threading")(
+        delayed(time.sleep)(0.002) for _ in range(1500))
+    assert out == [None] * 1500
+    assert calls[0].solo_stretches == 0
+
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, threading
+    from joblib_fast import Parallel, delayed
+    from joblib_fast._kernels import burn, calibrate
+
+    k = calibrate(50e-6)
+    main = threading.get_ident()
+
+    def task(i):
+        burn(k)
+        if threading.get_ident() == main and i % 100 == 0:
+            open(os.path.join(sys.argv[1], "caller-ran"), "w").close()
+        return i
+
+    def forever():
+        i = 0
+        while True:
+            yield delayed(task)(i)
+            i += 1
+
+    try:
+        Parallel(n_jobs=2, backend="threading")(forever())
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
+""")
+
+
+def test_ctrl_c_while_the_caller_runs_batches(tmp_path):
+    path = tmp_path / "script.py"
+    path.write_text(SCRIPT)
+    out, err, returncode = interrupt_script(
+        path, [tmp_path], lambda: os.path.exists(tmp_path / "caller-ran"),
+        NO_HANG)
+    assert "interrupted" in out, err
+    assert "KeyboardInterrupt" in err
+    assert returncode != 0
