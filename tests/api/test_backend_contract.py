@@ -4,7 +4,7 @@ errors, laziness, return_as modes and callbacks.
 Kinds: "threading", "sequential", "loky" (the default process backend), a
 user-registered ``ParallelBackendBase`` subclass (``ExecutorBackend``) and
 "dask" (on conftest's session LocalCluster of 2 one-thread workers).
-Tasks come from ``_jf_testutils`` so process workers can import them.
+Tasks come from ``helpers.common`` so process workers can import them.
 What legitimately differs per kind (where a task runs) is written as a
 per-kind expectation, not as a branch in the test body.
 """

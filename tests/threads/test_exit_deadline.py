@@ -9,7 +9,7 @@ import textwrap
 import time
 
 import pytest
-from _jf_testutils import subprocess_env, wait_until
+from helpers.common import subprocess_env, wait_until
 
 N_JOBS = 8
 # The exit hook's deadline is about 1 s; joining 8 stuck threads one after

@@ -1,4 +1,4 @@
-"""Task functions for tests/test_daemonic.py, run inside other pools'
+"""Task functions for tests/processes/test_daemonic_parent.py, run inside other pools'
 workers (a ``multiprocessing.Pool`` worker, a dask worker).
 
 They live in an importable module (not in the test file) so that spawned

@@ -10,11 +10,10 @@ threading backend is unaffected.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 
-import daemonic_tasks
 import pytest
-from _jf_testutils import DASK_NO_HTTP_PORT, alive, wait_until
+from helpers import daemonic_tasks
+from helpers.common import DASK_NO_HTTP_PORT, alive, wait_until
 
 from joblib_fast import Parallel, delayed, effective_n_jobs
 from joblib_fast.backends.processes import (
