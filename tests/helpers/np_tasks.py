@@ -1,4 +1,4 @@
-"""Task functions for tests/test_np_*.py (importable by process workers),
+"""Task functions for tests/numpy/ (importable by process workers),
 and the parent-side helpers those tests share."""
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def open_fds():
 
 
 # ------------------------------------------- parent-side helpers and sizes
-# Shared by tests/test_np_*.py (defined once here, next to the tasks).
+# Shared by tests/numpy/ (defined once here, next to the tasks).
 
 BIG = 50_000            # float64 items: 400 kB, above LIMIT
 SMALL = 1_000           # 8 kB, below LIMIT

@@ -1,5 +1,5 @@
-"""Task functions for tests/test_native_threads.py (importable by process
-workers): what a task sees of the native thread pools."""
+"""Task functions for tests/threads/test_native_thread_caps.py (importable
+by process workers): what a task sees of the native thread pools."""
 from __future__ import annotations
 
 import os

@@ -13,8 +13,8 @@ import pytest
 np = pytest.importorskip("numpy")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
-from _jf_testutils import interrupt_script, subprocess_env
-from blas_tasks import blas_threads, blas_threads_at, blas_threads_pid, fail
+from helpers.blas_tasks import blas_threads, blas_threads_at, blas_threads_pid, fail
+from helpers.common import interrupt_script, subprocess_env
 
 import joblib_fast
 from joblib_fast import Parallel, delayed, parallel_config
