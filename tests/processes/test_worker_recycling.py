@@ -143,7 +143,7 @@ def test_bad_worker_settings_say_what_is_accepted(kwargs, match):
 
 
 def test_readme_example_runs(capsys):
-    from _jf_testutils import readme_python_blocks
+    from helpers.common import readme_python_blocks
     blocks = readme_python_blocks("Replacing leaky workers")
     assert len(blocks) == 1
     exec(compile(blocks[0], "README block", "exec"), {})  # noqa: S102

@@ -1,5 +1,5 @@
-"""Task functions for tests/test_np_in_mapping.py (importable by process
-workers): how a worker's task sees a memmapped input."""
+"""Task functions for tests/numpy/test_input_mapping.py (importable by
+process workers): how a worker's task sees a memmapped input."""
 from __future__ import annotations
 
 import os

@@ -13,8 +13,8 @@ import pytest
 
 np = pytest.importorskip("numpy")
 
-from _jf_testutils import wait_until
-from np_map_tasks import mapping_of, maps_of
+from helpers.common import wait_until
+from helpers.np_map_tasks import mapping_of, maps_of
 
 from joblib_fast import Parallel, delayed
 
