@@ -68,6 +68,13 @@ def set_config(config: dict[str, Any]) -> None:
     _local.config = config
 
 
+# joblib's words first (code matches on them), then what is accepted.
+N_JOBS_ZERO = (
+    "n_jobs == 0 in Parallel has no meaning (n_jobs=-1: every CPU, -2: all "
+    "but one, and so on; k > 0: k workers; None: 1, unless parallel_config "
+    "sets it)")
+
+
 def check_n_jobs(n_jobs: Any, allow_none: bool = True) -> int | None:
     """Return ``n_jobs`` as an int, or None.
 
@@ -95,7 +102,7 @@ def check_n_jobs(n_jobs: Any, allow_none: bool = True) -> int | None:
             f"n_jobs must be an integer or None, got {n_jobs!r} "
             f"of type {type(n_jobs).__name__}")
     if value == 0:
-        raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        raise ValueError(N_JOBS_ZERO)
     return value
 
 

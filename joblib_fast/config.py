@@ -126,11 +126,11 @@ _CHOICE_KINDS = {"prefer": "backend hint", "require": "backend constraint"}
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        # joblib's wording first (code matches on it), then ours.
+        # joblib's wording (code matches on it), with the value's repr.
         raise ValueError(
             f"{name}={value} is not a valid "
             f"{_CHOICE_KINDS.get(name, 'value')}, expected one of "
-            f"{choices} ({name} must be one of {choices}, got {value!r})")
+            f"{choices} (got {value!r})")
 
 
 # ------------------------------------------------------ parallel_config

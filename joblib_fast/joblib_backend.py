@@ -49,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised without joblib
         "not installed: pip install 'joblib_fast[joblib]'") from exc
 
 from . import _native_threads
+from ._context import N_JOBS_ZERO
 from ._core import Call
 from .backends.base import ThreadingBackend
 from .backends.native import CallOptions
@@ -322,7 +323,7 @@ class _FastBackend(ParallelBackendBase):
 
     def effective_n_jobs(self, n_jobs):
         if n_jobs == 0:
-            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+            raise ValueError(N_JOBS_ZERO)
         if n_jobs is None:
             return 1
         if n_jobs < 0:

@@ -16,7 +16,12 @@ from abc import ABCMeta, abstractmethod
 from typing import Any, Callable
 
 from .. import _cpu, _native_threads
-from .._context import enter_worker, nested_backend_config, resolve_n_jobs
+from .._context import (
+    N_JOBS_ZERO,
+    enter_worker,
+    nested_backend_config,
+    resolve_n_jobs,
+)
 from .._core import ThreadPool
 from .native import CallOptions, PoolProvider
 
@@ -228,7 +233,7 @@ class SequentialBackend(PoolProvider, ParallelBackendBase):
 
     def effective_n_jobs(self, n_jobs):
         if n_jobs == 0:
-            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+            raise ValueError(N_JOBS_ZERO)
         return 1
 
     def get_nested_backend(self):

@@ -98,7 +98,7 @@ def test_unpicklable_task_message_gives_its_index_in_the_call():
     args = [1] * 7 + [threading.Lock()] + [1] * 3
     with pytest.raises(pickle.PicklingError) as info:
         Parallel(n_jobs=2)(delayed(proc_tasks.identity)(a) for a in args)
-    assert re.search(r"\btask 7\b", str(info.value)), str(info.value)
+    assert re.search(r"\btask 7\b", str(info.value), re.I), str(info.value)
 
 
 def test_unpicklable_result_raises_pickling_error():

@@ -121,23 +121,48 @@ def _task_blob(tasks: list, start: int = 0, arrays=None):
     except OSError:
         raise  # writing an array's memmap failed: not a pickling problem
     except Exception as exc:  # noqa: BLE001 - any pickling failure
-        raise _unpicklable_task(tasks, start, exc) from exc
+        # The message says the pickler's error: not its traceback again.
+        raise _unpicklable_task(tasks, start, exc) from None
 
 
 def _unpicklable_task(tasks: list, start: int,
                       exc: BaseException) -> pickle.PicklingError:
     found = find_unpicklable(tasks)
-    if found is not None:
-        i, inner = found
-        task = tasks[i]
-        name = getattr(task[0], "__qualname__", repr(task[0]))
-        # joblib's (loky's) words first: code matches on them.
+    if found is None:
         return pickle.PicklingError(
-            f"{_NOT_PICKLED} (task {start + i} ({name}) cannot be pickled "
-            f"to send it to a worker process: {type(inner).__name__}: "
-            f"{inner})")
+            f"{_NOT_PICKLED} Tasks {start}..{start + len(tasks) - 1}: "
+            f"{type(exc).__name__}: {exc}")
+    i, inner = found
+    # joblib's (loky's) words first: code matches on them.
     return pickle.PicklingError(
-        f"{_NOT_PICKLED} (a batch cannot be pickled: {exc})")
+        f"{_NOT_PICKLED} Task {start + i}, {_unpicklable_part(tasks[i], inner)}"
+        " Pass values that pickle (or build this one inside the task), or "
+        "use backend='threading', whose tasks are not pickled.")
+
+
+def _unpicklable_part(task, inner: BaseException) -> str:
+    """Which part of ``task`` cannot be pickled (its function, a positional
+    or a keyword argument), of what type, and the pickler's error."""
+    func, args, kwargs = task
+    name = f"{getattr(func, '__qualname__', None) or repr(func)}()"
+    parts = [(f"{name}: the function itself", func)]
+    parts += [(f"{name}: positional argument {k}", a)
+              for k, a in enumerate(args)]
+    parts += [(f"{name}: keyword argument {key}=", v)
+              for key, v in kwargs.items()]
+    for what, value in parts:
+        found = find_unpicklable([value])
+        if found is not None:
+            return (f"{what} is a {_type_name(value)} "
+                    f"({type(found[1]).__name__}: {found[1]}).")
+    return f"{name}: {type(inner).__name__}: {inner}."
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" \
+        else f"{module}.{kind.__qualname__}"
 
 
 _NOT_PICKLED = "Could not pickle the task to send it to the workers."
