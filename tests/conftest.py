@@ -99,11 +99,13 @@ def pytest_unconfigure(config):
 # after its idle timeout); it is not a leak of the test that released it.
 _POOL_THREADS = ("joblib_fast-pool-reaper",)
 # Name prefixes of threads that distributed starts once per process, when
-# first needed, and keeps until exit (its offload executor and the thread
-# running Future callbacks), and of the threads with which a nanny of the
-# session's LocalCluster (dask_cluster) watches the worker process it
-# restarted after a test killed one: they live as long as the cluster.
-_DASK_THREADS = ("Dask-Offload", "Dask-Callback-Thread",
+# first needed, and keeps until exit (its offload executor), and of the
+# threads with which a nanny of the session's LocalCluster (dask_cluster)
+# watches the worker process it restarted after a test killed one: they
+# live as long as the cluster.  Not the thread running Future callbacks
+# ("Dask-Callback-Thread", also kept until exit): the dask backend must not
+# start it.
+_DASK_THREADS = ("Dask-Offload",
                  "AsyncProcess Dask Worker process (from Nanny)")
 
 

@@ -6,6 +6,7 @@ first leak baseline.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -131,19 +132,51 @@ def test_dask_missing_error(monkeypatch):
         Parallel(backend="dask")
 
 
-def test_results_come_through_future_callbacks(client, monkeypatch):
-    callbacks = []
-    original = distributed.Future.add_done_callback
+def test_results_come_through_a_watcher_per_batch(client, monkeypatch):
+    from joblib_fast.backends.dask.pool import DaskPool
+    watched = []
+    original = DaskPool._watch
 
-    def counting(future, fn):
-        callbacks.append(future.key)
-        return original(future, fn)
+    async def counting(pool, key, future):
+        watched.append(future.key)
+        await original(pool, key, future)
 
-    monkeypatch.setattr(distributed.Future, "add_done_callback", counting)
+    monkeypatch.setattr(DaskPool, "_watch", counting)
     with parallel_config(backend="dask", client=client):
         keys = Parallel()(delayed(dask_tasks.batch_key)(i) for i in range(200))
-    # One callback per batch: the batches that ran are those called back.
-    assert sorted(set(keys)) == sorted(callbacks)
+    # One watcher per batch: the batches that ran are those watched.
+    assert sorted(set(keys)) == sorted(watched)
+
+
+@pytest.mark.slow
+def test_no_thread_left_after_a_call_or_the_client(tmp_path):
+    # distributed runs Future.add_done_callback callbacks on a thread pool
+    # it starts once per process and never stops ("Dask-Callback-Thread"):
+    # results come through the client's event loop instead.  Whatever else
+    # the calls or the client started must be gone once the client and its
+    # cluster are closed: the leak check (conftest) fails the test if not.
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True,
+        host="127.0.0.1", dashboard_address=None,
+        scheduler_kwargs=common.DASK_NO_HTTP_PORT)
+    try:
+        with distributed.Client(cluster, set_as_default=False) as client:
+            with parallel_config(backend="dask", client=client):
+                assert Parallel()(delayed(square)(i) for i in range(20)) == \
+                    [i * i for i in range(20)]
+                with pytest.raises(ValueError, match="failed on purpose"):
+                    Parallel(batch_size=1)(
+                        delayed(dask_tasks.fail_at)(i, 3, str(tmp_path))
+                        for i in range(8))
+                gen = Parallel(return_as="generator")(
+                    delayed(square)(i) for i in range(20))
+                assert next(gen) == 0
+                gen.close()
+            names = [t.name for t in threading.enumerate()]
+            assert not [n for n in names
+                        if n.startswith("Dask-Callback-Thread")], names
+    finally:
+        cluster.close()
 
 
 def test_scatter_must_be_a_list(client):
@@ -261,6 +294,27 @@ def test_task_error_cancels_the_rest(client, scheduler, tmp_path):
     assert_nothing_starts_later(tmp_path, started)
 
 
+def test_failed_tasks_are_forgotten_without_the_garbage_collector(
+        client, scheduler, tmp_path):
+    # A failed batch's future must not sit in a reference cycle: until the
+    # collector ran, its task would stay on the scheduler (and make dask
+    # place the next calls' tasks as if they had no data to be near).
+    gc.disable()
+    try:
+        with parallel_config(backend="dask", client=client):
+            try:
+                Parallel(batch_size=1)(
+                    delayed(dask_tasks.fail_at)(i, 1, str(tmp_path))
+                    for i in range(3))
+            except ValueError as exc:
+                assert "task 1 failed on purpose" in str(exc)
+            else:
+                raise AssertionError("the call did not fail")
+        assert wait_forgotten(scheduler) == []
+    finally:
+        gc.enable()
+
+
 def test_timeout_cancels(client, scheduler, tmp_path):
     with parallel_config(backend="dask", client=client):
         with pytest.raises(TimeoutError, match="timeout=0.5"):
@@ -325,7 +379,10 @@ def test_ended_future_whose_callback_never_comes(client, monkeypatch,
                                                  tmp_path):
     # The sweep (local future states, every second) ends the call.
     from joblib_fast.backends.dask.pool import DaskPool
-    monkeypatch.setattr(DaskPool, "_on_done", lambda *args: None)
+    async def never_reports(*args):
+        pass
+
+    monkeypatch.setattr(DaskPool, "_watch", never_reports)
     with parallel_config(backend="dask", client=client):
         with pytest.raises(ValueError, match="task 0 failed on purpose"):
             Parallel()(delayed(dask_tasks.fail_at)(i, 0, str(tmp_path))

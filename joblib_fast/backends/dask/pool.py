@@ -4,12 +4,18 @@
 
     core (caller thread) --submit(batch)--> DaskPool._send: scattered
         arguments found (data.Scatter), the batch pickled with references
-        to them (pickling.dumps), client.submit(worker.run_batch, ...)
-    a future ends (dask's callback thread) --> _on_done --> finished:
-        _prefetch on the client's event loop gets the pickled results
-        straight from the worker --> `_done` queue; other ends: `_done`
+        to them (pickling.dumps), client.submit(worker.run_batch, ...),
+        and _watch scheduled on the client's event loop
+    _watch (the client's event loop) waits for the future to end; a
+        finished one has its pickled results fetched straight from the
+        worker --> `_done` queue; any other end goes there as it is
     core (caller thread) --wait(call, s)--> drain `_done` (blocking up to
         s), unpickle the results, call.complete(batch, ...)
+
+A coroutine on the event loop the client runs anyway, rather than
+``Future.add_done_callback``: that one runs callbacks on a thread pool
+distributed starts once per process and never stops, which outlived the
+call and the client.
 
 How each end of a future is handled (a call never hangs on one):
 
@@ -23,22 +29,22 @@ How each end of a future is handled (a call never hangs on one):
   resubmitted (at most ``MAX_RESUBMITS`` times); otherwise an error with
   dask's reason;
 * lost (its result died with a worker): dask computes it again and the
-  callback fires again;
-* no callback within ``CALLBACK_GRACE`` of an end, or the client closed:
-  the sweep (every ``SWEEP_SECONDS``, local attributes only) handles it.
+  watcher keeps waiting;
+* no word from the watcher within ``CALLBACK_GRACE`` of an end, or the
+  client closed: the sweep (every ``SWEEP_SECONDS``, local attributes
+  only) handles it.
 
 A worker dying while it runs a batch is dask's business: the scheduler runs
 the batch elsewhere.  ``end_call`` cancels every outstanding future of the
 call (first error, timeout, Ctrl-C, a closed generator).
 
-Threads: everything runs in the caller thread except ``_on_done`` (dask's
-callback thread) and ``_prefetch`` (the client's event loop), which only
-read the future and put on the ``_done`` queue (thread-safe).
+Threads: everything runs in the caller thread except ``_watch`` (the
+client's event loop), which only reads the future and puts on the
+``_done`` queue (thread-safe).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import pickle
 import queue
 import time
@@ -56,9 +62,9 @@ FETCH_SECONDS = 20.0
 # In place of results not fetched yet (the caller fetches them).
 NOT_FETCHED = object()
 # Every this many seconds the caller looks at the status of its futures
-# (local attributes, no network) in case a callback never came.
+# (local attributes, no network) in case a watcher never reported.
 SWEEP_SECONDS = 1.0
-# Seconds an ended future may wait for its callback before the sweep
+# Seconds an ended future may wait for its watcher before the sweep
 # handles it.
 CALLBACK_GRACE = 2.0
 
@@ -114,8 +120,8 @@ class DaskPool:
         self.timeout: float | None = None
         self.scatter = Scatter(self.client, backend.data_futures, managed)
         # (call serial, batch id, attempt, pickled results or NOT_FETCHED):
-        # put by dask's callback thread or the client's event loop, taken
-        # by the caller thread.
+        # put by the client's event loop (_watch), taken by the caller
+        # thread.
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         # The rest is touched by the caller thread only.
         self._serial = 0
@@ -128,7 +134,7 @@ class DaskPool:
     # ---------------------------------------------------- per call
 
     def begin_call(self, timeout: float | None, n_workers: int) -> None:
-        """Forget the previous call; late callbacks of it are ignored."""
+        """Forget the previous call; late reports of it are ignored."""
         self._serial += 1
         self._call_id = uuid.uuid4().hex[:12]
         self._pending = {}
@@ -164,32 +170,31 @@ class DaskPool:
             run_batch, blob, self.nested, job.batch.start,
             *[item.future for item in job.data], key=key, pure=False,
             **self.submit_kwargs)
-        job.future.add_done_callback(functools.partial(
-            self._on_done, self._serial, job.batch.id, job.attempt))
+        self.client.loop.add_callback(
+            self._watch, (self._serial, job.batch.id, job.attempt),
+            job.future)
 
-    def _on_done(self, serial: int, batch_id: int, attempt: int,
-                 future: Any) -> None:
-        """dask's callback thread: a finished batch has its results
-        fetched on the client's event loop (concurrently with the others);
-        any other end goes to the caller now.  Never raises."""
-        key = (serial, batch_id, attempt)
-        if future.status == "finished":
-            try:
-                self.client.loop.add_callback(self._prefetch, key, future)
-                return
-            except Exception:  # noqa: BLE001 - the caller fetches it
-                pass
-        self._done.put((*key, NOT_FETCHED))
+    async def _watch(self, key: tuple, future: Any) -> None:
+        """The client's event loop: wait for ``future`` to end (a lost one
+        is computed again: still waited for); fetch a finished one's
+        pickled results straight from its worker; hand either to the
+        caller, who looks at any other end itself.  Never raises.
 
-    async def _prefetch(self, key: tuple, future: Any) -> None:
-        """The client's event loop: fetch the pickled results (straight
-        from the worker), then hand them to the caller.  Never raises: on
-        any failure the caller fetches them itself and says why."""
+        ``errors="skip"``: a failed future is not raised here.  Raising it
+        would tie the exception dask keeps for the future to a traceback
+        whose frames hold the future: a cycle that keeps the future, and
+        its task on the scheduler, until the garbage collector runs (and
+        such a lingering task makes dask place later ones as if they had
+        no data to be near)."""
+        blob = NOT_FETCHED
         try:
-            [blob] = await self.client.gather([future], direct=self.direct,
-                                              asynchronous=True)
-        except BaseException:  # noqa: BLE001 - see the docstring
-            blob = NOT_FETCHED
+            out = await self.client.gather(
+                [future], errors="skip", direct=self.direct,
+                asynchronous=True)
+            if out:
+                blob = out[0]
+        except BaseException as exc:  # noqa: BLE001 - see the docstring
+            exc.__traceback__ = None    # no frame of ours kept (above)
         self._done.put((*key, blob))
 
     def wait(self, call: Any, seconds: float) -> None:
@@ -227,7 +232,7 @@ class DaskPool:
         """Cancel every outstanding future of the call; forget the
         arguments scattered for it (unless a ``with`` block keeps them)."""
         pending, self._pending = self._pending, {}
-        self._serial += 1   # late callbacks of this call are ignored
+        self._serial += 1   # late reports of this call are ignored
         futures = [job.future for job in pending.values()
                    if job.future is not None]
         if futures:
@@ -262,8 +267,8 @@ class DaskPool:
             self._fail(call, job, self._remote_error(job))
         elif status == "cancelled":
             self._cancelled(call, job)
-        # "pending" or "lost": dask computes it again; its callback fires
-        # once more when it ends (and the sweep watches it).
+        # "pending" or "lost": dask computes it again (a watcher that
+        # gave up early is covered by the sweep).
 
     def _take(self, batch_id: int) -> None:
         if self._pending and batch_id == next(iter(self._pending)):
@@ -340,7 +345,7 @@ class DaskPool:
         call.complete(job.batch, None, 0.0, error, job.batch.start)
 
     def _sweep(self, call: Any, now: float) -> None:
-        """Futures that ended without their callback reaching us within
+        """Futures that ended without their watcher reporting within
         CALLBACK_GRACE, and a client closed under us, end the call."""
         if self.client.status not in ("running", "connecting", "newly-created"):
             job = next(iter(self._pending.values()))
@@ -354,7 +359,7 @@ class DaskPool:
             if status in ("pending", "lost"):
                 job.ended_at = 0.0
                 continue
-            # A finished one may have its results on the way (_prefetch).
+            # A finished one may have its results on the way (_watch).
             grace = FETCH_SECONDS if status == "finished" else CALLBACK_GRACE
             if job.ended_at == 0.0:
                 job.ended_at = now
