@@ -3,6 +3,7 @@
 Cython compiler directives are set here, once, for every extension (no
 ``# cython:`` header lines in the .pyx files).
 """
+import sys
 from glob import glob
 
 from Cython.Build import cythonize
@@ -45,4 +46,31 @@ extensions = [
     ),
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))
+
+def born_shared_extension():
+    """Process workers' NumPy allocator (results born in shared memory):
+    plain C against NumPy's headers, built when NumPy can be imported here
+    (pyproject.toml lists it among the build requirements; a build without
+    it leaves results on the copy path).  Linux only: the segments are
+    memfd files (segment_memfd.h)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        import numpy
+    except ImportError:
+        print("joblib_fast: NumPy is not importable at build time: results "
+              "of process workers are copied into shared memory instead of "
+              "being born there", file=sys.stderr)
+        return []
+    folder = "joblib_fast/backends/processes"
+    return [Extension(
+        "joblib_fast.backends.processes._born_shared",
+        [f"{folder}/_born_shared.c"],
+        include_dirs=[numpy.get_include(), folder],
+        depends=[f"{folder}/segment_memfd.h"],
+        extra_compile_args=["-O2"],
+    )]
+
+
+setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES)
+      + born_shared_extension())

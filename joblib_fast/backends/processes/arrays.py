@@ -32,7 +32,7 @@ def address(a) -> int:
     return a.__array_interface__["data"][0]
 
 
-def _extent(a) -> tuple[int, int]:
+def extent(a) -> tuple[int, int]:
     """Addresses of ``a``'s lowest byte and one past its highest."""
     low = high = address(a)
     for n, stride in zip(a.shape, a.strides):
@@ -94,7 +94,7 @@ def reduce_by_reference(a, m):
     except (ValueError, TypeError, BufferError):  # closed: send the data
         return plain_reduce(a)
     map_start = m.offset - m.offset % mmap.ALLOCATIONGRANULARITY
-    low, high = _extent(a)
+    low, high = extent(a)
     file_offset = map_start + (low - address(mapped))
     if a.flags.c_contiguous or a.flags.f_contiguous:
         args = (m.filename, a.dtype, mode, file_offset, a.shape,

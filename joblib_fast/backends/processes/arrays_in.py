@@ -41,6 +41,7 @@ from .arrays import (
     tables,
     write_array,
 )
+from . import shm
 from .wire import NEVER
 
 PREFIX = "joblib_fast_"
@@ -312,7 +313,7 @@ class ArrayExchange:
         # Workers write results larger than this many bytes to shared
         # memory (an int for the wire; wire.NEVER: never).
         self.out_threshold = result_threshold(max_nbytes) if (
-            return_shared and hasattr(os, "memfd_create")) else NEVER
+            return_shared and shm.SUPPORTED) else NEVER
         self._dump_threshold = max_nbytes if mmap_mode is not None else None
         self._worker_mode = "r+" if mmap_mode == "w+" else mmap_mode
         self._dumps: dict[int, _Dump] = {}   # id(array) -> its dump

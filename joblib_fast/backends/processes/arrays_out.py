@@ -1,13 +1,21 @@
 """NumPy arrays from process workers back to the parent without pickling.
 
-A result array larger than ``max_nbytes`` is written once, in the worker,
-into an anonymous shared-memory file (``memfd_create``); its descriptor
-travels with the reply (``SCM_RIGHTS``, see ``wire``) and the parent maps
-it privately (copy-on-write, see ``_PrivateMapping``) and closes it: the
-caller gets an ordinary writable ndarray on that memory.  No name
-ever exists in a file system, so nothing can be left behind: the memory is
-freed when the array is garbage-collected, and by the kernel when a reply
-is dropped (an aborted call, a dead worker, a killed parent).
+A result array larger than ``max_nbytes`` travels as a shared-memory
+segment (``shm``): its descriptor goes with the reply (``SCM_RIGHTS``, see
+``wire``) and the parent maps it privately (copy-on-write) and closes it:
+the caller gets an ordinary writable ndarray on that memory.
+
+* Born shared: in a worker that has NumPy loaded, the NumPy allocator of
+  ``shm.born_shared()`` makes every array larger than the batch's
+  threshold a segment from the start, so returning it (or a large view of
+  it: a slice, a transpose, a strided view) sends the segment itself, no
+  byte copied.  Once sent, the worker's mapping of it is made private:
+  whatever the worker writes later (an array it kept) stays its own.
+* Otherwise the array is written once into a new segment.
+
+No name ever exists in a file system, so nothing can be left behind: the
+memory is freed when the array is garbage-collected, and by the kernel
+when a reply is dropped (an aborted call, a dead worker, a killed parent).
 
 Arrays backed by a user's ``numpy.memmap`` come back by reference (file
 name and offset), pieces of the call's own memmapped inputs as copies
@@ -18,13 +26,16 @@ from __future__ import annotations
 
 import functools
 import io
-import mmap
 import os
 import pickle
-import weakref
+import sys
+from typing import Any
 
+from . import shm
 from .arrays import (
+    address,
     backing_memmap,
+    extent,
     memory_order,
     plain_reduce,
     reduce_by_reference,
@@ -33,6 +44,11 @@ from .arrays import (
 )
 from .arrays_in import is_dump
 from .wire import NEVER
+
+# A view covering less than this share of its born-shared segment is
+# copied into a segment of its own: sending the whole segment would keep
+# all of it alive in the parent for a small piece.
+MIN_SHARE_OF_SEGMENT = 0.5
 
 
 class ResultPacker:
@@ -48,6 +64,33 @@ class ResultPacker:
         self.threshold = NEVER
         self.fds: list[int] = []
         self._tables: dict[bool, dict] = {}
+        # The allocator (``shm.born_shared()``), installed once NumPy is
+        # loaded; False where there is none.
+        self._born: Any = None
+        # Born-shared segments this reply sends: start address -> size.
+        self._sending: dict[int, int] = {}
+
+    def expect(self, threshold: int) -> None:
+        """A batch is about to run with this reply threshold: its large
+        arrays are born in shared memory (NumPy loaded: the allocator is
+        installed in this thread the first time)."""
+        born = self._born
+        if born is None:
+            if "numpy" not in sys.modules:
+                return
+            born = shm.born_shared() or False
+            if born and not born.install():
+                born = False
+            self._born = born
+        if born:
+            born.set_threshold(threshold)
+
+    def sent(self) -> None:
+        """The reply was pickled: the worker's view of each born-shared
+        segment it sends becomes private (later writes stay here)."""
+        sending, self._sending = self._sending, {}
+        for start in sending:
+            self._born.make_private(start)
 
     def dispatch_table(self, cloud: bool = False) -> dict:
         # A pickling pass starts: the descriptors of a failed earlier pass
@@ -60,6 +103,9 @@ class ResultPacker:
         if m is not None and m.mode != "c" and a.size and not is_dump(m.filename):
             return reduce_by_reference(a, m)
         if a.nbytes > self.threshold and not a.dtype.hasobject:
+            ref = self._born_ref(a) if self._born else None
+            if ref is not None:
+                return _segment_result, ref
             index = self._share(a)
             if index is not None:
                 return _shared_result, (index, a.dtype, a.shape,
@@ -71,9 +117,31 @@ class ResultPacker:
             return plain_reduce(np.array(a))
         return plain_reduce(a)
 
+    def _born_ref(self, a) -> tuple | None:
+        """``a`` as (descriptor index, segment size, offset, dtype, shape,
+        strides) when its data lies in a born-shared segment this reply
+        may send, else None."""
+        low, high = extent(a)
+        found = self._born.find(low)
+        if found is None:
+            return None
+        fd, start, size, shared = found
+        if high > start + size or (high - low) < MIN_SHARE_OF_SEGMENT * size:
+            return None
+        if not shared and start not in self._sending:
+            return None  # sent before: the worker's copy may differ now
+        try:
+            fd = os.dup(fd)
+        except OSError:  # out of descriptors: copy it
+            return None
+        self.fds.append(fd)
+        self._sending[start] = size
+        return (len(self.fds) - 1, size, address(a) - start, a.dtype,
+                a.shape, a.strides)
+
     def _share(self, a) -> int | None:
         try:
-            fd = os.memfd_create("joblib_fast_result", os.MFD_CLOEXEC)
+            fd = shm.new_segment(a.nbytes)
         except OSError:  # out of descriptors: send it in the message
             return None
         try:
@@ -86,6 +154,7 @@ class ResultPacker:
 
     def discard(self) -> None:
         fds, self.fds = self.fds, []
+        self._sending = {}
         for fd in fds:
             os.close(fd)
 
@@ -96,6 +165,10 @@ def _shared_result(*args):
         "that received its descriptor")
 
 
+def _segment_result(*args):
+    _shared_result()
+
+
 class ReplyUnpickler(pickle.Unpickler):
     """Unpickles a reply whose large arrays came as descriptors."""
 
@@ -104,11 +177,11 @@ class ReplyUnpickler(pickle.Unpickler):
         self.fds = fds
 
     def find_class(self, module, name):
-        if module == __name__ and name == "_shared_result":
+        if module == __name__ and name in _MAPPERS:
             # Not a bound method: the unpickler's memo keeps what GLOBAL
             # returns, and a reference back to the unpickler would make a
             # cycle that holds every result array until a full collection.
-            return functools.partial(_map_shared, self.fds)
+            return functools.partial(_MAPPERS[name], self.fds)
         return super().find_class(module, name)
 
 
@@ -120,61 +193,28 @@ def _map_shared(fds: list[int], index, dtype, shape, order):
     for n in shape:
         count *= n
     try:
-        owner = _PrivateMapping(fd, count * dtype.itemsize)
+        owner = shm.attach_private(fd, count * dtype.itemsize)
     finally:
         os.close(fd)
     return np.asarray(owner).view(dtype)[:count].reshape(shape, order=order)
 
 
-class _PrivateMapping:
-    """A private, writable mapping of a result's shared-memory file,
-    unmapped when the last array on it is collected.
-
-    ``MAP_PRIVATE``: what the parent (or a process it forks) writes goes
-    to its own copy-on-write pages, so a forked child and its parent never
-    see each other's writes, as with any array; pages nobody writes stay
-    the worker's pages (zero copy).  Mapped with libc's ``mmap`` because
-    ``mmap.mmap`` keeps a duplicate of the descriptor for as long as the
-    mapping lives (one descriptor per kept result; ``trackfd=False`` comes
-    with Python 3.13): the segment lives on through the mapping alone.
-    """
-
-    __slots__ = ("__array_interface__", "__weakref__")
-
-    def __init__(self, fd: int, size: int) -> None:
-        libc = _libc()
-        length = max(size, 1)
-        addr = libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE,
-                         mmap.MAP_PRIVATE, fd, 0)
-        if addr is None or addr == _MAP_FAILED:
-            import ctypes
-            err = ctypes.get_errno()
-            raise OSError(err, f"mmap of a {size}-byte result failed: "
-                               f"{os.strerror(err)}")
-        self.__array_interface__ = {
-            "data": (addr, False), "shape": (size,), "typestr": "|u1",
-            "version": 3}
-        finalizer = weakref.finalize(self, libc.munmap, addr, length)
-        # At exit the memory may still be in use: the OS frees it.
-        finalizer.atexit = False
+def _map_segment(fds: list[int], index, size, offset, dtype, shape, strides):
+    """Map a worker's born-shared segment (and close its descriptor): the
+    array lies at ``offset`` in it, with these strides."""
+    import numpy as np
+    fd, fds[index] = fds[index], -1
+    try:
+        owner = shm.attach_private(fd, size)
+    finally:
+        os.close(fd)
+    return np.ndarray(shape, dtype, buffer=np.asarray(owner), offset=offset,
+                      strides=strides)
 
 
-_MAP_FAILED = (1 << 64) - 1  # (void *) -1 as ctypes returns it
-_LIBC = None
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_int, ctypes.c_long]
-        libc.munmap.restype = ctypes.c_int
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        _LIBC = libc
-    return _LIBC
+# The reducers whose arguments name a descriptor of the reply.  They have
+# distinct names on the wire (the unpickler maps by name).
+_MAPPERS = {"_shared_result": _map_shared, "_segment_result": _map_segment}
 
 
 def loads_reply(blob, buffers, fds: list[int]):

@@ -89,8 +89,17 @@ class _Replier:
         except BaseException:
             packer.discard()
             raise
+        packer.sent()
         fds, packer.fds = packer.fds, []
         return blob, buffers, fds
+
+    def expect(self, threshold: int) -> None:
+        """A batch with this reply threshold is about to run (its large
+        NumPy arrays are then born in shared memory)."""
+        if "numpy" in sys.modules:
+            if self._packer is None:
+                self._packer = ResultPacker()
+            self._packer.expect(threshold)
 
     def _socket(self):
         if self._sock is None:
@@ -156,6 +165,7 @@ def _serve(inbox: queue.SimpleQueue, replier: _Replier, guard=None) -> None:
                      f"{type(exc).__name__}: {exc}"), 0.0)
             continue
         del frame, buffers
+        replier.expect(threshold)
         status, data = _run(kind, payload)
         del payload
         retire = guard is not None and guard.exceeded()

@@ -1,0 +1,110 @@
+"""Shared-memory segments for results: the OS mechanism, in one place.
+
+``arrays_out`` sees only this interface::
+
+    SUPPORTED                      segments can be made and passed here
+    new_segment(nbytes) -> fd      worker: a fresh segment to copy a
+                                   result into (raises OSError)
+    attach_private(fd, size)       parent: a private writable mapping of a
+                                   received segment (an object with
+                                   ``__array_interface__``), unmapped when
+                                   the last array on it is collected
+    born_shared() -> module|None   worker: the NumPy allocator whose large
+                                   arrays are segments from the start
+                                   (``_born_shared.c``; its OS half is
+                                   ``segment_memfd.h``)
+
+The descriptors themselves travel with the reply (``wire``: SCM_RIGHTS).
+Linux: anonymous memory files (``memfd_create``), mapped with libc's
+``mmap``.  Another platform goes beside this: its own ``new_segment`` /
+``attach_private`` (shm_open + shm_unlink on macOS, a named section on
+Windows) and its own C header for the allocator; until then results are
+pickled there.
+"""
+from __future__ import annotations
+
+import importlib
+import mmap
+import os
+import weakref
+from typing import Any
+
+SUPPORTED = hasattr(os, "memfd_create")
+# The name a segment shows in /proc/<pid>/maps ("memfd:joblib_fast_result";
+# segment_memfd.h gives born-shared segments the same).
+SEGMENT_NAME = "joblib_fast_result"
+
+
+def new_segment(nbytes: int) -> int:
+    """A descriptor of a new, empty segment (the caller writes ``nbytes``
+    into it and closes it once sent)."""
+    return os.memfd_create(SEGMENT_NAME, os.MFD_CLOEXEC)
+
+
+class _PrivateMapping:
+    """A private, writable mapping of a result's segment, unmapped when
+    the last array on it is collected.
+
+    ``MAP_PRIVATE``: what the parent (or a process it forks) writes goes
+    to its own copy-on-write pages, so a forked child and its parent never
+    see each other's writes, as with any array; pages nobody writes stay
+    the worker's pages (zero copy).  Mapped with libc's ``mmap`` because
+    ``mmap.mmap`` keeps a duplicate of the descriptor for as long as the
+    mapping lives (one descriptor per kept result; ``trackfd=False`` comes
+    with Python 3.13): the segment lives on through the mapping alone.
+    """
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+    def __init__(self, fd: int, size: int) -> None:
+        libc = _libc()
+        length = max(size, 1)
+        addr = libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_PRIVATE, fd, 0)
+        if addr is None or addr == _MAP_FAILED:
+            import ctypes
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap of a {size}-byte result failed: "
+                               f"{os.strerror(err)}")
+        self.__array_interface__ = {
+            "data": (addr, False), "shape": (size,), "typestr": "|u1",
+            "version": 3}
+        finalizer = weakref.finalize(self, libc.munmap, addr, length)
+        # At exit the memory may still be in use: the OS frees it.
+        finalizer.atexit = False
+
+
+def attach_private(fd: int, size: int) -> Any:
+    """Map ``size`` bytes of the segment ``fd`` privately (see
+    :class:`_PrivateMapping`); ``fd`` may be closed right after."""
+    return _PrivateMapping(fd, size)
+
+
+_MAP_FAILED = (1 << 64) - 1  # (void *) -1 as ctypes returns it
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _LIBC = libc
+    return _LIBC
+
+
+def born_shared() -> Any:
+    """The worker allocator module, or None where it was not built (no
+    NumPy at build time, another platform) or cannot load (a NumPy older
+    than its headers allow)."""
+    # Imported by name, when first asked for: importing it imports NumPy,
+    # and it exists only where it was built (an optional extension).
+    try:
+        return importlib.import_module(f"{__package__}._born_shared")
+    except ImportError:
+        return None

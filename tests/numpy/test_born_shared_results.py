@@ -1,0 +1,152 @@
+"""Results born in shared memory: a worker's large NumPy arrays are
+allocated in shared memory (its NumPy allocator, NEP 49), so returning one
+sends the memory itself; what the worker does afterwards never reaches the
+parent.
+
+Structure only: the worker allocator's counters, /proc maps and
+descriptors, values."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+np = pytest.importorskip("numpy")
+
+from helpers import born_tasks
+from helpers.np_tasks import is_shared_result, result_maps
+
+from joblib_fast import Parallel, delayed
+from joblib_fast.backends.processes import TerminatedWorkerError
+
+pytestmark = [pytest.mark.usefixtures("process_helpers"),
+              pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="segments are memfd files (Linux)")]
+
+N = 1 << 17          # 1 MB of float64, above LIMIT
+LIMIT = 100_000      # max_nbytes of these tests
+
+
+def par(**kwargs):
+    kwargs.setdefault("n_jobs", 2)
+    kwargs.setdefault("max_nbytes", LIMIT)
+    return Parallel(**kwargs)
+
+
+def test_the_allocator_is_built():
+    # Built with the package wherever NumPy is there at build time: a
+    # missing module is a build error, never a reason to skip.
+    from joblib_fast.backends.processes import _born_shared, shm
+    assert shm.born_shared() is _born_shared
+
+
+def test_a_result_is_the_workers_allocation():
+    with par() as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))  # numpy loaded
+        out = p(delayed(born_tasks.counted)(born_tasks.ones, N)
+                for _ in range(6))
+        after = p(delayed(born_tasks.counters)() for _ in range(2))
+    for a, before in out:
+        assert is_shared_result(a) and a.flags.writeable
+        assert (a == 1.0).all()
+    # Every array was sent as the segment it was allocated in (the
+    # allocator's "sent"), none copied into a new one; none is left.
+    assert sum(c["sent"] for c in after) == 6, after
+    assert all(c["live"] == 0 for c in after), after
+
+
+def test_later_writes_in_the_worker_never_reach_the_parent():
+    with par(n_jobs=1 + 1) as p:
+        kept = p(delayed(born_tasks.keep)(N) for _ in range(4))
+        mutated = sum(p(delayed(born_tasks.mutate_kept)() for _ in range(8)))
+    assert mutated == 4
+    for a in kept:
+        assert is_shared_result(a)
+        assert (a == 7.0).all()
+
+
+def test_views_slices_and_fortran_arrays():
+    n = 1 << 18
+    a = np.arange(n, dtype=np.float64)
+    f = np.asfortranarray(a.reshape(8, -1))
+    expected = [a[3:], a[::-1], a[::2], f, f.T, a.reshape(8, -1)[:, 1:],
+                a[: n // 10]]
+    with par() as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))
+        got = p([delayed(born_tasks.views)(n)])[0]
+        after = p(delayed(born_tasks.counters)() for _ in range(2))
+    for x, y in zip(got, expected):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+        assert x.flags.writeable
+    assert got[3].flags.f_contiguous and got[1].strides[0] < 0
+    # The six large views came as their segments (two segments: `a`, and
+    # `f`'s copy), the small slice was copied.
+    assert sum(c["sent"] for c in after) == 2
+
+
+@pytest.mark.parametrize("m", [N * 2, N // 2, 10])
+def test_realloc(m):
+    with par() as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))
+        out = p([delayed(born_tasks.resized)(N, m)])[0]
+    expected = np.arange(N, dtype=np.float64)
+    expected.resize(m, refcheck=False)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_fork_in_a_task_shares_no_writes():
+    with par() as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))
+        here, child = p([delayed(born_tasks.fork_and_write)(N)])[0]
+    assert here == 1.0    # the child's write did not reach the worker
+    assert child == 2.0   # nor the worker's the child
+
+
+def test_no_descriptor_or_mapping_left_in_the_worker():
+    with par() as p:
+        # numpy loaded, and the socket that passes descriptors made.
+        p(delayed(born_tasks.ones)(N) for _ in range(4))
+        p(delayed(born_tasks.counters)() for _ in range(2))   # trims
+        before = dict(p(delayed(_pid_and)(born_tasks.descriptors_and_maps)
+                        for _ in range(4)))
+        p(delayed(born_tasks.churn)(N, 20) for _ in range(4))
+        results = p(delayed(born_tasks.ones)(N) for _ in range(4))
+        del results
+        stats = p(delayed(born_tasks.counters)() for _ in range(2))
+        after = dict(p(delayed(_pid_and)(born_tasks.descriptors_and_maps)
+                       for _ in range(4)))
+    assert sum(c["created"] for c in stats) > 0
+    assert all(c["live"] == 0 and c["cached"] == 0 for c in stats), stats
+    for pid, counts in after.items():
+        if pid in before:
+            assert counts == before[pid], (before, after)
+
+
+def _pid_and(func):
+    return os.getpid(), func()
+
+
+def test_worker_killed_mid_reply_leaks_nothing_in_the_parent():
+    def fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    maps, opened = result_maps(), fds()
+    with pytest.raises(TerminatedWorkerError, match="exit code 3"):
+        with par() as p:
+            p(delayed(born_tasks.ones)(10) for _ in range(2))
+            p([delayed(born_tasks.die_mid_reply)(N)])
+    assert result_maps() == maps
+    assert fds() == opened
+
+
+def test_return_shared_false_allocates_on_the_heap():
+    with par(return_shared=False) as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))
+        before = p(delayed(born_tasks.counters)() for _ in range(2))
+        out = p(delayed(born_tasks.ones)(N) for _ in range(4))
+        after = p(delayed(born_tasks.counters)() for _ in range(2))
+    assert not any(is_shared_result(a) for a in out)
+    assert sum(c["created"] for c in after) == \
+        sum(c["created"] for c in before)
