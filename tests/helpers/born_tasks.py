@@ -24,6 +24,16 @@ def counted(func, *args):
     return func(*args), before
 
 
+def stats() -> dict:
+    """The worker allocator's counters, as they are."""
+    from joblib_fast.backends.processes import _born_shared
+    return _born_shared.stats()
+
+
+def full(n: int, value: float):
+    return np.full(n, value)
+
+
 def ones(n: int):
     return np.ones(n)
 

@@ -153,10 +153,17 @@ def ours(folder) -> list:
 
 
 def result_maps() -> int:
-    """Shared-memory results mapped in this process now."""
+    """Shared-memory results mapped in this process now: their data
+    mappings (private, "rw-p"); a born-shared result also maps its
+    segment's header page shared ("rw-s"), not counted."""
     gc.collect()
     with open("/proc/self/maps") as f:
-        return sum(RESULT_MAPS in line for line in f)
+        return sum(is_result_data_map(line) for line in f)
+
+
+def is_result_data_map(line: str) -> bool:
+    """A /proc/<pid>/maps line of a result's data mapping."""
+    return RESULT_MAPS in line and line.split()[1].endswith("p")
 
 
 def par(**kwargs):

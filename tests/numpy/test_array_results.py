@@ -23,7 +23,6 @@ np = pytest.importorskip("numpy")
 from helpers import np_tasks
 from helpers.np_tasks import (
     BIG,
-    RESULT_MAPS,
     SHM,
     SMALL,
     is_shared_result,
@@ -182,7 +181,7 @@ def test_result_arrays_freed_by_refcount_alone():
     path keeps them in a reference cycle until a full collection."""
     def mapped_now():
         with open("/proc/self/maps") as f:
-            return sum(RESULT_MAPS in line for line in f)
+            return sum(np_tasks.is_result_data_map(line) for line in f)
 
     gc.collect()
     before = mapped_now()

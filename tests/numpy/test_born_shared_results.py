@@ -7,6 +7,7 @@ Structure only: the worker allocator's counters, /proc maps and
 descriptors, values."""
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -66,6 +67,57 @@ def test_later_writes_in_the_worker_never_reach_the_parent():
         assert (a == 7.0).all()
 
 
+def test_a_result_let_go_is_reused_by_its_worker():
+    """A segment the parent let go of is the worker's next large array
+    (its pages already there); one the parent keeps never is."""
+    with par() as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))
+        p(delayed(born_tasks.counters)() for _ in range(2))   # trims
+        kept = p(delayed(born_tasks.full)(N, 1.0) for _ in range(4))
+        again = p(delayed(born_tasks.full)(N, 2.0) for _ in range(4))
+        assert all((a == 1.0).all() for a in kept)    # never reused
+        assert all((a == 2.0).all() for a in again)
+        before = p(delayed(born_tasks.stats)() for _ in range(2))
+        del kept, again
+        gc.collect()
+        third = p(delayed(born_tasks.full)(N, 3.0) for _ in range(4))
+        after = p(delayed(born_tasks.stats)() for _ in range(2))
+    assert all((a == 3.0).all() for a in third)
+    recycled = sum(c["recycled"] for c in after) - \
+        sum(c["recycled"] for c in before)
+    assert recycled >= 1, (before, after)
+
+
+def test_a_result_mapped_by_a_forked_child_is_never_reused():
+    with par() as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))
+        p(delayed(born_tasks.counters)() for _ in range(2))   # trims
+        out = p(delayed(born_tasks.full)(N, 1.0) for _ in range(4))
+        go_r, go_w = os.pipe()
+        back_r, back_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child keeps its copies of the results
+            try:
+                os.read(go_r, 1)
+                ok = all((a == 1.0).all() for a in out)
+                os.write(back_w, b"1" if ok else b"0")
+            finally:
+                os._exit(0)
+        try:
+            del out
+            gc.collect()
+            p(delayed(born_tasks.full)(N, 9.0) for _ in range(8))
+            stats = p(delayed(born_tasks.stats)() for _ in range(2))
+            os.write(go_w, b"x")
+            seen = os.read(back_r, 1)
+        finally:
+            os.waitpid(pid, 0)
+            for fd in (go_r, go_w, back_r, back_w):
+                os.close(fd)
+    assert seen == b"1"
+    assert sum(c["recycled"] for c in stats) == 0, stats
+
+
 def test_views_slices_and_fortran_arrays():
     n = 1 << 18
     a = np.arange(n, dtype=np.float64)
@@ -118,7 +170,7 @@ def test_no_descriptor_or_mapping_left_in_the_worker():
         after = dict(p(delayed(_pid_and)(born_tasks.descriptors_and_maps)
                        for _ in range(4)))
     assert sum(c["created"] for c in stats) > 0
-    assert all(c["live"] == 0 and c["cached"] == 0 for c in stats), stats
+    assert all(c["live"] == 0 and c["kept"] == 0 for c in stats), stats
     for pid, counts in after.items():
         if pid in before:
             assert counts == before[pid], (before, after)

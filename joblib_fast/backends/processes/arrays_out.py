@@ -67,7 +67,8 @@ class ResultPacker:
         # The allocator (``shm.born_shared()``), installed once NumPy is
         # loaded; False where there is none.
         self._born: Any = None
-        # Born-shared segments this reply sends: start address -> size.
+        # Born-shared segments this reply sends: data start -> index of
+        # its descriptor in ``fds`` (one per segment, however many views).
         self._sending: dict[int, int] = {}
 
     def expect(self, threshold: int) -> None:
@@ -118,25 +119,27 @@ class ResultPacker:
         return plain_reduce(a)
 
     def _born_ref(self, a) -> tuple | None:
-        """``a`` as (descriptor index, segment size, offset, dtype, shape,
-        strides) when its data lies in a born-shared segment this reply
-        may send, else None."""
+        """``a`` as (descriptor index, data size, data offset in the
+        segment, offset in the data, dtype, shape, strides) when its data
+        lies in a born-shared segment this reply may send, else None."""
         low, high = extent(a)
         found = self._born.find(low)
         if found is None:
             return None
-        fd, start, size, shared = found
+        fd, start, size, shared, data_offset = found
         if high > start + size or (high - low) < MIN_SHARE_OF_SEGMENT * size:
             return None
-        if not shared and start not in self._sending:
-            return None  # sent before: the worker's copy may differ now
-        try:
-            fd = os.dup(fd)
-        except OSError:  # out of descriptors: copy it
-            return None
-        self.fds.append(fd)
-        self._sending[start] = size
-        return (len(self.fds) - 1, size, address(a) - start, a.dtype,
+        index = self._sending.get(start)
+        if index is None:
+            if not shared:
+                return None  # sent before: the worker's copy may differ
+            try:
+                fd = os.dup(fd)
+            except OSError:  # out of descriptors: copy it
+                return None
+            self.fds.append(fd)
+            index = self._sending[start] = len(self.fds) - 1
+        return (index, size, data_offset, address(a) - start, a.dtype,
                 a.shape, a.strides)
 
     def _share(self, a) -> int | None:
@@ -175,17 +178,19 @@ class ReplyUnpickler(pickle.Unpickler):
     def __init__(self, file, buffers, fds: list[int]) -> None:
         super().__init__(file, buffers=buffers)
         self.fds = fds
+        # Descriptor index -> its mapping (views of one segment share it).
+        self.owners: dict[int, object] = {}
 
     def find_class(self, module, name):
         if module == __name__ and name in _MAPPERS:
             # Not a bound method: the unpickler's memo keeps what GLOBAL
             # returns, and a reference back to the unpickler would make a
             # cycle that holds every result array until a full collection.
-            return functools.partial(_MAPPERS[name], self.fds)
+            return functools.partial(_MAPPERS[name], self.fds, self.owners)
         return super().find_class(module, name)
 
 
-def _map_shared(fds: list[int], index, dtype, shape, order):
+def _map_shared(fds: list[int], owners, index, dtype, shape, order):
     """Map the descriptor of one result array (and close it)."""
     import numpy as np
     fd, fds[index] = fds[index], -1
@@ -199,15 +204,19 @@ def _map_shared(fds: list[int], index, dtype, shape, order):
     return np.asarray(owner).view(dtype)[:count].reshape(shape, order=order)
 
 
-def _map_segment(fds: list[int], index, size, offset, dtype, shape, strides):
-    """Map a worker's born-shared segment (and close its descriptor): the
-    array lies at ``offset`` in it, with these strides."""
+def _map_segment(fds: list[int], owners, index, size, data_offset, offset,
+                 dtype, shape, strides):
+    """Map a worker's born-shared segment once per reply (and close its
+    descriptor): the array lies at ``offset`` in its data, with these
+    strides."""
     import numpy as np
-    fd, fds[index] = fds[index], -1
-    try:
-        owner = shm.attach_private(fd, size)
-    finally:
-        os.close(fd)
+    owner = owners.get(index)
+    if owner is None:
+        fd, fds[index] = fds[index], -1
+        try:
+            owner = owners[index] = shm.attach_segment(fd, size, data_offset)
+        finally:
+            os.close(fd)
     return np.ndarray(shape, dtype, buffer=np.asarray(owner), offset=offset,
                       strides=strides)
 

@@ -93,19 +93,51 @@ static int jf_segment_resize(int fd, void **addr, size_t old_size,
 #endif
 }
 
-/* From now on this process's writes to the segment stay its own
- * (copy-on-write pages): whoever else maps the segment keeps its bytes as
- * they are now.  The mapping stays at the same address. */
-static int jf_segment_make_private(int fd, void *addr, size_t size)
+/* From now on this process's writes to `size` bytes of the segment from
+ * `offset` on (mapped at addr) stay its own (copy-on-write pages): whoever
+ * else maps the segment keeps its bytes as they are now.  The mapping
+ * stays at the same address. */
+static int jf_segment_make_private(int fd, void *addr, size_t size,
+                                   size_t offset)
 {
 #if JF_SEGMENT_SUPPORTED
     void *p = mmap(addr, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_FIXED, fd, 0);
+                   MAP_PRIVATE | MAP_FIXED, fd, (off_t)offset);
     return p == MAP_FAILED ? -1 : 0;
 #else
-    (void)fd; (void)addr; (void)size;
+    (void)fd; (void)addr; (void)size; (void)offset;
     errno = ENOSYS;
     return -1;
+#endif
+}
+
+/* The reverse, for a segment nobody else maps any more: this process's
+ * writes reach the segment again (its private pages are dropped), its
+ * pages mapped at once. */
+static int jf_segment_make_shared(int fd, void *addr, size_t size,
+                                  size_t offset)
+{
+#if JF_SEGMENT_SUPPORTED
+    /* MAP_POPULATE maps pages that exist far faster than one fault
+     * each (and than MADV_POPULATE_WRITE, which is for new pages). */
+    void *p = mmap(addr, size, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd, (off_t)offset);
+    return p == MAP_FAILED ? -1 : 0;
+#else
+    (void)fd; (void)addr; (void)size; (void)offset;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Drop this process's private copies of a range (it reads the segment's
+ * bytes again): memory given back while a segment waits for reuse. */
+static void jf_segment_drop_private(void *addr, size_t size)
+{
+#if JF_SEGMENT_SUPPORTED
+    (void)madvise(addr, size, MADV_DONTNEED);
+#else
+    (void)addr; (void)size;
 #endif
 }
 

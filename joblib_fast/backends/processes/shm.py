@@ -9,6 +9,9 @@
                                    received segment (an object with
                                    ``__array_interface__``), unmapped when
                                    the last array on it is collected
+    attach_segment(fd, size, off)  parent: the same for a born-shared
+                                   segment (data from ``off`` on), whose
+                                   worker reuses it once told it was let go
     born_shared() -> module|None   worker: the NumPy allocator whose large
                                    arrays are segments from the start
                                    (``_born_shared.c``; its OS half is
@@ -78,6 +81,78 @@ def attach_private(fd: int, size: int) -> Any:
     """Map ``size`` bytes of the segment ``fd`` privately (see
     :class:`_PrivateMapping`); ``fd`` may be closed right after."""
     return _PrivateMapping(fd, size)
+
+
+class _LentMapping:
+    """A born-shared segment in the parent: its data mapped privately
+    (as :class:`_PrivateMapping`), its first page (``_born_shared.c``'s
+    header) shared.  When the last array on it is collected, the data is
+    unmapped, then the header's ``released`` set: the worker may reuse the
+    segment's pages for its next large array.  Not if this process forked
+    since it mapped them: a child may still map them (the worker then
+    never reuses them)."""
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+    def __init__(self, fd: int, size: int, data_offset: int) -> None:
+        libc = _libc()
+        length = max(size, 1)
+        head = libc.mmap(None, data_offset, mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_SHARED, fd, 0)
+        if head is None or head == _MAP_FAILED:
+            _raise_errno(size)
+        addr = libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_PRIVATE, fd, data_offset)
+        if addr is None or addr == _MAP_FAILED:
+            libc.munmap(head, data_offset)
+            _raise_errno(size)
+        self.__array_interface__ = {
+            "data": (addr, False), "shape": (size,), "typestr": "|u1",
+            "version": 3}
+        _watch_forks()
+        finalizer = weakref.finalize(self, _let_go, addr, length, head,
+                                     data_offset, _forks)
+        finalizer.atexit = False
+
+
+def attach_segment(fd: int, size: int, data_offset: int) -> Any:
+    """Map a worker's born-shared segment (see :class:`_LentMapping`);
+    ``fd`` may be closed right after."""
+    return _LentMapping(fd, size, data_offset)
+
+
+def _let_go(addr: int, length: int, head: int, head_length: int,
+            forks: int) -> None:
+    libc = _libc()
+    libc.munmap(addr, length)
+    if forks == _forks:
+        import ctypes
+        ctypes.c_uint32.from_address(head).value = 1   # header.released
+    libc.munmap(head, head_length)
+
+
+_forks = 0            # forks of this process (both sides count)
+_watching = False
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+def _watch_forks() -> None:
+    global _watching
+    if not _watching:
+        _watching = True
+        os.register_at_fork(after_in_parent=_count_fork,
+                            after_in_child=_count_fork)
+
+
+def _raise_errno(size: int) -> None:
+    import ctypes
+    err = ctypes.get_errno()
+    raise OSError(err, f"mmap of a {size}-byte result failed: "
+                       f"{os.strerror(err)}")
 
 
 _MAP_FAILED = (1 << 64) - 1  # (void *) -1 as ctypes returns it
