@@ -2,7 +2,7 @@
 from libc.stdint cimport int64_t
 from cpython.object cimport PyObject
 
-from ._threads cimport Lease, WorkerPool
+from ._threads cimport Lease, WorkerPool, jf_claim_t
 
 
 cdef extern from "jf_sync.h" nogil:
@@ -54,8 +54,25 @@ cdef class Batch:
     # Written by the worker, read by the caller's timeout check (a benign race
     # on an aligned double: it is only compared against a deadline).
     cdef double task_started
+    # The tasks the thread that took the batch runs: it takes them one at a
+    # time; an idle thread may take the unstarted rest (a Piece) when one
+    # of them blocks (see jf_queue_steal in src_c/jf_pool.h).
+    cdef jf_claim_t claim
+    cdef int parts                   # atomic: pieces not finished
+    cdef int failed                  # a task raised: no piece starts another
+    cdef Py_ssize_t ran              # [call.lock] tasks run to the end
+    cdef list pieces                 # [call.lock] stolen Pieces, or None
 
     cdef int run(self) except -1
+    cdef int run_piece(self, jf_claim_t *claim, double *started,
+                       bint linked) except -1
+
+
+cdef class Piece:
+    # Tasks of a Batch taken by another thread than the one running it.
+    cdef Batch batch
+    cdef jf_claim_t claim
+    cdef double task_started         # as Batch.task_started
 
 
 cdef class Call:
@@ -80,6 +97,13 @@ cdef class Call:
     cdef int64_t wake_at
     cdef int64_t seen_done           # caller only: completions already handled
     cdef int64_t released            # caller only: batches handed to the user
+
+    # [lock] The caller runs a task itself (Call._help): should every
+    # running task wait meanwhile, a pool thread feeds the pool in its
+    # place (one at a time: worker_feeding; see _feed_for_caller).  The
+    # caller-only fields of the feed below are then the feeding thread's.
+    cdef int caller_in_task
+    cdef int worker_feeding
 
     cdef readonly object pool
     cdef object iterator                 # None once the input has ended
@@ -107,6 +131,7 @@ cdef class Call:
     cdef bint solo_barred                # never again in this call
     cdef int low_windows                 # windows in a row, threads taking turns
     cdef readonly int solo_stretches     # times it stood back
+    cdef bint spare_pieces               # running pieces had tasks to spare
 
     cdef Py_ssize_t _auto_size(self)
     cdef list _newly_done(self)
@@ -126,11 +151,23 @@ cdef class Call:
     cdef int _finish_batch(self, Batch batch, object results, double duration,
                            double cpu, object error,
                            Py_ssize_t error_index) except -1
+    cdef int _end_piece(self, Batch batch, Py_ssize_t ran, double duration,
+                        double cpu, object error,
+                        Py_ssize_t error_index) except -1
+    cdef int _mark_done(self, Batch batch) except -1
+    cdef int _feed_for_caller(self) except -1
+    cdef int _run_taken(self, object item, bint stolen, Py_ssize_t a,
+                        Py_ssize_t b) except -1
+    cdef int _run_stolen(self, Batch batch, Py_ssize_t a, Py_ssize_t b,
+                         bint taken) except -1
 
 
 cdef class ThreadPool(Lease):
     cdef readonly int n_threads
     cdef readonly bint shared        # a lease on the process-wide pool
     cdef readonly object caller_config   # see ThreadPool's docstring
+    # The call whose caller runs an item itself now (Call._run_taken), fed
+    # by a pool thread in its place when everything waits (feed()).
+    cdef object feeding_call
 
     cdef int submit(self, Batch batch) except -1

@@ -46,7 +46,14 @@ from libc.stdlib cimport free, malloc
 
 # in_worker_thread is re-exported: tests and users ask the core for it.
 from ._threads import in_worker_thread, shared_workers  # no-cython-lint
-from ._threads cimport enter_as_worker, leave_as_worker
+from ._threads cimport (
+    JF_STEAL_AFTER,
+    enter_as_worker,
+    jf_claim_init,
+    jf_claim_next,
+    jf_parts_add,
+    leave_as_worker,
+)
 
 # The caller sleeps in C at most this long before it looks for Ctrl-C and
 # for timed-out tasks again.
@@ -219,6 +226,11 @@ def delayed(func):
     return wrapper
 
 
+# Tasks in one batch at most (a batch's tasks are numbered in 32 bits where
+# threads take them, see jf_claim_t).
+cdef Py_ssize_t MAX_BATCH = 1 << 30
+
+
 @cython.final
 cdef class Batch:
     """Consecutive tasks ``start .. start+len(tasks)-1`` of one call."""
@@ -232,51 +244,73 @@ cdef class Batch:
         self.results = None
         self.error = None
         self.task_started = 0.0
+        self.parts = 0
+        self.failed = 0
+        self.ran = 0
+        self.pieces = None
+
+    cdef int run(self) except -1:
+        """Run the tasks in the current thread (the one that took the
+        batch), but those another thread takes meanwhile; the last piece
+        to end reports the batch to the call."""
+        cdef Call call = self.call
+        cdef Py_ssize_t n = len(self.tasks)
+        cdef bint linked = False
+        self.parts = 1
+        jf_claim_init(&self.claim, 0, n, &self.parts, <void *>self)
+        if call.aborted:
+            return call._end_piece(self, 0, 0.0, 0.0, None, -1)
+        self.results = [None] * n
+        if call.thread_pool:
+            # Idle threads may take the tasks not started yet, should one
+            # of them wait for another (Lease.claim_add).
+            (<ThreadPool>call.pool).claim_add(&self.claim)
+            linked = True
+        return self.run_piece(&self.claim, &self.task_started, linked)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef int run(self) except -1:
-        """Run the tasks in the current thread; report to the call."""
+    cdef int run_piece(self, jf_claim_t *claim, double *started,
+                       bint linked) except -1:
+        """Run the tasks of `claim` one at a time, in this thread."""
         cdef Call call = self.call
         cdef list tasks = self.tasks
-        cdef Py_ssize_t i, n = len(tasks)
-        cdef list results
+        cdef list results = self.results
+        cdef Py_ssize_t i = -1, ran = 0
         cdef tuple t
         cdef object error = None
         cdef Py_ssize_t error_index = -1
         cdef int track = call.track_start
         cdef double t0, cpu0 = 0.0
-        if call.aborted:
-            return call._finish_batch(self, None, 0.0, 0.0, None, -1)
-        results = []
         if call.may_help:
             cpu0 = jf_thread_cpu_now()
         t0 = jf_clock_now()
-        i = 0
         # One try around the loop, and the task's parts read from the tuple
         # (held by `t`) without taking references.
         try:
-            while i < n:
-                if call.aborted:
-                    results = None
+            while not call.aborted and not self.failed:
+                i = jf_claim_next(claim)
+                if i < 0:
                     break
                 t = <tuple>tasks[i]
                 if track:
-                    self.task_started = jf_clock_now()
-                results.append(_call(_item_of(<PyObject *>t, 0),
-                                     _item_of(<PyObject *>t, 1),
-                                     _item_of(<PyObject *>t, 2)))
-                i += 1
+                    started[0] = jf_clock_now()
+                results[i] = _call(_item_of(<PyObject *>t, 0),
+                                   _item_of(<PyObject *>t, 1),
+                                   _item_of(<PyObject *>t, 2))
+                ran += 1
         except BaseException as exc:
             error = exc
             error_index = self.start + i
-            results = None
-        self.task_started = 0.0
+            self.failed = 1
+        started[0] = 0.0
         t0 = jf_clock_now() - t0
         if call.may_help:
             cpu0 = jf_thread_cpu_now() - cpu0
-        return call._finish_batch(self, results, t0, cpu0, error,
-                                  error_index)
+        if linked:
+            # Before the part ends: no thread takes tasks of it any more.
+            (<ThreadPool>call.pool).claim_remove(claim)
+        return call._end_piece(self, ran, t0, cpu0, error, error_index)
 
     def run_here(self):
         """Run this batch in the calling thread (used by process workers'
@@ -285,6 +319,16 @@ cdef class Batch:
 
     def task_list(self):
         return self.tasks
+
+
+@cython.final
+cdef class Piece:
+    """Tasks of a :class:`Batch` that another thread took from the thread
+    running it (see Call._run_stolen)."""
+
+    def __cinit__(self, Batch batch):
+        self.batch = batch
+        self.task_started = 0.0
 
 
 cdef class Call:
@@ -319,7 +363,7 @@ cdef class Call:
         self.ahead = []
         self.batches = []
         self.pre_dispatch = pre_dispatch
-        self.fixed_batch_size = batch_size
+        self.fixed_batch_size = min(batch_size, MAX_BATCH)
         self.next_size = batch_size if batch_size else 1
         self.target_duration = target_duration
         self.timeout = float(timeout) if timeout is not None else 0.0
@@ -342,9 +386,8 @@ cdef class Call:
     cdef int _finish_batch(self, Batch batch, object results, double duration,
                            double cpu, object error,
                            Py_ssize_t error_index) except -1:
-        """Record a finished (or skipped) batch.  Any thread, GIL held.
-        `cpu`: the seconds of `duration` the thread was on a CPU (measured
-        when the caller may run batches, see _choose_team)."""
+        """Record a batch run elsewhere (a process): its results, or its
+        error.  Any thread, GIL held."""
         cdef int rc
         batch.results = results
         batch.tasks = None
@@ -361,15 +404,134 @@ cdef class Call:
             self.team_time += duration
             self.team_cpu += cpu
             self.team_batches += 1
-        rc = jf_order_mark_done(&self.order, batch.id)
-        # Wake the caller only when it has something to do: each wake-up
-        # costs a context switch on a core the workers need.
-        if self.order.n_done >= self.wake_at or self.aborted:
-            jf_cond_broadcast(&self.progress)
+        rc = self._mark_done(batch)
         jf_mutex_unlock(&self.lock)
         if rc:
             raise SystemError(f"batch {batch.id} finished twice")
         return 0
+
+    cdef int _end_piece(self, Batch batch, Py_ssize_t ran, double duration,
+                        double cpu, object error,
+                        Py_ssize_t error_index) except -1:
+        """A piece of `batch` run in this process ended after `ran` tasks
+        (`error`: the exception of the task after them).  The last piece
+        records the batch: its results when every task ran.  Any thread,
+        GIL held.  `cpu`: the seconds of `duration` the thread was on a
+        CPU (measured when the caller may run batches, see _choose_team)."""
+        cdef int rc = 0
+        jf_mutex_lock(&self.lock)
+        if error is not None:
+            if not self.stop_on_error:
+                if batch.error is None:
+                    batch.error = error
+            elif self.error is None:
+                self.error = error
+                self.error_index = error_index
+                self.aborted = 1
+        if ran:
+            self.busy_time += duration
+            self.busy_tasks += ran
+            self.team_time += duration
+            self.team_cpu += cpu
+            self.team_batches += 1
+        batch.ran += ran
+        if jf_parts_add(&batch.parts, -1) == 0:
+            if batch.failed or batch.ran != len(batch.tasks):
+                batch.results = None
+            batch.tasks = None
+            batch.pieces = None
+            rc = self._mark_done(batch)
+        jf_mutex_unlock(&self.lock)
+        if rc:
+            raise SystemError(f"batch {batch.id} finished twice")
+        return 0
+
+    cdef int _feed_for_caller(self) except -1:
+        """Feed the pool in the caller's place while it runs a task that
+        waits, as every running task does (a pool thread's rescue, see
+        ThreadPool.feed): the task may wait for tasks the input has not
+        yielded yet, which the caller alone would never pull.  The only
+        time the input is pulled by another thread than the caller."""
+        jf_mutex_lock(&self.lock)
+        if not self.caller_in_task or self.worker_feeding:
+            jf_mutex_unlock(&self.lock)
+            return 0
+        self.worker_feeding = 1
+        jf_mutex_unlock(&self.lock)
+        before = self.order.n_batches
+        try:
+            self._feed()
+        except BaseException as exc:
+            # The input raised (or yielded a non-task): the caller raises it.
+            self.abort(exc)
+        finally:
+            jf_mutex_lock(&self.lock)
+            self.worker_feeding = 0
+            rearm = self.caller_in_task and not self.exhausted and \
+                self.order.n_batches != before
+            jf_cond_broadcast(&self.progress)
+            jf_mutex_unlock(&self.lock)
+        if rearm:
+            # Fed some while everything waited: look again at the next
+            # rescue (none fed: in-flight batches are at pre_dispatch, and
+            # the next batch to end feeds).
+            (<ThreadPool>self.pool).want_feed(True)
+        return 0
+
+    cdef int _run_taken(self, object item, bint stolen, Py_ssize_t a,
+                        Py_ssize_t b) except -1:
+        """The caller runs a batch it took, or tasks it took from one
+        (`stolen`: [a, b)); workers feed the pool meanwhile."""
+        cdef ThreadPool pool = <ThreadPool>self.pool
+        jf_mutex_lock(&self.lock)
+        self.caller_in_task = 1
+        jf_mutex_unlock(&self.lock)
+        if not self.exhausted:
+            pool.feeding_call = self
+            pool.want_feed(True)
+        try:
+            if stolen:
+                self._run_stolen(<Batch>item, a, b, True)
+            else:
+                (<Batch>item).run()
+        finally:
+            pool.want_feed(False)
+            pool.feeding_call = None
+            with nogil:
+                # Back to feeding: after any worker that feeds now.
+                jf_mutex_lock(&self.lock)
+                self.caller_in_task = 0
+                while self.worker_feeding:
+                    jf_cond_wait(&self.progress, &self.lock)
+                jf_mutex_unlock(&self.lock)
+        return 0
+
+    cdef int _mark_done(self, Batch batch) except -1:
+        """`batch` is done (self.lock held): nonzero if it was already."""
+        cdef int rc = jf_order_mark_done(&self.order, batch.id)
+        # Wake the caller only when it has something to do: each wake-up
+        # costs a context switch on a core the workers need.
+        if self.order.n_done >= self.wake_at or self.aborted:
+            jf_cond_broadcast(&self.progress)
+        return rc
+
+    cdef int _run_stolen(self, Batch batch, Py_ssize_t a, Py_ssize_t b,
+                         bint taken) except -1:
+        """Run tasks [a, b) of `batch`, which this thread took from the
+        thread running it (a pool thread, or the caller when `taken`); one
+        part of the batch is already counted for them."""
+        cdef Piece piece = Piece(batch)
+        jf_claim_init(&piece.claim, a, b, &batch.parts, <void *>batch)
+        jf_mutex_lock(&self.lock)
+        try:
+            if batch.pieces is None:
+                batch.pieces = [piece]
+            else:
+                batch.pieces.append(piece)
+        finally:
+            jf_mutex_unlock(&self.lock)
+        (<ThreadPool>self.pool).claim_add(&piece.claim)
+        return batch.run_piece(&piece.claim, &piece.task_started, True)
 
     def complete(self, Batch batch, results, double duration=0.0,
                  error=None, Py_ssize_t error_index=-1):
@@ -554,9 +716,18 @@ cdef class Call:
         return 0
 
     def _check_timeout(self):
+        cdef list pieces
         now = jf_clock_now()
         for batch in self.pending_batches():
             started = (<Batch>batch).task_started
+            jf_mutex_lock(&self.lock)
+            pieces = list((<Batch>batch).pieces or ())
+            jf_mutex_unlock(&self.lock)
+            for piece in pieces:
+                # A stolen piece's task counts as its batch's: the oldest.
+                other = (<Piece>piece).task_started
+                if other > 0.0 and (started == 0.0 or other < started):
+                    started = other
             if started > 0.0 and now - started > self.timeout:
                 raise ParallelTimeoutError(
                     f"a task of Parallel ran longer than timeout="
@@ -598,13 +769,22 @@ cdef class Call:
             if self.in_list and self._help():
                 got = True
             elif self.thread_pool:
-                got = self._sleep_until(target,
-                                        jf_clock_now() + SIGNAL_POLL_SECONDS)
+                # While it runs batches, the caller looks for stalled
+                # pieces as often as an idle pool thread does.
+                got = self._sleep_until(
+                    target, jf_clock_now() + (
+                        0.5 * JF_STEAL_AFTER
+                        if self.helping and self.spare_pieces
+                        else SIGNAL_POLL_SECONDS))
                 if self.solo and not got:
                     # No batch in a whole slice while the caller stood
                     # back: maybe tasks waiting for one it would run.
                     self.solo = False
                     self.solo_barred = True
+                if not got:
+                    # Maybe every thread of the call waits in a task, with
+                    # the tasks they wait for queued behind one of them.
+                    (<ThreadPool>self.pool).rescue_if_stuck()
             else:
                 self.pool.wait(self, SIGNAL_POLL_SECONDS)
                 jf_mutex_lock(&self.lock)
@@ -643,6 +823,9 @@ cdef class Call:
         bytecode)."""
         cdef ThreadPool pool = <ThreadPool>self.pool
         cdef object item
+        cdef Py_ssize_t a = 0, b = 0
+        cdef int spare = 0
+        cdef bint stolen = False
         if self._short_tasks() != self.helping:
             self.helping = not self.helping
             self.solo = False
@@ -659,12 +842,18 @@ cdef class Call:
         # the limit went down finish them first.
         item = pool.take_item(pool.n_threads)
         if item is None:
-            return 0
+            # Nothing queued: the unstarted tasks of a batch whose thread
+            # waits (for a task behind it, maybe) are the caller's to run.
+            item = pool.take_stolen(pool.n_threads, &a, &b, &spare)
+            self.spare_pieces = spare
+            if item is None:
+                return 0
+            stolen = True
         try:
             config = swap_config(pool.caller_config)
             token = enter_as_worker()
             try:
-                (<Batch>item).run()
+                self._run_taken(item, stolen, a, b)
             finally:
                 leave_as_worker(token)
                 restore_config(config)
@@ -779,6 +968,9 @@ cdef class Call:
         checked as a pulled one is (TaskError when it is not one)."""
         cdef Py_ssize_t k
         cdef Batch batch
+        if len(tasks) > MAX_BATCH:
+            raise ValueError(
+                f"a batch holds at most {MAX_BATCH} tasks, got {len(tasks)}")
         tasks = [_check_task(tasks[k], self.n_tasks + k)
                  for k in range(len(tasks))]
         batch = self._add_batch(tasks)
@@ -996,6 +1188,21 @@ cdef class ThreadPool(Lease):
         except BaseException as exc:
             # Only an internal failure gets here; never let the caller
             # wait for a batch that will not finish.
+            batch.call.abort(exc)
+        return 0
+
+    cdef int feed(self) except -1:
+        call = self.feeding_call
+        if call is not None:
+            (<Call>call)._feed_for_caller()
+        return 0
+
+    cdef int run_stolen(self, object item, Py_ssize_t a,
+                        Py_ssize_t b) except -1:
+        cdef Batch batch = <Batch>item
+        try:
+            batch.call._run_stolen(batch, a, b, False)
+        except BaseException as exc:
             batch.call.abort(exc)
         return 0
 

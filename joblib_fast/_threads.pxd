@@ -22,9 +22,15 @@ cdef extern from "jf_pool.h" nogil:
     ctypedef struct jf_pool_t:
         pass
 
+    ctypedef struct jf_claim_t:
+        pass
+
     int JF_NEXT_EXIT
     int JF_NEXT_ITEM
     int JF_NEXT_RANGE
+    int JF_NEXT_STEAL
+    int JF_NEXT_FEED
+    double JF_STEAL_AFTER
 
     int jf_int_load(int *p)
     void jf_int_store(int *p, int v)
@@ -42,7 +48,19 @@ cdef extern from "jf_pool.h" nogil:
     void jf_pool_set_keep(jf_pool_t *p, int keep)
     void jf_pool_close(jf_pool_t *p)
     int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item, int *worker,
-                     double spin)
+                     Py_ssize_t *span, double spin)
+
+    void jf_claim_init(jf_claim_t *c, Py_ssize_t begin, Py_ssize_t end,
+                       int *parts, void *owner)
+    Py_ssize_t jf_claim_next(jf_claim_t *c)
+    int jf_parts_add(int *parts, int d)
+    void jf_queue_claim_add(jf_pool_t *p, jf_queue_t *q, jf_claim_t *c)
+    void jf_queue_claim_remove(jf_pool_t *p, jf_queue_t *q, jf_claim_t *c)
+    int jf_queue_rescue_wanted(jf_pool_t *p, jf_queue_t *q)
+    void jf_queue_want_feed(jf_pool_t *p, jf_queue_t *q, int wanted)
+    int jf_queue_take_stolen(jf_pool_t *p, jf_queue_t *q, int most,
+                             void **owner, Py_ssize_t *a, Py_ssize_t *b,
+                             int *spare)
 
     void jf_queue_init(jf_queue_t *q, int limit, void *owner)
     void jf_queue_free(jf_queue_t *q)
@@ -80,6 +98,7 @@ cdef class WorkerPool:
 
     cdef int ensure(self, int n) except -1
     cdef int reserve(self, int n) except -1
+    cdef int grow(self) except -1
 
 
 cdef class Lease:
@@ -98,6 +117,15 @@ cdef class Lease:
     cdef int taken_done(self) except -1
     cdef int set_limit(self, int limit) except -1
     cdef int run_item(self, object item) except -1
+    cdef int run_stolen(self, object item, Py_ssize_t a,
+                        Py_ssize_t b) except -1
+    cdef int claim_add(self, jf_claim_t *c) except -1
+    cdef int claim_remove(self, jf_claim_t *c) except -1
+    cdef object take_stolen(self, int most, Py_ssize_t *a, Py_ssize_t *b,
+                            int *spare)
+    cdef int rescue_if_stuck(self) except -1
+    cdef int want_feed(self, bint wanted) except -1
+    cdef int feed(self) except -1
     cdef int unlisted(self) except -1
     cdef int alive(self)
     cdef bint foreign(self)

@@ -199,12 +199,24 @@ cdef class WorkerPool:
             self.ensure(keep)
         return 0
 
+    cdef int grow(self) except -1:
+        """One thread more, kept while idle (a pool of its own: see
+        Lease.rescue_if_stuck)."""
+        cdef int keep
+        with self.plock:
+            self.base += 1
+            keep = max(self.base, self.reserved)
+            jf_pool_set_keep(self.c, keep)
+        self.ensure(keep)
+        return 0
+
     def _main(self):
         """A worker thread's loop."""
         cdef jf_pool_t *c = self.c
         cdef jf_job_t *job = NULL
         cdef void *item = NULL
         cdef int worker = 0, kind
+        cdef Py_ssize_t span[2]
         cdef uint64_t last = 0
         cdef Lease lease
         cdef bint exited = False
@@ -218,19 +230,20 @@ cdef class WorkerPool:
                     traceback.print_exc()
             while True:
                 with nogil:
-                    kind = jf_pool_next(c, &job, &item, &worker, 0.0)
+                    kind = jf_pool_next(c, &job, &item, &worker, span, 0.0)
                     while kind == JF_NEXT_RANGE:
                         _help(c, <jf_range_t *>job, worker)
                         # The caller may run another range soon: poll
                         # for a while instead of sleeping at once.
-                        kind = jf_pool_next(c, &job, &item, &worker,
+                        kind = jf_pool_next(c, &job, &item, &worker, span,
                                             _spin_seconds)
                 if kind == JF_NEXT_EXIT:
                     exited = True
                     break
                 lease = <Lease>(<jf_queue_t *>job).owner
-                obj = <object>item
-                Py_DECREF(obj)  # the queue's reference; `obj` holds one
+                obj = <object>item if kind != JF_NEXT_FEED else None
+                if kind == JF_NEXT_ITEM:
+                    Py_DECREF(obj)  # the queue's reference; `obj` holds one
                 if lease.serial != last:
                     last = lease.serial
                     if lease.enter is not None:
@@ -239,7 +252,14 @@ cdef class WorkerPool:
                         except BaseException:
                             traceback.print_exc()
                 try:
-                    lease.run_item(obj)
+                    if kind == JF_NEXT_ITEM:
+                        lease.run_item(obj)
+                    elif kind == JF_NEXT_FEED:
+                        lease.feed()
+                    else:
+                        # Borrowed: the item is kept alive by the part
+                        # counted for these tasks.
+                        lease.run_stolen(obj, span[0], span[1])
                 except BaseException:
                     traceback.print_exc()
                 obj = None
@@ -351,6 +371,64 @@ cdef class Lease:
 
     cdef int run_item(self, object item) except -1:
         raise NotImplementedError
+
+    cdef int run_stolen(self, object item, Py_ssize_t a,
+                        Py_ssize_t b) except -1:
+        """Run tasks [a, b) of `item`, taken from the thread running it
+        (see jf_queue_steal); items of leases that never add claims are
+        never stolen from."""
+        raise NotImplementedError
+
+    cdef int claim_add(self, jf_claim_t *c) except -1:
+        """A running piece of an item whose unstarted tasks idle threads
+        may take (until claim_remove, which the piece's thread calls
+        before it counts its part finished)."""
+        jf_queue_claim_add(self.workers.c, &self.q, c)
+        return 0
+
+    cdef int claim_remove(self, jf_claim_t *c) except -1:
+        jf_queue_claim_remove(self.workers.c, &self.q, c)
+        return 0
+
+    cdef object take_stolen(self, int most, Py_ssize_t *a, Py_ssize_t *b,
+                            int *spare):
+        """The feeding thread takes the unstarted tasks [*a, *b) of a
+        stalled piece, as take_item takes an item (then taken_done); the
+        item, or None.  *spare: whether any piece has tasks to spare."""
+        cdef void *owner = NULL
+        spare[0] = 0
+        if self.workers is None or self.foreign() or \
+                not jf_queue_take_stolen(self.workers.c, &self.q, most,
+                                         &owner, a, b, spare):
+            return None
+        return <object>owner
+
+    cdef int rescue_if_stuck(self) except -1:
+        """The feeding thread sees no progress.  When the items running
+        all wait, with unstarted tasks behind one of them, and no thread
+        is idle to run those (see jf_queue_rescue_wanted), one thread more
+        is started for them: the lease's threads, or the pool of its own,
+        keep it until the lease closes."""
+        if self.workers is None or self.foreign() or \
+                not jf_queue_rescue_wanted(self.workers.c, &self.q):
+            return 0
+        if self.reserved:
+            self.reserved += 1
+            self.workers.reserve(1)
+        else:
+            self.workers.grow()
+        return 0
+
+    cdef int want_feed(self, bint wanted) except -1:
+        """The feeding thread runs an item itself (or no more): while the
+        items running all wait, a pool thread is to feed() in its place."""
+        if self.workers is not None and not self.foreign():
+            jf_queue_want_feed(self.workers.c, &self.q, wanted)
+        return 0
+
+    cdef int feed(self) except -1:
+        """Feed the queue in the feeding thread's place (see want_feed)."""
+        return 0
 
     cdef int unlisted(self) except -1:
         """The queue left the pool's list (once; GIL held)."""

@@ -60,7 +60,29 @@ typedef int (*jf_body_t)(void *ctx, ptrdiff_t start, ptrdiff_t stop, int worker)
 enum { JF_JOB_QUEUE = 1, JF_JOB_RANGE = 2 };
 
 /* What jf_pool_next hands a worker thread. */
-enum { JF_NEXT_EXIT = 0, JF_NEXT_ITEM = 1, JF_NEXT_RANGE = 2 };
+enum { JF_NEXT_EXIT = 0, JF_NEXT_ITEM = 1, JF_NEXT_RANGE = 2, JF_NEXT_STEAL = 3,
+       JF_NEXT_FEED = 4 };
+
+/* A thread with nothing to do looks at the running pieces of the queues it
+ * could serve this often, and takes the unstarted tasks of a piece that
+ * has started none for this long.  Shorter: a task blocked on a partner
+ * behind it waits less; longer: fewer wake-ups of idle threads at the end
+ * of a call.  Checked by tests/threads (tasks meeting at barriers) and the
+ * no-op and nogil rows of `python benchmarks/bench.py`. */
+#define JF_STEAL_AFTER 0.002
+
+/* When every running piece of a queue has started no task for this long
+ * and their threads together used under JF_RESCUE_MAX_CPU of a CPU
+ * meanwhile (the tasks holding the call's threads all wait), a thread
+ * beyond the queue's limit runs one more task: the unstarted tasks of a
+ * piece, else a queued item (jf_queue_rescue).  Far above a batch's target
+ * duration, so that tasks that compute never bring more threads than the
+ * limit.  Tasks that compute use a CPU between them even taking turns with
+ * the GIL; on a machine busy with other processes, a share of one that
+ * stays well above JF_RESCUE_MAX_CPU (tasks that wait use next to none).
+ * Checked by tests/threads (waiting and computing tasks). */
+#define JF_RESCUE_AFTER 0.05
+#define JF_RESCUE_MAX_CPU 0.05
 
 typedef struct jf_job {
     struct jf_job *prev, *next;     /* [lock] the pool's list */
@@ -72,12 +94,34 @@ typedef struct jf_job {
     int active;                     /* [lock] pool threads inside the job now */
 } jf_job_t;
 
+/* A running piece of a queued item: tasks [next, end) of it that no thread
+ * has started yet.  The thread running the piece takes them one at a time
+ * (jf_claim_next); a thread with nothing to do takes all of them at once
+ * when the piece has started none for a while (jf_queue_steal): a task that
+ * waits for a partner queued behind it in its own item (a barrier, a queue)
+ * then never waits for a thread that could run the partner. */
+typedef struct jf_claim {
+    int64_t word;                   /* atomic: next | end << 32, item-relative */
+    int64_t seen;                   /* [lock] `next` when a look first saw it, or -1 */
+    double seen_at;                 /* [lock] when that was */
+    double seen_cpu;                /* [lock] the thread's CPU seconds then (< 0: unknown) */
+    jf_cpu_clock_t clock;           /* the CPU clock of the piece's thread */
+    int *parts;                     /* atomic: unfinished pieces of the item */
+    void *owner;                    /* the item (borrowed: alive while parts > 0) */
+    struct jf_claim *prev, *next;   /* [lock] the queue's running pieces */
+    int linked;                     /* [lock] */
+} jf_claim_t;
+
 typedef struct {
     jf_job_t job;                   /* first: a jf_queue_t * is a jf_job_t * */
     void **items;                   /* [lock] ring of owned items */
     ptrdiff_t head, count, capacity;/* [lock] */
     int closing;                    /* [lock] no more pushes; unlisted once drained */
     int taken;                      /* [lock] items the feeding thread runs now */
+    jf_claim_t *claims;             /* [lock] the running pieces of its items */
+    int n_claims;                   /* [lock] how many */
+    int feed_wanted;                /* [lock] the feeding thread runs an item
+                                       itself: a rescue may feed in its place */
     void *owner;                    /* the object the items belong to */
 } jf_queue_t;
 
@@ -101,6 +145,8 @@ typedef struct {
     jf_job_t *first, *last;         /* [lock] listed jobs, oldest first */
     int n_threads;                  /* [lock] threads started and not exited */
     int n_idle;                     /* [lock] threads waiting on `work` */
+    int n_looking;                  /* [lock] of those, the ones waiting to look
+                                       at running pieces again (timed) */
     int n_spinning;                 /* [lock] threads polling `gen` */
     int spin_credit;                /* [lock] of those, the ones no wake-up
                                        has counted on yet */
@@ -153,6 +199,256 @@ static inline void jf_depth_add(int d)
 
 /* In a forked child (its only thread), before anything else runs. */
 static inline void jf_depth_forked(void) { jf_forks++; }
+
+/* ------------------------------------------------------------ claims */
+
+static inline int64_t jf_claim_pack(ptrdiff_t next, ptrdiff_t end)
+{
+    return (int64_t)(((uint64_t)(uint32_t)end << 32) | (uint32_t)next);
+}
+
+static inline ptrdiff_t jf_claim_next_of(int64_t w) { return (uint32_t)w; }
+static inline ptrdiff_t jf_claim_end_of(int64_t w) { return (uint32_t)((uint64_t)w >> 32); }
+
+/* A piece of tasks [begin, end) (below 2**31) of `owner`, one of the
+ * item's `*parts` unfinished pieces, run by the calling thread. */
+static inline void jf_claim_init(jf_claim_t *c, ptrdiff_t begin, ptrdiff_t end,
+                                 int *parts, void *owner)
+{
+    memset(c, 0, sizeof(*c));
+    c->word = jf_claim_pack(begin, end);
+    c->seen = -1;
+    c->clock = jf_cpu_clock_self();
+    c->parts = parts;
+    c->owner = owner;
+}
+
+/* The next task of the piece for the thread running it, or -1. */
+static inline ptrdiff_t jf_claim_next(jf_claim_t *c)
+{
+    int64_t w = __atomic_load_n(&c->word, __ATOMIC_RELAXED);
+    do {
+        if (jf_claim_next_of(w) >= jf_claim_end_of(w)) return -1;
+    } while (!__atomic_compare_exchange_n(&c->word, &w, w + 1, 1,
+                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+    return jf_claim_next_of(w);
+}
+
+static inline int jf_parts_add(int *parts, int d)
+{
+    return __atomic_add_fetch(parts, d, __ATOMIC_ACQ_REL);
+}
+
+/* One look at a piece (lock held): how long it has started no task (0.0
+ * when it just did), and *cpu, the CPU seconds its thread used meanwhile
+ * (< 0: unknown). */
+static inline double jf_claim_look(jf_claim_t *c, double now, double *cpu)
+{
+    ptrdiff_t next = jf_claim_next_of(__atomic_load_n(&c->word, __ATOMIC_ACQUIRE));
+    double used;
+    if (c->seen != next) {
+        c->seen = next;
+        c->seen_at = now;
+        c->seen_cpu = jf_cpu_clock_read(c->clock);
+        *cpu = 0.0;
+        return 0.0;
+    }
+    used = jf_cpu_clock_read(c->clock);
+    *cpu = (used >= 0.0 && c->seen_cpu >= 0.0) ? used - c->seen_cpu : -1.0;
+    return now - c->seen_at;
+}
+
+/* Take the unstarted tasks of `c`, which has some (lock held): 1 with
+ * *owner, [*a, *b) and one more part counted on the owner; the piece's
+ * thread stops before them.  0 when it took one meanwhile. */
+static inline int jf_claim_split(jf_claim_t *c, void **owner, ptrdiff_t *a,
+                                 ptrdiff_t *b)
+{
+    int64_t w = __atomic_load_n(&c->word, __ATOMIC_ACQUIRE);
+    ptrdiff_t next = jf_claim_next_of(w), end = jf_claim_end_of(w);
+    if (next >= end) return 0;
+    /* Counted first: the piece's thread finishes its part only after
+     * unlinking the claim, which needs the lock held here. */
+    jf_parts_add(c->parts, 1);
+    if (!__atomic_compare_exchange_n(&c->word, &w, jf_claim_pack(next, next),
+                                      0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+        jf_parts_add(c->parts, -1);
+        return 0;
+    }
+    *owner = c->owner;
+    *a = next;
+    *b = end;
+    return 1;
+}
+
+/* Whether a running piece of `q` has unstarted tasks (lock held).  Only
+ * a new piece adds some, and it wakes a thread to look (claim_add). */
+static inline int jf_queue_has_spare(jf_queue_t *q)
+{
+    jf_claim_t *c;
+    for (c = q->claims; c != NULL; c = c->next) {
+        int64_t w = __atomic_load_n(&c->word, __ATOMIC_ACQUIRE);
+        if (jf_claim_next_of(w) < jf_claim_end_of(w)) return 1;
+    }
+    return 0;
+}
+
+/* Take the unstarted tasks of a piece of `q` that has started none for
+ * JF_STEAL_AFTER seconds (lock held; see jf_claim_split). */
+static inline int jf_queue_steal(jf_queue_t *q, double now, void **owner,
+                                 ptrdiff_t *a, ptrdiff_t *b)
+{
+    jf_claim_t *c;
+    double cpu;
+    for (c = q->claims; c != NULL; c = c->next) {
+        int64_t w = __atomic_load_n(&c->word, __ATOMIC_ACQUIRE);
+        if (jf_claim_look(c, now, &cpu) >= JF_STEAL_AFTER
+                && jf_claim_next_of(w) < jf_claim_end_of(w)
+                && jf_claim_split(c, owner, a, b))
+            return 1;
+    }
+    return 0;
+}
+
+/* What a rescue of `q` (see JF_RESCUE_AFTER) would run, lock held: 2 for
+ * the unstarted tasks of *pick, 1 for the oldest queued item, 3 for feeding
+ * the queue in the place of its feeding thread (feed_wanted: it runs an
+ * item itself, which may wait for tasks not fed yet), 0 when no rescue is
+ * due.  Unstarted tasks first: they come before any queued item.
+ * Where a thread's CPU time is unknown, only those (a queued item would
+ * bring one more thread to tasks that may all compute). */
+static inline int jf_queue_rescue_due(jf_queue_t *q, double now, jf_claim_t **pick)
+{
+    jf_claim_t *c;
+    double cpu, used = 0.0, since = 0.0, stalled;
+    int known = 1;
+    *pick = NULL;
+    /* Every running item is a listed piece (the feeding thread's too). */
+    if (q->claims == NULL || q->n_claims < q->job.active + q->taken) return 0;
+    for (c = q->claims; c != NULL; c = c->next) {
+        int64_t w = __atomic_load_n(&c->word, __ATOMIC_ACQUIRE);
+        stalled = jf_claim_look(c, now, &cpu);
+        if (stalled < JF_RESCUE_AFTER) return 0;
+        if (cpu < 0.0) known = 0; else used += cpu;
+        if (since == 0.0 || stalled < since) since = stalled;
+        if (*pick == NULL && jf_claim_next_of(w) < jf_claim_end_of(w)) *pick = c;
+    }
+    if (used > JF_RESCUE_MAX_CPU * since) return 0;
+    if (*pick != NULL) return 2;
+    if (known && q->count > 0) return 1;
+    return q->feed_wanted ? 3 : 0;
+}
+
+/* Pop the oldest queued item of `q` for a pool thread (lock held). */
+static inline void *jf_queue_pop(jf_queue_t *q)
+{
+    void *item = q->items[q->head];
+    q->head = (q->head + 1) % q->capacity;
+    q->count--;
+    q->job.active++;
+    return item;
+}
+
+/* A rescue by a pool thread (lock held): JF_NEXT_STEAL or JF_NEXT_ITEM as
+ * jf_pool_next returns them, or 0. */
+static inline int jf_queue_rescue(jf_queue_t *q, double now, void **item,
+                                  ptrdiff_t *span)
+{
+    jf_claim_t *pick;
+    switch (jf_queue_rescue_due(q, now, &pick)) {
+    case 2:
+        if (!jf_claim_split(pick, item, &span[0], &span[1])) return 0;
+        q->job.active++;
+        return JF_NEXT_STEAL;
+    case 1:
+        *item = jf_queue_pop(q);
+        return JF_NEXT_ITEM;
+    case 3:
+        q->feed_wanted = 0;         /* the feed asks again if it fed some */
+        q->job.active++;
+        return JF_NEXT_FEED;
+    default:
+        return 0;
+    }
+}
+
+/* A piece starts running: idle threads that could serve its queue look at
+ * it from now on (one is woken to start looking). */
+static inline void jf_queue_claim_add(jf_pool_t *p, jf_queue_t *q, jf_claim_t *c)
+{
+    jf_mutex_lock(&p->lock);
+    c->prev = NULL;
+    c->next = q->claims;
+    if (q->claims) q->claims->prev = c;
+    q->claims = c;
+    q->n_claims++;
+    c->linked = 1;
+    /* An idle thread that could take its tasks starts looking, or one
+     * starts looking for a rescue if none is (see jf_pool_next). */
+    if (p->n_idle > 0 && (p->n_looking == 0
+            || (q->count == 0 && q->job.active < q->job.limit)))
+        jf_cond_signal(&p->work);
+    jf_mutex_unlock(&p->lock);
+}
+
+/* The piece's thread is done with it: no thread takes tasks from it any
+ * more.  Before the piece's part is counted finished (see jf_claim_split). */
+static inline void jf_queue_claim_remove(jf_pool_t *p, jf_queue_t *q, jf_claim_t *c)
+{
+    jf_mutex_lock(&p->lock);
+    if (c->linked) {
+        if (c->prev) c->prev->next = c->next; else q->claims = c->next;
+        if (c->next) c->next->prev = c->prev;
+        c->prev = c->next = NULL;
+        c->linked = 0;
+        q->n_claims--;
+    }
+    jf_mutex_unlock(&p->lock);
+}
+
+/* The feeding thread runs an item itself (1), or no more (0). */
+static inline void jf_queue_want_feed(jf_pool_t *p, jf_queue_t *q, int wanted)
+{
+    jf_mutex_lock(&p->lock);
+    q->feed_wanted = wanted;
+    jf_mutex_unlock(&p->lock);
+}
+
+/* The feeding thread's look at `q` while its call makes no progress: when
+ * a rescue is due, an idle thread is woken to make it, or, with none idle,
+ * 1 is returned: the feeding thread then starts a thread for it. */
+static inline int jf_queue_rescue_wanted(jf_pool_t *p, jf_queue_t *q)
+{
+    jf_claim_t *pick;
+    int wanted = 0;
+    jf_mutex_lock(&p->lock);
+    if (jf_queue_rescue_due(q, jf_clock_now(), &pick)) {
+        if (p->n_idle > 0) jf_cond_broadcast(&p->work);
+        else wanted = 1;
+    }
+    jf_mutex_unlock(&p->lock);
+    return wanted;
+}
+
+/* The thread feeding `q` takes the unstarted tasks of a stalled piece to
+ * run them itself, as jf_queue_take takes an item (then
+ * jf_queue_taken_done); unless `most` items run already.  *spare: whether
+ * `q` has running pieces at all (worth looking again soon). */
+static inline int jf_queue_take_stolen(jf_pool_t *p, jf_queue_t *q, int most,
+                                       void **owner, ptrdiff_t *a, ptrdiff_t *b,
+                                       int *spare)
+{
+    int got = 0;
+    jf_mutex_lock(&p->lock);
+    *spare = jf_queue_has_spare(q);
+    if (*spare && q->job.active + q->taken < most
+            && jf_queue_steal(q, jf_clock_now(), owner, a, b)) {
+        q->taken++;
+        got = 1;
+    }
+    jf_mutex_unlock(&p->lock);
+    return got;
+}
 
 /* ------------------------------------------------------------- the pool */
 
@@ -284,35 +580,49 @@ static inline int jf_range_has_chunks(jf_range_t *r)
 }
 
 /* Block until there is something for a worker thread to do.  An item
- * (JF_NEXT_ITEM: *job is its queue, *item the owned item) or a range to
- * help with (JF_NEXT_RANGE: *worker is this thread's id in it), else
+ * (JF_NEXT_ITEM: *job is its queue, *item the owned item), a range to
+ * help with (JF_NEXT_RANGE: *worker is this thread's id in it), tasks
+ * taken from a running item (JF_NEXT_STEAL: *item is the item, borrowed,
+ * span[0..1] the tasks; finished with jf_queue_done as an item is), else
+ * JF_NEXT_FEED: *job's owner is to feed its queue (see jf_queue_rescue_due;
+ * finished with jf_queue_done too), else
  * JF_NEXT_EXIT once the pool closes or this thread is surplus.  With
  * nothing to do, the thread polls for up to `spin` seconds before it
- * sleeps. */
+ * sleeps; while a queue it could serve has running pieces with unstarted
+ * tasks, it sleeps JF_STEAL_AFTER at a time and looks at them. */
 static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
-                               int *worker, double spin)
+                               int *worker, ptrdiff_t *span, double spin)
 {
     jf_job_t *j;
+    jf_queue_t *spare, *stuck;
     unsigned long gen;
     double deadline = spin > 0.0 ? jf_clock_now() + spin : 0.0;
+    double now;
     int polls;
     jf_mutex_lock(&p->lock);
     for (;;) {
+        spare = stuck = NULL;
         for (j = p->first; j != NULL; j = j->next) {
-            if (j->active >= j->limit) continue;
             if (j->kind == JF_JOB_QUEUE) {
                 jf_queue_t *q = (jf_queue_t *)j;
-                if (q->count == 0) continue;
-                *item = q->items[q->head];
-                q->head = (q->head + 1) % q->capacity;
-                q->count--;
-                j->active++;
+                int room = j->active < j->limit;
+                if (!room || q->count == 0) {
+                    /* Running pieces to take tasks from (room), or to
+                     * watch for a rescue (see jf_queue_rescue_due). */
+                    if (q->claims == NULL) continue;
+                    if (room && spare == NULL && jf_queue_has_spare(q)) spare = q;
+                    else if (stuck == NULL) stuck = q;
+                    continue;
+                }
+                *item = jf_queue_pop(q);
                 *job = j;
                 jf_mutex_unlock(&p->lock);
                 return JF_NEXT_ITEM;
             } else {
                 jf_range_t *r = (jf_range_t *)j;
-                if (r->joined >= j->limit || !jf_range_has_chunks(r)) continue;
+                if (j->active >= j->limit || r->joined >= j->limit
+                        || !jf_range_has_chunks(r))
+                    continue;
                 *worker = r->joined++;
                 /* Atomic: the range's caller polls it (jf_range_finish). */
                 __atomic_add_fetch(&j->active, 1, __ATOMIC_ACQ_REL);
@@ -346,6 +656,37 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
             p->n_spinning--;
             if (p->spin_credit > p->n_spinning) p->spin_credit = p->n_spinning;
             if (JF_LOAD(&p->gen) == gen) deadline = 0.0;   /* timed out */
+            continue;
+        }
+        if (spare != NULL) {
+            now = jf_clock_now();
+            if (jf_queue_steal(spare, now, item, &span[0], &span[1])) {
+                spare->job.active++;
+                *job = &spare->job;
+                jf_mutex_unlock(&p->lock);
+                return JF_NEXT_STEAL;
+            }
+            p->n_idle++;
+            p->n_looking++;
+            jf_cond_wait_until(&p->work, &p->lock, now + 0.5 * JF_STEAL_AFTER);
+            p->n_looking--;
+            p->n_idle--;
+            continue;
+        }
+        if (stuck != NULL) {
+            int kind;
+            now = jf_clock_now();
+            kind = jf_queue_rescue(stuck, now, item, span);
+            if (kind) {
+                *job = &stuck->job;
+                jf_mutex_unlock(&p->lock);
+                return kind;
+            }
+            p->n_idle++;
+            p->n_looking++;
+            jf_cond_wait_until(&p->work, &p->lock, now + 0.5 * JF_RESCUE_AFTER);
+            p->n_looking--;
+            p->n_idle--;
             continue;
         }
         p->n_idle++;

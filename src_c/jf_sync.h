@@ -37,6 +37,30 @@ static inline double jf_thread_cpu_now(void)
     return 0.0;
 }
 
+/* The CPU clock of a thread, readable from other threads while it runs:
+ * how much a thread that has not finished its task computed meanwhile (a
+ * task waiting for another uses next to none).  jf_cpu_clock_read returns
+ * seconds, or -1.0 where the platform gives no such clock. */
+#if defined(__linux__)
+typedef clockid_t jf_cpu_clock_t;
+static inline jf_cpu_clock_t jf_cpu_clock_self(void)
+{
+    clockid_t c;
+    if (pthread_getcpuclockid(pthread_self(), &c) != 0) return (clockid_t)-1;
+    return c;
+}
+static inline double jf_cpu_clock_read(jf_cpu_clock_t c)
+{
+    struct timespec ts;
+    if (c == (clockid_t)-1 || clock_gettime(c, &ts) != 0) return -1.0;
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+#else
+typedef int jf_cpu_clock_t;
+static inline jf_cpu_clock_t jf_cpu_clock_self(void) { return 0; }
+static inline double jf_cpu_clock_read(jf_cpu_clock_t c) { (void)c; return -1.0; }
+#endif
+
 /* Seconds on the monotonic clock: immune to wall-clock changes. */
 static inline double jf_clock_now(void)
 {
