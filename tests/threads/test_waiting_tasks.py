@@ -13,7 +13,7 @@ import queue
 import threading
 
 import pytest
-from _jf_testutils import RETURN_AS, in_user_threads
+from helpers.common import RETURN_AS, in_user_threads
 
 from joblib_fast import Parallel, delayed, parallel_config
 
