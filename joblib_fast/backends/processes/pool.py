@@ -59,6 +59,11 @@ from .worker import main as worker_main
 MAX_OUTSTANDING = 1
 # Seconds a stopping worker gets to exit before it is killed.
 SHUTDOWN_GRACE = 1.0
+# Seconds after its pipe closed that a worker whose exit was not reported
+# (its sentinel silent: a fork server that stopped, or died in between)
+# is looked for by pid.  Shorter reports a death sooner when the report is
+# lost; the report itself normally comes within milliseconds.
+DEATH_REPORT_SECONDS = 2.0
 
 
 class PoolOwner(Protocol):
@@ -175,8 +180,9 @@ def _n_tasks(batch) -> int:
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    __slots__ = ("batches", "conn", "fd", "pid", "process", "retiring",
-                 "sentinel", "sock", "started", "started_at", "tasks_sent")
+    __slots__ = ("batches", "conn", "eof_at", "fd", "pid", "process",
+                 "retiring", "sentinel", "sock", "started", "started_at",
+                 "tasks_sent")
 
     def __init__(self, process, conn) -> None:
         self.process = process
@@ -190,6 +196,9 @@ class _Worker:
         # With the pid, names this process for good (tree.start_time).
         self.started_at = start_time(self.pid)
         self.tasks_sent = 0
+        # When its pipe reached end-of-file (it exited, or is exiting),
+        # or None.
+        self.eof_at: float | None = None
         # Why it is replaced once its batches are done (no new batch goes
         # to it), or None.
         self.retiring: str | None = None
@@ -367,11 +376,15 @@ class ProcessPool:
         """Deliver finished batches; raise if a worker died."""
         if self.broken is not None:
             raise self.broken
-        busy = [w for w in self.workers if w.batches]
+        # A pipe at end-of-file stays readable: waiting on it again would
+        # spin until the exit is reported.  Its worker's sentinel says
+        # when it is, without a CPU spent meanwhile.
+        busy = [w for w in self.workers if w.batches and w.eof_at is None]
         conns = [w.conn for w in busy]
         ready = _mp_wait(conns + [w.sentinel for w in self.workers],
                          timeout=seconds)
         if not ready:
+            self._check_unreported_exits()
             return
         ready_set = set(map(id, ready))
         for worker in busy:
@@ -389,6 +402,8 @@ class ProcessPool:
                     return
                 reply = self._receive(worker)
             except (EOFError, OSError):
+                if worker.eof_at is None:
+                    worker.eof_at = time.monotonic()
                 return
             key, batch = worker.batches.popleft()
             worker.started = time.monotonic()
@@ -440,6 +455,16 @@ class ProcessPool:
             error = pickle.PicklingError(f"{where}: {message}")
             index = max(index, 0)
         batch.call.complete(batch, None, duration, error, batch.start + index)
+
+    def _check_unreported_exits(self) -> None:
+        """A worker whose pipe closed long ago while its sentinel says
+        nothing: if its process is gone, it died (exit code unknown)."""
+        now = time.monotonic()
+        for worker in list(self.workers):
+            if worker.eof_at is not None and \
+                    now - worker.eof_at > DEATH_REPORT_SECONDS and \
+                    not same_process(worker.pid, worker.started_at):
+                self._worker_died(worker)
 
     def _replace(self, worker: _Worker) -> None:
         """Between two of its batches: close the pipe of ``worker`` (it
