@@ -50,6 +50,11 @@ def noop(x):
     return x
 
 
+def on_result(index, result):
+    """The callback of the progress rows: does nothing, so the row shows
+    the cost of the per-task hook itself."""
+
+
 def spin(n):
     """Pure-Python CPU work holding the GIL: ``n`` additions."""
     total = 0
@@ -352,6 +357,22 @@ PEERS: dict[str, Peer] = {peer.name: peer for peer in (
          "joblib_fast[loky] with memory_growth_limit=None (the guard off)",
          partial(_open_joblib_like, "joblib_fast", "loky",
                  memory_growth_limit=None), ("joblib_fast",)),
+    Peer("jf[threading]+bar",
+         "joblib_fast[threading] with progress_bar=True (tqdm when installed)",
+         partial(_open_joblib_like, "joblib_fast", "threading",
+                 progress_bar=True), ("joblib_fast",)),
+    Peer("jf[threading]+callback",
+         "joblib_fast[threading] with callback= a no-op function",
+         partial(_open_joblib_like, "joblib_fast", "threading",
+                 callback=on_result), ("joblib_fast",)),
+    Peer("jf[loky]+bar",
+         "joblib_fast[loky] with progress_bar=True (tqdm when installed)",
+         partial(_open_joblib_like, "joblib_fast", "loky",
+                 progress_bar=True), ("joblib_fast",)),
+    Peer("jf[loky]+callback",
+         "joblib_fast[loky] with callback= a no-op function",
+         partial(_open_joblib_like, "joblib_fast", "loky",
+                 callback=on_result), ("joblib_fast",)),
     Peer("joblib[loky]", "joblib.Parallel(backend='loky')",
          partial(_open_joblib_like, "joblib", "loky"), ("joblib",)),
     Peer("joblib->jf[loky]",
@@ -418,6 +439,11 @@ NOGIL_SIZES = {"nogil3us": 3e-6, "nogil10us": 10e-6, "nogil100us": 100e-6,
 
 def _prepare_noop(ctx: Context, n: int) -> Prepared:
     return Prepared(noop, list(range(n)))
+
+
+def _prepare_sqrt(ctx: Context, n: int) -> Prepared:
+    import math
+    return Prepared(math.sqrt, list(range(n)), "math.sqrt")
 
 
 def _prepare_nogil(name: str) -> Callable[[Context, int], Prepared]:
@@ -513,6 +539,13 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
              mode="subprocess", quick_repeats=1),
     Workload("uneven", ("loop",) + PROCESS_PEERS, (300, 100), _prepare_uneven,
              probe=_idle_at_end, digest=_count),
+    # The progress bar's and the callback's own cost: tiny tasks, each
+    # peer beside the same backend without them.
+    Workload("progress", ("loop", "joblib_fast[threading]",
+                          "jf[threading]+bar", "jf[threading]+callback",
+                          "joblib_fast[loky]", "jf[loky]+bar",
+                          "jf[loky]+callback"),
+             (1_000_000, 200_000), _prepare_sqrt, per_task=True),
     # Issue 5: numpy.
     Workload("bigarray_in", ("loop",) + NUMPY_PEERS, (8, 8),
              _prepare_bigarray_in, memory=True),

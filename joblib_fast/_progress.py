@@ -10,8 +10,12 @@ order; a :class:`Reporter` turns that into
   every task above 10;
 - a live progress bar (``progress_bar=True``): tqdm when it is installed, a
   one-line bar on stderr otherwise, with count, rate and ETA.  The total is
-  known from ``len(iterable)`` or once the input is exhausted;
-- the user's ``callback(index, value)``.
+  known from ``len(iterable)`` or once the input is exhausted.  The bar is
+  told of finished tasks at most ``1 / BAR_UPDATE_SECONDS`` times a
+  second, never task by task: the per-task hook only counts, and reads the
+  clock every ``_step`` tasks (about ten times per update period);
+- the user's ``callback(index, value)``, per task as documented; alone, it
+  is handed to the core as the hook itself (no frame of ours per task).
 
 Everything here runs in the caller's thread, so no lock is needed.
 """
@@ -24,6 +28,14 @@ from typing import Any, Callable
 # The built-in bar redraws at most this often (seconds): often enough to
 # look live, rarely enough to cost nothing next to the tasks.
 BAR_REDRAW_SECONDS = 0.1
+# A bar (tqdm or ours) is updated at most this often (seconds), with the
+# tasks finished since its last update.  Shorter looks livelier and costs
+# a tqdm update (a few microseconds) more often; the per-task share is
+# checked by `python benchmarks/bench.py --only progress`.
+BAR_UPDATE_SECONDS = 0.1
+# Clock reads per update period: the tasks between two reads follow the
+# measured rate, so a slow call still updates about on time.
+_CHECKS_PER_UPDATE = 10
 BAR_WIDTH = 24
 
 
@@ -176,6 +188,18 @@ class Reporter:
         self.start_time = time.monotonic()
         self._next_report = 1
         self.bar = make_bar(total) if progress_bar else None
+        # Bar updates: tasks the bar was told of, when, and the count at
+        # which the clock is read next (and the count and time of the last
+        # read, for the rate).
+        self._shown = 0
+        self._shown_at = self._checked_at = self.start_time
+        self._checked = 0
+        self._next_check = 1
+        # The per-task hook the core calls (see on_result).
+        if callback is not None and not verbose and not progress_bar:
+            self.on_result = callback
+        elif progress_bar and not verbose and callback is None:
+            self.on_result = self._count
 
     # ------------------------------------------------------------ events
 
@@ -188,13 +212,23 @@ class Reporter:
     def watch(self, source: Any) -> None:
         self.source = source
 
+    def _count(self, index: int, value: Any) -> None:
+        """The hook with only a bar to feed: a count, and now and then a
+        look at the clock."""
+        self.done += 1
+        if self.done >= self._next_check:
+            self._tick()
+
     def on_result(self, index: int, value: Any) -> None:
+        """Called by the core for every finished task, in the caller's
+        thread (the instance attribute of that name, when set, is a
+        cheaper hook for the same work: see ``__init__``)."""
         self.done += 1
         if self.total is None and self.source is not None and \
                 self.source.exhausted:
             self._learn_total(self.source.n_tasks)
-        if self.bar is not None:
-            self.bar.update(1)
+        if self.bar is not None and self.done >= self._next_check:
+            self._tick()
         if self.verbose and self.done >= self._next_report:
             self._next_report = self.done + self._report_step(self.done)
             if self.total is None or self.done < self.total:
@@ -208,6 +242,8 @@ class Reporter:
             self._learn_total(self.done)
         if self.bar is not None:
             bar, self.bar = self.bar, None
+            if self.done > self._shown:
+                bar.update(self.done - self._shown)
             bar.close()
         if error is None:
             self._print(
@@ -217,6 +253,25 @@ class Reporter:
                 "finished")
 
     # ----------------------------------------------------------- helpers
+
+    def _tick(self) -> None:
+        """Read the clock: update the bar if its period has passed, and
+        choose how many tasks until the next read from the rate."""
+        now = time.monotonic()
+        if self.total is None and self.source is not None and \
+                self.source.exhausted:
+            self._learn_total(self.source.n_tasks)
+        if now - self._shown_at >= BAR_UPDATE_SECONDS:
+            self.bar.update(self.done - self._shown)
+            self._shown, self._shown_at = self.done, now
+        elapsed = now - self._checked_at
+        tasks = self.done - self._checked
+        step = 1
+        if elapsed > 0:
+            step = int(tasks / elapsed * BAR_UPDATE_SECONDS
+                       / _CHECKS_PER_UPDATE)
+        self._checked, self._checked_at = self.done, now
+        self._next_check = self.done + max(step, 1)
 
     def _learn_total(self, total: int) -> None:
         if self.total is None:
