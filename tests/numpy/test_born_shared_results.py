@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 
 import pytest
 
@@ -86,6 +87,20 @@ def test_a_result_let_go_is_reused_by_its_worker():
     recycled = sum(c["recycled"] for c in after) - \
         sum(c["recycled"] for c in before)
     assert recycled >= 1, (before, after)
+
+
+def test_an_idle_worker_lets_go_of_the_memory_it_keeps():
+    from joblib_fast.backends.processes.arrays_out import KEEP_IDLE_SECONDS
+    with par() as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))
+        out = p(delayed(born_tasks.full)(N, 1.0) for _ in range(4))
+        del out
+        gc.collect()
+        busy = p(delayed(born_tasks.stats)() for _ in range(2))
+        time.sleep(KEEP_IDLE_SECONDS + 0.5)
+        idle = p(delayed(born_tasks.stats)() for _ in range(2))
+    assert sum(c["kept"] for c in busy) >= 1, busy
+    assert sum(c["kept"] for c in idle) == 0, idle
 
 
 def test_a_result_mapped_by_a_forked_child_is_never_reused():

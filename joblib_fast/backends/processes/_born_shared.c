@@ -479,6 +479,14 @@ static PyObject *py_trim(PyObject *self, PyObject *noargs)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_kept(PyObject *self, PyObject *noargs)
+{
+    pthread_mutex_lock(&seg_lock);
+    size_t n = n_kept;
+    pthread_mutex_unlock(&seg_lock);
+    return PyLong_FromSize_t(n);
+}
+
 static PyObject *py_stats(PyObject *self, PyObject *noargs)
 {
     pthread_mutex_lock(&seg_lock);
@@ -518,6 +526,8 @@ static PyMethodDef methods[] = {
     {"trim", py_trim, METH_NOARGS,
      "trim(): release the freed segments kept for reuse (cached and "
      "lent)."},
+    {"kept", py_kept, METH_NOARGS,
+     "kept() -> int: freed segments kept for reuse."},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict of counters."},
     {NULL, NULL, 0, NULL},
 };

@@ -45,6 +45,12 @@ from .arrays import (
 from .arrays_in import is_dump
 from .wire import NEVER
 
+# Seconds a worker waits for its next batch before it lets go of the
+# freed large arrays' memory it keeps for reuse: memory an idle worker
+# holds (up to _born_shared.c's KEEP_BYTES) against reuse between calls
+# that come further apart than this.
+KEEP_IDLE_SECONDS = 1.0
+
 # A view covering less than this share of its born-shared segment is
 # copied into a segment of its own: sending the whole segment would keep
 # all of it alive in the parent for a small piece.
@@ -85,6 +91,14 @@ class ResultPacker:
             self._born = born
         if born:
             born.set_threshold(threshold)
+
+    def keeps_memory(self) -> bool:
+        return bool(self._born) and self._born.kept() > 0
+
+    def let_go(self) -> None:
+        """Release the freed segments kept for reuse."""
+        if self._born:
+            self._born.trim()
 
     def sent(self) -> None:
         """The reply was pickled: the worker's view of each born-shared

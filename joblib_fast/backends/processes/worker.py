@@ -25,7 +25,7 @@ from ..._context import DEFAULT_CONFIG, set_config
 from ..base import ThreadingBackend
 from . import wire
 from .arrays_in import MAP_CHECK_SECONDS, worker_idle
-from .arrays_out import ResultPacker
+from .arrays_out import KEEP_IDLE_SECONDS, ResultPacker
 from .pickling import dumps, dumps_any, dumps_exception, find_unpicklable
 from .rss import memory_guard
 from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
@@ -93,6 +93,13 @@ class _Replier:
         fds, packer.fds = packer.fds, []
         return blob, buffers, fds
 
+    def keeps_memory(self) -> bool:
+        """Freed large arrays' memory is kept for reuse (``let_go``)."""
+        return self._packer is not None and self._packer.keeps_memory()
+
+    def let_go(self) -> None:
+        self._packer.let_go()
+
     def expect(self, threshold: int) -> None:
         """A batch with this reply threshold is about to run (its large
         NumPy arrays are then born in shared memory)."""
@@ -132,16 +139,22 @@ def _unpicklable_result(status: int, data, exc: BaseException):
     return (index, message)
 
 
-def _next_message(inbox: queue.SimpleQueue):
+def _next_message(inbox: queue.SimpleQueue, replier: _Replier):
     """The next message of the inbox; while waiting for it, the mappings of
     input dumps that were removed are let go (checked every
-    ``MAP_CHECK_SECONDS`` while any is kept)."""
-    while worker_idle():
+    ``MAP_CHECK_SECONDS`` while any is kept), and so is the memory of
+    freed large arrays kept for reuse once idle for ``KEEP_IDLE_SECONDS``."""
+    waited = 0.0
+    while True:
+        keeps = replier.keeps_memory()
+        if not worker_idle() and not keeps:
+            return inbox.get()
         try:
             return inbox.get(timeout=MAP_CHECK_SECONDS)
         except queue.Empty:
-            pass
-    return inbox.get()
+            waited += MAP_CHECK_SECONDS
+            if keeps and waited >= KEEP_IDLE_SECONDS:
+                replier.let_go()
 
 
 def _serve(inbox: queue.SimpleQueue, replier: _Replier, guard=None) -> None:
@@ -149,7 +162,7 @@ def _serve(inbox: queue.SimpleQueue, replier: _Replier, guard=None) -> None:
     ``guard`` (``rss.MemoryGuard``): a reply says when this worker grew
     past its memory limit; the parent then replaces it."""
     while True:
-        message = _next_message(inbox)
+        message = _next_message(inbox, replier)
         if message is None:
             break
         frame, buffers = message
