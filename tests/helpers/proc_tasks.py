@@ -120,9 +120,17 @@ def sigkill_worker(x):
     return x
 
 
-def segfault_worker(x):
+def segfault_worker(x, crash_log=None):
+    """Task 2 crashes its worker with SIGSEGV.  With ``crash_log`` (a
+    path), the fault handler's report goes to that file: a fork worker
+    inherits pytest's fault handler, whose report of every thread's stack
+    would otherwise reach the terminal of a passing run."""
     if x == 2:
         import ctypes
+        import faulthandler
+        if crash_log is not None:
+            log = open(crash_log, "w")  # left open: the crash ends the process
+            faulthandler.enable(file=log, all_threads=False)
         ctypes.string_at(0)
     time.sleep(0.01)
     return x

@@ -7,6 +7,7 @@ magnitude above what a working call needs: structure, not speed.
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import signal
@@ -44,11 +45,20 @@ DEATHS = [
 ]
 
 
-def _check_worker_death(parallel, func, pattern, old_pids):
+def _check_worker_death(parallel, func, pattern, old_pids, tmp_path):
+    crash_log = tmp_path / "crash.log"
+    if func is proc_tasks.segfault_worker:
+        func = functools.partial(func, crash_log=str(crash_log))
     start = time.monotonic()
     with pytest.raises(TerminatedWorkerError, match=pattern):
         list(parallel(delayed(func)(i) for i in range(20)))
     assert time.monotonic() - start < NO_HANG
+    if isinstance(func, functools.partial):
+        # The crash was the one meant, and its report was kept off the
+        # terminal.
+        report = crash_log.read_text()
+        assert "Fatal Python error: Segmentation fault" in report, report
+        assert "in segfault_worker" in report, report
     # The broken pool is gone: none of its workers is alive.
     assert wait_until(lambda: not any(alive(pid) for pid in old_pids))
     assert not set(reusable_pool_pids()) & old_pids
@@ -57,9 +67,9 @@ def _check_worker_death(parallel, func, pattern, old_pids):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("func, pattern", DEATHS)
 @pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
-def test_worker_death(func, pattern, return_as, warm_pool):
+def test_worker_death(func, pattern, return_as, warm_pool, tmp_path):
     _check_worker_death(Parallel(n_jobs=2, return_as=return_as), func, pattern,
-                        warm_pool)
+                        warm_pool, tmp_path)
     # The next call works, on fresh workers.
     out = Parallel(n_jobs=2)(delayed(proc_tasks.pid_of)(i) for i in range(20))
     assert [x for x, _ in out] == list(range(20))
@@ -70,11 +80,11 @@ def test_worker_death(func, pattern, return_as, warm_pool):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("func, pattern", DEATHS)
 @pytest.mark.parametrize("method", START_METHODS)
-def test_worker_death_each_start_method(func, pattern, method):
+def test_worker_death_each_start_method(func, pattern, method, tmp_path):
     parallel = Parallel(n_jobs=2, backend=mp.get_context(method))
     old = pids_of(parallel(delayed(proc_tasks.pid_of)(i) for i in range(4)))
     old |= set(reusable_pool_pids())
-    _check_worker_death(parallel, func, pattern, old)
+    _check_worker_death(parallel, func, pattern, old, tmp_path)
     out = parallel(delayed(proc_tasks.pid_of)(i) for i in range(20))
     assert [x for x, _ in out] == list(range(20))
     assert not pids_of(out) & old
