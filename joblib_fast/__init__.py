@@ -19,6 +19,7 @@ keeps it so.  A module may import its own layer or any layer below it::
     backends.user, backends.processes, backends.dask
                                     one room per kind of pool
     backends.base                   ParallelBackendBase, sequential, threading
+    _push                           a pool driven by push (joblib's submit)
     backends.native                 the pool contract (CallOptions, Pool)
     _core, _kernels                 compiled: dispatch core, test kernels
     _threads                        compiled: the worker threads, parallel_for

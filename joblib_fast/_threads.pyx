@@ -27,7 +27,6 @@ in the capsule ``parallel_for_api``.
 import atexit
 import os
 import threading
-import traceback
 from time import monotonic as _monotonic
 
 cimport cython
@@ -227,7 +226,8 @@ cdef class WorkerPool:
                     self.initializer()
                 except BaseException:
                     # The thread still serves; the failure is reported.
-                    traceback.print_exc()
+                    _log_error("the initializer of a worker thread raised "
+                               "(the thread still runs tasks)")
             while True:
                 with nogil:
                     kind = jf_pool_next(c, &job, &item, &worker, span, 0.0)
@@ -250,7 +250,9 @@ cdef class WorkerPool:
                         try:
                             lease.enter()
                         except BaseException:
-                            traceback.print_exc()
+                            _log_error("a worker thread's start for a call "
+                                       "(its initializer) raised; the thread "
+                                       "runs the call's tasks anyway")
                 try:
                     if kind == JF_NEXT_ITEM:
                         lease.run_item(obj)
@@ -261,7 +263,7 @@ cdef class WorkerPool:
                         # counted for these tasks.
                         lease.run_stolen(obj, span[0], span[1])
                 except BaseException:
-                    traceback.print_exc()
+                    _log_error("a worker thread failed to run a queued item")
                 obj = None
                 if jf_queue_done(c, &lease.q):
                     lease.unlisted()
@@ -588,10 +590,20 @@ cdef jf_pool_t *_pool_for(int helpers) noexcept nogil:
             (<WorkerPool>pool).ensure(want)
             p = (<WorkerPool>pool).c
         except BaseException:
-            traceback.print_exc()
+            _log_error("the shared worker threads could not be had "
+                       "(the caller runs the range alone)")
             p = NULL
     return p
 
+
+
+def _log_error(what):
+    """Log the exception being handled on the "joblib_fast" logger, where
+    an application can filter or redirect it (with no logging configured,
+    Python prints it on stderr).  logging is imported here: importing it
+    registers an exit hook, and importing the package registers none."""
+    import logging
+    logging.getLogger("joblib_fast").error(what, exc_info=True)
 
 _OWNER_PID = os.getpid()
 

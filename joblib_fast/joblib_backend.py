@@ -5,23 +5,10 @@ backends written against joblib's own ``ParallelBackendBase``, so that
 ``joblib.Parallel`` (and every library calling it: scikit-learn...) runs its
 batches on joblib_fast's worker processes or threads.
 
-joblib drives a backend by push: its Parallel cuts the tasks into batches
-(``BatchedCalls``: a no-argument callable returning a list) and calls
-``backend.submit(batch, callback)`` from its own thread, then again from
-inside the callbacks.  joblib_fast's pools are driven by one thread each
-(see ``backends.native``).  :class:`_Dispatcher` joins the two::
-
-    joblib (any thread) --submit--> Job in `inbox` (lock), dispatcher woken
-    dispatcher thread:  call.push([(batch, (), {})])  --> pool.submit
-                        pool.wait(call, slice)        --> call.complete
-                        call.take_done()              --> job outcomes
-                        job callbacks, outside every joblib_fast lock
-                        (joblib's callback submits the next batch: it
-                        lands in `inbox` and is sent on the next turn)
-
-Every submitted batch gets its callback exactly once, from the dispatcher
-thread: with its results, its error, or the error that ended the pool (a
-worker died, the backend was aborted or terminated).
+joblib drives a backend by push (``submit(batch, callback)`` from any
+thread); :class:`~joblib_fast._push.Dispatcher` drives a joblib_fast pool
+that way, from one thread of its own.  Every submitted batch gets its
+callback exactly once.
 
 Threads: ``configure``, ``start_call``, ``stop_call``, ``terminate`` and
 ``abort_everything`` are called by the thread running ``joblib.Parallel``;
@@ -29,11 +16,9 @@ Threads: ``configure``, ``start_call``, ``stop_call``, ``terminate`` and
 """
 from __future__ import annotations
 
-import collections
 import threading
-import traceback
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 try:
     import joblib
@@ -50,18 +35,13 @@ except ImportError as exc:  # pragma: no cover - exercised without joblib
 
 from . import _native_threads
 from ._context import N_JOBS_ZERO
-from ._core import Call
+from ._push import Dispatcher, Job, PoolClosedError
 from .backends.base import ThreadingBackend
 from .backends.native import CallOptions
 from .backends.processes import ProcessBackend, daemonic_warning
 
 __all__ = ["register_joblib_backend", "FastProcessBackend",
            "FastThreadingBackend"]
-
-# Seconds the dispatcher sleeps in the pool's wait before it looks at its
-# inbox again (batches submitted by joblib's own thread wait at most this
-# long; those submitted from callbacks are sent at once).
-WAIT_SLICE = 0.005
 
 # Seconds an auto batch should last, measured by joblib from dispatch to
 # completion (it includes the round trip through joblib's Parallel).
@@ -71,193 +51,15 @@ WAIT_SLICE = 0.005
 # (the joblib->jf rows) shows what they give.
 PROCESS_TARGET_BATCH_SECONDS = 0.02
 THREAD_TARGET_BATCH_SECONDS = 0.005
-# Seconds a stopping dispatcher thread is waited for.
-JOIN_SECONDS = 5.0
-
-
-class PoolClosedError(RuntimeError):
-    """The batch could not run: its joblib_fast pool was aborted or closed."""
-
-
-class Outcome:
-    """What a batch's callback receives: its results or its error.  Also the
-    future-like object ``submit`` returns."""
-
-    __slots__ = ("error", "event", "results")
-
-    def __init__(self) -> None:
-        self.results: Any = None
-        self.error: BaseException | None = None
-        self.event = threading.Event()
-
-    def set(self, results: Any, error: BaseException | None) -> None:
-        self.results, self.error = results, error
-        self.event.set()
-
-    def get(self, timeout: float | None = None) -> Any:
-        if not self.event.wait(timeout):
-            raise TimeoutError("the batch did not finish in time")
-        if self.error is not None:
-            raise self.error
-        return self.results
-
-
-class _Job:
-    __slots__ = ("batch", "callback", "func", "outcome")
-
-    def __init__(self, func: Callable, callback: Callable | None) -> None:
-        self.func = func
-        self.callback = callback
-        self.outcome = Outcome()
-        self.batch: Any = None
-
-
-class _Dispatcher:
-    """One joblib_fast pool driven by push: the pool, a core ``Call`` fed
-    with ``push``, and the thread that is the only one touching both."""
-
-    def __init__(self, pool: Any, name: str,
-                 max_running: int | None = None) -> None:
-        self.pool = pool
-        # Batches handed to the pool at once (None: all).  A process worker
-        # takes up to two batches (the next one waits in its pipe), so
-        # without a cap a batch could wait behind a slow one while another
-        # worker idles; threads share one queue and need no cap.
-        self.max_running = max_running
-        self.waiting: collections.deque[_Job] = collections.deque()
-        self.call = Call(pool, (), pre_dispatch=1, stop_on_error=False)
-        # `lock` guards `inbox`, `closing` and `error`; never held while
-        # calling into the pool or into joblib.
-        self.lock = threading.Lock()
-        self.wake = threading.Condition(self.lock)
-        self.inbox: list[_Job] = []
-        self.closing = False
-        self.error: BaseException | None = None  # the pool is unusable
-        # Dispatcher thread only: jobs in the pool, by batch id.
-        self.running: dict[int, _Job] = {}
-        self.thread = threading.Thread(target=self._main, name=name,
-                                       daemon=True)
-        self.thread.start()
-
-    # ------------------------------------------------- joblib's threads
-
-    def submit(self, job: _Job) -> None:
-        with self.lock:
-            if self.closing:
-                raise PoolClosedError("the joblib_fast pool is closed")
-            self.inbox.append(job)
-            self.wake.notify()
-
-    def close(self, error: BaseException | None = None) -> None:
-        """Stop after the running batches (``error`` None) or now (their
-        callbacks get ``error``); join the thread."""
-        with self.lock:
-            self.closing = True
-            if error is not None and self.error is None:
-                self.error = error
-            self.wake.notify()
-        if error is not None:
-            self.call.abort()
-        if threading.current_thread() is not self.thread:
-            self.thread.join(JOIN_SECONDS)
-
-    # ---------------------------------------------- dispatcher thread
-
-    def _main(self) -> None:
-        while True:
-            try:
-                if not self._turn():
-                    break
-            except BaseException as exc:  # noqa: BLE001 - the pool is broken
-                # (a worker died...): every batch, running or submitted
-                # later, gets the error until joblib aborts or terminates.
-                with self.lock:
-                    if self.error is None:
-                        self.error = exc
-                self._finish(self._take_unfinished(), exc)
-        self._fail_all()
-
-    def _turn(self) -> bool:
-        """Send what joblib submitted, wait a slice, report what finished.
-        False once closed with nothing left to wait for."""
-        with self.lock:
-            if not self.inbox and not self.running and not self.closing:
-                self.wake.wait(WAIT_SLICE * 20)
-            jobs, self.inbox = self.inbox, []
-            error, closing = self.error, self.closing
-        if error is not None:
-            self._finish(jobs, error)
-            return not closing
-        self.waiting.extend(jobs)
-        self._send()
-        if self.running:
-            self.pool.wait(self.call, WAIT_SLICE)
-            done = [(self.running.pop(batch.id), results, error)
-                    for batch, results, error in self.call.take_done()]
-            self._send()  # refill the workers before joblib's callbacks
-            for job, results, error in done:
-                if results is None and error is None:
-                    error = PoolClosedError(
-                        "the batch was cancelled: its joblib_fast pool was "
-                        "aborted")
-                self._report(job, None if results is None else results[0],
-                             error)
-        return not (closing and not self.running and not self.waiting)
-
-    def _send(self) -> None:
-        """Hand waiting jobs to the pool, up to ``max_running``."""
-        waiting, cap = self.waiting, self.max_running
-        while waiting and (cap is None or len(self.running) < cap):
-            job = waiting.popleft()
-            try:
-                job.batch = self.call.push([(job.func, (), {})])
-            except BaseException as exc:  # noqa: BLE001 - e.g. unpicklable
-                if self.pool.closed:
-                    waiting.appendleft(job)
-                    raise
-                self._report(job, None, exc)
-                continue
-            self.running[job.batch.id] = job
-
-    def _take_unfinished(self) -> list[_Job]:
-        jobs = list(self.running.values()) + list(self.waiting)
-        self.running.clear()
-        self.waiting.clear()
-        return jobs
-
-    @staticmethod
-    def _report(job: _Job, results: Any,
-                error: BaseException | None) -> None:
-        job.outcome.set(results, error)
-        if job.callback is not None:
-            try:
-                job.callback(job.outcome)
-            except BaseException:  # noqa: BLE001 - joblib's bug, not ours
-                traceback.print_exc()
-
-    def _finish(self, jobs: list[_Job], error: BaseException) -> None:
-        for job in jobs:
-            self._report(job, None, error)
-
-    def _fail_all(self) -> None:
-        """The thread ends: every job not reported yet gets the error."""
-        with self.lock:
-            jobs, self.inbox = self.inbox, []
-            self.closing = True
-            error = self.error
-        jobs = self._take_unfinished() + jobs
-        if error is None:
-            error = PoolClosedError("the joblib_fast pool was closed")
-        self._finish(jobs, error)
 
 
 class _FastBackend(ParallelBackendBase):
     """What the process and thread backends share: joblib's backend
-    contract over a :class:`_Dispatcher`, made on the first ``submit``."""
+    contract over a :class:`Dispatcher`, made on the first ``submit``."""
 
     supports_retrieve_callback = True
     target_batch_seconds = 0.0
-    # At most one batch per worker in the pool (see _Dispatcher).
+    # At most one batch per worker in the pool (see Dispatcher).
     one_batch_per_worker = False
     thread_name = "joblib_fast-dispatcher"
 
@@ -270,7 +72,7 @@ class _FastBackend(ParallelBackendBase):
         self.parallel = None
         self._n_jobs = 0
         self._options = CallOptions()
-        self._dispatcher: _Dispatcher | None = None
+        self._dispatcher: Dispatcher | None = None
         # Lock guarding `_dispatcher` (its creation and swap): submit runs
         # in joblib's thread and in the dispatcher thread.
         self._lock = threading.Lock()
@@ -331,14 +133,14 @@ class _FastBackend(ParallelBackendBase):
         return int(n_jobs)
 
     def submit(self, func, callback=None):
-        job = _Job(func, callback)
+        job = Job(func, callback)
         with self._lock:
             dispatcher = self._dispatcher
             if dispatcher is None:
                 if not self._n_jobs:
                     raise RuntimeError(
                         f"{type(self).__name__}.submit before configure")
-                dispatcher = self._dispatcher = _Dispatcher(
+                dispatcher = self._dispatcher = Dispatcher(
                     self._make_pool(), self.thread_name,
                     self._n_jobs if self.one_batch_per_worker else None)
         dispatcher.submit(job)

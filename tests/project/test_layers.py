@@ -22,6 +22,7 @@ LAYERS = [
     ("_threads",),
     ("_core", "_kernels"),
     ("backends.native",),
+    ("_push",),
     ("backends.base",),
     ("backends.user", "backends.processes", "backends.dask"),
     ("backends",),
