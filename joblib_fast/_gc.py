@@ -3,8 +3,8 @@
 Every task is a ``(func, args, kwargs)`` tuple that stays alive from the
 moment the caller pulls it until a worker runs it. With CPython's default
 generation-0 threshold (700) the collector runs every few hundred tasks and
-promotes the in-flight ones, which then trigger full collections: about
-0.25 us per task of a 0.6 us no-op dispatch. Raising the threshold while
+promotes the in-flight ones, which then trigger full collections: a large
+share of the cost of dispatching a no-op task. Raising the threshold while
 calls run, and restoring it after the last one, removes most of that.
 """
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import gc
 import threading
 
-# Generation-0 threshold during calls. Measured by timing
-# Parallel(n_jobs=2, backend="threading") on 100 000 no-op delayed tasks
-# (median of 9, in one process) at each threshold, over the plain loop:
-# 700 -> 0.59, 5000 -> 0.38, 20000 -> 0.33, 100000 -> 0.31 us/task.
+# Generation-0 threshold during calls.  Higher means fewer collections
+# while tasks are in flight, but more garbage kept between collections
+# (young cycles live longer), and past a few ten thousands the gain is
+# gone.  `python benchmarks/per_task_instructions.py` (instructions per
+# no-op task) or `python benchmarks/bench.py --only noop` with each
+# candidate checks it.
 GC_GEN0_THRESHOLD = 20000
 
 # Guards _users and _saved: calls from several threads share one setting.

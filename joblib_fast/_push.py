@@ -29,8 +29,10 @@ from ._core import Call
 __all__ = ["Dispatcher", "Job", "Outcome", "PoolClosedError"]
 
 # Seconds the dispatcher sleeps in the pool's wait before it looks at its
-# inbox again (batches submitted by joblib's own thread wait at most this
-# long; those submitted from callbacks are sent at once).
+# inbox again: batches submitted by joblib's own thread wait at most this
+# long (those submitted from callbacks are sent at once), and a shorter
+# slice wakes the dispatcher more often while batches run.  The joblib->jf
+# rows of `python benchmarks/bench.py --only noop,py1ms` check it.
 WAIT_SLICE = 0.005
 
 # Seconds a stopping dispatcher thread is waited for.

@@ -245,12 +245,11 @@ class SequentialBackend(PoolProvider, ParallelBackendBase):
 
 # Seconds an auto batch lasts on threads.  Each batch the caller pulls
 # holds the GIL for the whole pull, and a worker leaving a GIL-free kernel
-# then sleeps until it ends (a wake-up costs tens of microseconds on a busy
-# or virtual machine): fewer, longer batches mean fewer of those.  The tail
-# stays short because the last batches shrink (Call._make_batch looks a
-# batch ahead).  Measured, 2 vs 4 vs 8 ms, `bench.py --only
-# nogil3us,nogil10us` run with ThreadingBackend.target_batch_duration set to
-# each value: 1.52x/1.56x/1.60x and 1.85x/1.79x/1.88x (one run each).
+# then sleeps until it ends: fewer, longer batches mean fewer of those
+# waits, shorter ones a shorter tail (kept short anyway: the last batches
+# of a call shrink).  `python benchmarks/bench.py --only nogil3us,nogil10us`
+# with ThreadingBackend.target_batch_duration set to each candidate checks
+# it.
 THREAD_TARGET_BATCH_SECONDS = 0.008
 
 

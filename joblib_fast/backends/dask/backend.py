@@ -14,12 +14,10 @@ from .pool import DaskPool
 from .worker import in_worker_task
 
 # Seconds an auto-sized batch lasts on dask.  A batch costs a few ms of
-# scheduler and network round trips (joblib aims at 0.2-1 s per batch).
-# `python benchmarks/bench.py --only dask`, one run each (noisy), times
-# joblib's dask backend over ours for trivial x100 / no-op x10,000 /
-# py1ms x400: 0.02 s: 5.5x / 7.2x / 1.23x; 0.05 s: 3.7x / 5.9x / 1.65x;
-# 0.2 s: 3.5x / 4.0x / 1.59x.  0.05 keeps the fine-grained cases fast
-# without giving up the 1 ms one.
+# scheduler and network round trips: longer batches pay fewer of them
+# (joblib aims at 0.2-1 s), shorter ones spread a call over more workers
+# and end it with a shorter tail.  `python benchmarks/bench.py --only dask`
+# (trivial, no-op and 1 ms tasks against joblib's dask backend) checks it.
 DASK_TARGET_BATCH_SECONDS = 0.05
 
 # client=_LAZY: the client is looked up when first needed.

@@ -45,10 +45,11 @@ __all__ = [
     "shutdown_reusable_pools",
 ]
 
-# Seconds an auto batch lasts on processes: a batch costs a pickle round
-# trip (~50-100 us) and the tail of a call is at most one batch per worker.
-# Compared with `python benchmarks/bench.py --only py1ms,uneven` at 0.002,
-# 0.004 and 0.01 s: 0.01 was best (py1ms 2.05x, uneven 1.37x that run).
+# Seconds an auto batch lasts on processes.  Each batch costs a pickle
+# round trip through a pipe: longer batches pay fewer of them, shorter ones
+# end a call sooner (its tail is at most one batch per worker) and balance
+# uneven tasks better.  `python benchmarks/bench.py --only py1ms,uneven`
+# checks it.
 PROCESS_TARGET_BATCH_SECONDS = 0.01
 
 # Resident-memory growth (bytes) past which a worker is replaced, by

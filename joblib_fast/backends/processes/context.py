@@ -14,10 +14,11 @@ from typing import Any
 
 VALID_START_METHODS = ("forkserver", "spawn", "fork")
 WORKER_NAME = "joblib_fast-worker"
-# What the fork server imports before forking workers.  cloudpickle too:
-# functions from scripts arrive by value, and importing it in each new
-# worker cost ~20 ms of a cold call.  (Not numpy: its BLAS pool would be
-# sized before our caps.)
+# What the fork server imports before forking workers, so that each new
+# worker starts with them loaded.  cloudpickle too: functions from scripts
+# arrive by value, and importing it in each worker would lengthen a cold
+# call (`python benchmarks/bench.py --only coldstart`).  Not numpy: its
+# BLAS pool would be sized before our caps.
 FORKSERVER_PRELOAD = [
     "joblib_fast.backends.processes.worker",
     "joblib_fast.backends.processes.wire",

@@ -46,16 +46,13 @@ from .pickling import dumps, dumps_any, find_unpicklable
 from .tree import descendants, same_process, start_time, terminate_trees
 from .worker import main as worker_main
 
-# Batches sent ahead to one worker.  1: a batch only goes to an idle
-# worker, never queued behind one that may be running a long task while
-# another worker idles (with 2, 10 tasks of which one sleeps 2 s gave the 9
-# fast results after 2 s instead of at once; issue 14).  The round trip
-# it adds: side by side in one process (ProcessPool._max_outstanding
-# patched), 3 runs on 2 cores, 2 vs 1: no-op x 100 000 0.055-0.066 s vs
-# 0.066-0.106 s, 1 ms x 400 and uneven tasks within the noise; and
-# `python benchmarks/bench.py --quick --only noop_proc,py1ms,uneven` with 1
-# (load 10): noop_proc 0.60 us/task (README's table, with 2: 0.69), py1ms
-# 1.31x, uneven 1.85x.
+# Batches sent ahead to one worker.  More would hide the round trip
+# between a result and the next batch, but a batch queued behind a long
+# task waits while another worker idles; with 1, a batch only goes to an
+# idle worker (tests/joblib_compat/test_joblib_behaviours.py checks that an
+# unordered generator never waits behind a busy worker).  The round trip is
+# small next to an auto-sized batch (PROCESS_TARGET_BATCH_SECONDS):
+# `python benchmarks/bench.py --only noop_proc,py1ms,uneven` shows both.
 MAX_OUTSTANDING = 1
 # Seconds a stopping worker gets to exit before it is killed.
 SHUTDOWN_GRACE = 1.0
