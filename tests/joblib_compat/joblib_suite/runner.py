@@ -1,15 +1,19 @@
-"""Run joblib's own ``test_parallel.py`` and ``test_config.py`` against
-joblib_fast.
+"""Run joblib's own tests against joblib_fast: two suites, ``parallel``
+(``test_parallel.py`` and ``test_config.py``) and ``dask``
+(``test_dask.py``).
 
-The two modules are copied from the installed joblib (the version pinned in
-the ``test`` extra) into a fresh folder, their imports rewritten by
-:func:`substitute.substitute`, and pytest runs them in a subprocess with
-``jf_compat.py`` and ``outcomes_plugin.py`` next to them.  The outcome of
-every test is compared with ``expected_failures.EXPECTED_FAILURES``.
+A suite's modules are copied from the installed joblib (the version pinned
+in the ``test`` extra) into a fresh folder, with the joblib test modules
+they import from (rewritten the same way, not run), their imports rewritten
+by :func:`substitute.substitute`, and pytest runs them in a subprocess with
+``jf_compat.py``, ``outcomes_plugin.py`` and ``jf_dask_fixtures.py`` next
+to them.  The outcome of every test is compared with
+``expected_failures.EXPECTED_FAILURES``.
 
 By hand (prints the outcomes by class and what fails unexpectedly)::
 
-    python -P tests/joblib_compat/joblib_suite/runner.py [folder] [-- extra pytest args]
+    python -P tests/joblib_compat/joblib_suite/runner.py [--suite dask] \
+        [folder] [-- extra pytest args]
 """
 from __future__ import annotations
 
@@ -29,7 +33,15 @@ from expected_failures import EXPECTED_FAILURES  # noqa: E402
 from substitute import substitute  # noqa: E402
 
 JOBLIB_VERSION = "1.6.0"
-MODULES = ("test_parallel.py", "test_config.py")
+# suite -> (the modules pytest runs, the modules they import from).
+SUITES = {
+    "parallel": (("test_parallel.py", "test_config.py"), ()),
+    "dask": (("test_dask.py",), ("test_parallel.py",)),
+}
+# Copied beside the modules: the names joblib's modules become, the outcome
+# recorder, and the fixtures joblib's own conftest (not installed with
+# joblib) gives test_dask.py.
+SUPPORT = ("jf_compat.py", "outcomes_plugin.py", "jf_dask_fixtures.py")
 # Seconds one joblib test may take before it counts as a failure (a hang
 # must not eat the CI budget; joblib's slowest test here takes about 10 s).
 PER_TEST_TIMEOUT = 60
@@ -44,8 +56,9 @@ markers =
 """
 
 
-def prepare(folder: str) -> None:
-    """Write the rewritten modules and their helpers into ``folder``."""
+def prepare(folder: str, suite: str = "parallel") -> None:
+    """Write the rewritten modules of ``suite`` and their helpers into
+    ``folder``."""
     import joblib
     if joblib.__version__ != JOBLIB_VERSION:
         raise RuntimeError(
@@ -53,19 +66,22 @@ def prepare(folder: str) -> None:
             f"found {joblib.__version__}")
     source_dir = os.path.join(os.path.dirname(joblib.__file__), "test")
     os.makedirs(folder, exist_ok=True)
-    for name in MODULES:
+    run_modules, imported = SUITES[suite]
+    for name in run_modules + imported:
         with open(os.path.join(source_dir, name)) as f:
             text = substitute(f.read())
         with open(os.path.join(folder, name), "w") as f:
             f.write(text)
-    for name in ("jf_compat.py", "outcomes_plugin.py"):
+    for name in SUPPORT:
         shutil.copy(os.path.join(HERE, name), folder)
     with open(os.path.join(folder, "pytest.ini"), "w") as f:
         f.write(_PYTEST_INI)
 
 
-def run(folder: str, extra_args: tuple = ()) -> dict[str, list[str]]:
-    """Run the prepared modules; ``{nodeid: [outcome, message]}``."""
+def run(folder: str, extra_args: tuple = (),
+        suite: str = "parallel") -> dict[str, list[str]]:
+    """Run the prepared modules of ``suite``; ``{nodeid: [outcome,
+    message]}``."""
     outcomes_path = os.path.join(folder, "outcomes.json")
     # The inner run's temp folder: short (a forkserver's socket path must
     # fit in 108 bytes) and removed afterwards.
@@ -76,9 +92,9 @@ def run(folder: str, extra_args: tuple = ()) -> dict[str, list[str]]:
                    [folder] + [p for p in [env.get("PYTHONPATH")] if p]))
     cmd = [sys.executable, "-P", "-m", "pytest", "-c", "pytest.ini",
            "--rootdir", folder, "-q", "-p", "outcomes_plugin",
-           "-p", "no:randomly", f"--timeout={PER_TEST_TIMEOUT}",
-           "--timeout-method=thread", "--durations=10", *MODULES,
-           *extra_args]
+           "-p", "jf_dask_fixtures", "-p", "no:randomly",
+           f"--timeout={PER_TEST_TIMEOUT}", "--timeout-method=thread",
+           "--durations=10", *SUITES[suite][0], *extra_args]
     try:
         proc = subprocess.run(cmd, cwd=folder, env=env,
                               stdout=subprocess.PIPE,
@@ -115,10 +131,13 @@ def unexpected_failures(outcomes: dict) -> dict[str, str]:
             if outcome in FAILED and expected_reason(nodeid) is None}
 
 
-def unused_patterns(outcomes: dict) -> list[str]:
-    """Entries of the expected-failure list that match no test at all."""
+def unused_patterns(outcomes: dict, suite: str = "parallel") -> list[str]:
+    """Entries of the expected-failure list for the modules of ``suite``
+    that match no test at all."""
+    modules = SUITES[suite][0]
     return [p for p in EXPECTED_FAILURES
-            if not any(_matches(n, p) for n in outcomes)]
+            if p.split("::")[0] in modules
+            and not any(_matches(n, p) for n in outcomes)]
 
 
 def summary(outcomes: dict) -> dict[str, int]:
@@ -136,13 +155,16 @@ def main(argv: list[str]) -> int:
     if "--" in argv:
         extra = argv[argv.index("--") + 1:]
         argv = argv[:argv.index("--")]
+    suite = "parallel"
+    if argv[:1] == ["--suite"]:
+        suite, argv = argv[1], argv[2:]
     folder = argv[0] if argv else tempfile.mkdtemp(prefix="jf-joblib-suite-")
-    prepare(folder)
-    outcomes = run(folder, tuple(extra))
+    prepare(folder, suite)
+    outcomes = run(folder, tuple(extra), suite)
     print(json.dumps(summary(outcomes), indent=1))
     for nodeid, message in sorted(unexpected_failures(outcomes).items()):
         print(f"UNEXPECTED {nodeid}: {message}")
-    for pattern in unused_patterns(outcomes):
+    for pattern in unused_patterns(outcomes, suite):
         print(f"UNUSED PATTERN {pattern}")
     print(f"outputs in {folder}")
     return 1 if unexpected_failures(outcomes) else 0

@@ -3,6 +3,13 @@
 A line-by-line rewrite of a joblib test module; test bodies are not
 touched.  The rules, applied in this order:
 
+0. Relative imports (``test_dask.py`` has them) are made absolute first:
+   ``from .. import`` is ``from joblib import``, ``from ..mod import`` is
+   ``from joblib.mod import``, ``from .mod import`` is ``from
+   joblib.test.mod import`` (joblib's test helpers), except ``from
+   .test_<name> import``: the rewritten ``test_<name>.py`` copied beside
+   it (its helpers call ``Parallel``: they must call joblib_fast's).
+
 1. ``from joblib import <names>``: the public parallel names (``Parallel``,
    ``delayed``, ``parallel_config``, ``parallel_backend``,
    ``register_parallel_backend``, ``ParallelBackendBase``, ``cpu_count``,
@@ -12,8 +19,8 @@ touched.  The rules, applied in this order:
    ``get_active_backend``); any other name (``dump``, ``load``,
    ``hash``) still comes from joblib.  This also covers the scripts the
    tests run in a subprocess (they are strings in the module).
-2. ``joblib.parallel`` and ``joblib._parallel_backends`` (in ``from ...
-   import`` lines and in attribute paths such as
+2. ``joblib.parallel``, ``joblib._parallel_backends`` and ``joblib._dask``
+   (in ``from ... import`` lines and in attribute paths such as
    ``joblib._parallel_backends.LokyBackend``) become ``jf_compat``
    (``jf_compat.py``: those modules' names, made of joblib_fast's).
 3. ``joblib.__file__`` becomes ``joblib_fast.__file__``: the subprocess
@@ -36,7 +43,8 @@ PUBLIC_NAMES = frozenset({
 })
 
 _FROM_JOBLIB = re.compile(r"^(\s*)from joblib import ([\w, ]+?)\s*$")
-_MODULES = re.compile(r"\bjoblib\.(parallel|_parallel_backends)\b")
+_MODULES = re.compile(r"\bjoblib\.(parallel|_parallel_backends|_dask)\b")
+_RELATIVE = re.compile(r"^(\s*)from (\.{1,2})([\w.]*) import (.*)$")
 _IMPORT_JOBLIB = re.compile(r"^(\s*)import joblib\s*$")
 
 
@@ -54,11 +62,30 @@ def _split_from_joblib(indent: str, names: str) -> str:
     return "\n".join(lines)
 
 
+def _absolute(line: str) -> str:
+    """Rule 0: a relative import of the ``joblib.test`` package made
+    absolute (other lines unchanged)."""
+    match = _RELATIVE.match(line)
+    if match is None:
+        return line
+    indent, dots, module, names = match.groups()
+    if dots == ".." and not module:
+        target = "joblib"
+    elif dots == "..":
+        target = f"joblib.{module}"
+    elif module.startswith("test_"):
+        target = module
+    else:
+        target = f"joblib.test.{module}"
+    return f"{indent}from {target} import {names}"
+
+
 def substitute(source: str) -> str:
     """``source`` (a joblib test module) with its imports of joblib's
     parallel API pointed at joblib_fast."""
     out = []
     for line in source.splitlines():
+        line = _absolute(line)
         match = _FROM_JOBLIB.match(line)
         if match:
             out.append(_split_from_joblib(*match.groups()))
