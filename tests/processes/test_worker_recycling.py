@@ -150,3 +150,15 @@ def test_readme_example_runs(capsys):
     first, second = capsys.readouterr().out.splitlines()
     assert int(first.split()[0]) >= 4
     assert second == "[0, 1, 2, 3]"
+
+
+def test_idle_worker_timeout_ends_the_idle_reusable_pool():
+    from helpers.common import wait_until
+
+    from joblib_fast.backends.processes import reusable_pool_pids
+    with parallel_config(backend="loky", idle_worker_timeout=0.2):
+        assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)) \
+            == [0, 1, 2, 3]
+    assert reusable_pool_pids()  # kept for the next call, for a while
+    # The default keeps it 300 s; this one goes after 0.2 s.
+    assert wait_until(lambda: not reusable_pool_pids(), 30)
