@@ -5,7 +5,7 @@ from cpython.object cimport PyObject
 from ._threads cimport Lease, WorkerPool, jf_claim_t
 
 
-cdef extern from "jf_sync.h" nogil:
+cdef extern from "jf_platform.h" nogil:
     ctypedef struct jf_mutex_t:
         pass
 

@@ -7,7 +7,7 @@ not a wall-clock wait, so a preempted thread does not count as progress.
 """
 from libc.math cimport sqrt
 
-cdef extern from "jf_sync.h" nogil:
+cdef extern from "jf_platform.h" nogil:
     double jf_clock_now()
 
 

@@ -37,7 +37,6 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.errno cimport ENOMEM
 from libc.stdint cimport uint64_t
-from posix.unistd cimport getpid
 
 from ._cpu import cpu_count
 
@@ -62,8 +61,9 @@ cdef extern from "Python.h":
     void Py_XDECREF(PyObject *o)
 
 
-cdef extern from "jf_sync.h" nogil:
+cdef extern from "jf_platform.h" nogil:
     double jf_clock_now()
+    long jf_process_id()
 
 
 cdef extern from *:
@@ -149,7 +149,7 @@ cdef class WorkerPool:
         self.initializer = initializer
         self._threads = []
         self.plock = threading.Lock()
-        self.pid = getpid()
+        self.pid = jf_process_id()
 
     def __dealloc__(self):
         # Only a pool whose threads have all exited is freed (a pool a
@@ -276,7 +276,7 @@ cdef class WorkerPool:
         """Threads finish the queued items, then exit; join them if
         `wait`.  True when every thread has exited (none of a pool that a
         forked child inherited runs in the child: nothing of it is touched)."""
-        if self.pid != getpid():
+        if self.pid != jf_process_id():
             return True
         jf_pool_close(self.c)
         me = threading.current_thread()
@@ -452,7 +452,7 @@ cdef class Lease:
         """The lease's pool belongs to the process this one was forked
         from: its threads do not exist here and its lock may be held by one
         of them, so nothing of it is touched."""
-        return self.workers is not None and self.workers.pid != getpid()
+        return self.workers is not None and self.workers.pid != jf_process_id()
 
     @property
     def closed(self):
@@ -639,7 +639,8 @@ def _install_hooks():
     if not _hooks_installed:
         _hooks_installed = True
         atexit.register(_shutdown_at_exit)
-        os.register_at_fork(after_in_child=_forget_pool_in_child)
+        if hasattr(os, "register_at_fork"):  # no fork on Windows
+            os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 # ------------------------------------------------------------ parallel_for

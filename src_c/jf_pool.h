@@ -1,7 +1,7 @@
 /* jf_pool.h -- the scheduler of joblib_fast's worker threads.
  *
- * Plain C99 (+ GCC/Clang __atomic builtins and thread-local storage), no
- * Python.h.  One jf_pool_t serves two kinds of job from one list:
+ * Plain C99, no Python.h; locks, atomics, thread-local storage and all
+ * else that differs by platform come from jf_platform.h.  One jf_pool_t serves two kinds of job from one list:
  *
  *   jf_queue_t  a ring of opaque items (the threading backend's batches,
  *               Python objects the Cython layer runs with the GIL), at most
@@ -37,23 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "jf_sync.h"
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <sched.h>
-#define JF_YIELD() sched_yield()
-#else
-#define JF_YIELD() ((void)0)
-#endif
-
-#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
-#define JF_THREAD_LOCAL _Thread_local
-#else
-#define JF_THREAD_LOCAL __thread
-#endif
-
-#define JF_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define JF_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#include "jf_platform.h"
 
 typedef int (*jf_body_t)(void *ctx, ptrdiff_t start, ptrdiff_t stop, int worker);
 
@@ -157,20 +141,6 @@ typedef struct {
     int closing;                    /* [lock] every thread exits once idle */
 } jf_pool_t;
 
-static inline void jf_cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static inline int jf_int_load(int *p) { return JF_LOAD(p); }
-static inline void jf_int_store(int *p, int v) { JF_STORE(p, v); }
-static inline void *jf_ptr_load(void **p) { return JF_LOAD(p); }
-static inline void jf_ptr_store(void **p, void *v) { JF_STORE(p, v); }
-
 /* -------------------------------------------------- per-thread nesting */
 
 /* > 0 in pool threads and inside a parallel_for: nested calls run inline.
@@ -226,17 +196,16 @@ static inline void jf_claim_init(jf_claim_t *c, ptrdiff_t begin, ptrdiff_t end,
 /* The next task of the piece for the thread running it, or -1. */
 static inline ptrdiff_t jf_claim_next(jf_claim_t *c)
 {
-    int64_t w = __atomic_load_n(&c->word, __ATOMIC_RELAXED);
+    int64_t w = jf_int64_load_relaxed(&c->word);
     do {
         if (jf_claim_next_of(w) >= jf_claim_end_of(w)) return -1;
-    } while (!__atomic_compare_exchange_n(&c->word, &w, w + 1, 1,
-                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+    } while (!jf_int64_cas(&c->word, &w, w + 1));
     return jf_claim_next_of(w);
 }
 
 static inline int jf_parts_add(int *parts, int d)
 {
-    return __atomic_add_fetch(parts, d, __ATOMIC_ACQ_REL);
+    return jf_int_add(parts, d);
 }
 
 /* One look at a piece (lock held): how long it has started no task (0.0
@@ -244,7 +213,7 @@ static inline int jf_parts_add(int *parts, int d)
  * (< 0: unknown). */
 static inline double jf_claim_look(jf_claim_t *c, double now, double *cpu)
 {
-    ptrdiff_t next = jf_claim_next_of(__atomic_load_n(&c->word, __ATOMIC_ACQUIRE));
+    ptrdiff_t next = jf_claim_next_of(jf_int64_load(&c->word));
     double used;
     if (c->seen != next) {
         c->seen = next;
@@ -264,14 +233,13 @@ static inline double jf_claim_look(jf_claim_t *c, double now, double *cpu)
 static inline int jf_claim_split(jf_claim_t *c, void **owner, ptrdiff_t *a,
                                  ptrdiff_t *b)
 {
-    int64_t w = __atomic_load_n(&c->word, __ATOMIC_ACQUIRE);
+    int64_t w = jf_int64_load(&c->word);
     ptrdiff_t next = jf_claim_next_of(w), end = jf_claim_end_of(w);
     if (next >= end) return 0;
     /* Counted first: the piece's thread finishes its part only after
      * unlinking the claim, which needs the lock held here. */
     jf_parts_add(c->parts, 1);
-    if (!__atomic_compare_exchange_n(&c->word, &w, jf_claim_pack(next, next),
-                                      0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+    if (!jf_int64_cas(&c->word, &w, jf_claim_pack(next, next))) {
         jf_parts_add(c->parts, -1);
         return 0;
     }
@@ -287,7 +255,7 @@ static inline int jf_queue_has_spare(jf_queue_t *q)
 {
     jf_claim_t *c;
     for (c = q->claims; c != NULL; c = c->next) {
-        int64_t w = __atomic_load_n(&c->word, __ATOMIC_ACQUIRE);
+        int64_t w = jf_int64_load(&c->word);
         if (jf_claim_next_of(w) < jf_claim_end_of(w)) return 1;
     }
     return 0;
@@ -301,7 +269,7 @@ static inline int jf_queue_steal(jf_queue_t *q, double now, void **owner,
     jf_claim_t *c;
     double cpu;
     for (c = q->claims; c != NULL; c = c->next) {
-        int64_t w = __atomic_load_n(&c->word, __ATOMIC_ACQUIRE);
+        int64_t w = jf_int64_load(&c->word);
         if (jf_claim_look(c, now, &cpu) >= JF_STEAL_AFTER
                 && jf_claim_next_of(w) < jf_claim_end_of(w)
                 && jf_claim_split(c, owner, a, b))
@@ -326,7 +294,7 @@ static inline int jf_queue_rescue_due(jf_queue_t *q, double now, jf_claim_t **pi
     /* Every running item is a listed piece (the feeding thread's too). */
     if (q->claims == NULL || q->n_claims < q->job.active + q->taken) return 0;
     for (c = q->claims; c != NULL; c = c->next) {
-        int64_t w = __atomic_load_n(&c->word, __ATOMIC_ACQUIRE);
+        int64_t w = jf_int64_load(&c->word);
         stalled = jf_claim_look(c, now, &cpu);
         if (stalled < JF_RESCUE_AFTER) return 0;
         if (cpu < 0.0) known = 0; else used += cpu;
@@ -536,7 +504,7 @@ static inline int jf_pool_threads(jf_pool_t *p)
 static inline void jf_pool_wake(jf_pool_t *p, int want)
 {
     int wake, spinners;
-    __atomic_add_fetch(&p->gen, 1, __ATOMIC_RELEASE);
+    jf_ulong_add(&p->gen, 1);
     if (want < 0) {
         if (p->n_idle > 0) jf_cond_broadcast(&p->work);
         return;
@@ -576,7 +544,7 @@ static inline void jf_pool_close(jf_pool_t *p)
 
 static inline int jf_range_has_chunks(jf_range_t *r)
 {
-    return JF_LOAD(&r->rc) == 0 && JF_LOAD(&r->next) < r->stop;
+    return jf_int_load(&r->rc) == 0 && jf_ssize_load(&r->next) < r->stop;
 }
 
 /* Block until there is something for a worker thread to do.  An item
@@ -625,7 +593,7 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
                     continue;
                 *worker = r->joined++;
                 /* Atomic: the range's caller polls it (jf_range_finish). */
-                __atomic_add_fetch(&j->active, 1, __ATOMIC_ACQ_REL);
+                jf_int_add(&j->active, 1);
                 *job = j;
                 jf_mutex_unlock(&p->lock);
                 return JF_NEXT_RANGE;
@@ -640,22 +608,22 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
         if (deadline > 0.0) {
             /* Poll `gen` without the lock: any work listed from now on
              * bumps it.  Then look again (the work may be for others). */
-            gen = JF_LOAD(&p->gen);
+            gen = jf_ulong_load(&p->gen);
             p->n_spinning++;
             p->spin_credit++;
             jf_mutex_unlock(&p->lock);
             polls = 0;
-            while (JF_LOAD(&p->gen) == gen) {
+            while (jf_ulong_load(&p->gen) == gen) {
                 jf_cpu_relax();
                 if (++polls % 64 == 0) {
                     if (jf_clock_now() >= deadline) break;
-                    JF_YIELD();     /* to a thread waiting for this CPU */
+                    jf_yield();     /* to a thread waiting for this CPU */
                 }
             }
             jf_mutex_lock(&p->lock);
             p->n_spinning--;
             if (p->spin_credit > p->n_spinning) p->spin_credit = p->n_spinning;
-            if (JF_LOAD(&p->gen) == gen) deadline = 0.0;   /* timed out */
+            if (jf_ulong_load(&p->gen) == gen) deadline = 0.0;   /* timed out */
             continue;
         }
         if (spare != NULL) {
@@ -879,16 +847,15 @@ static inline void jf_range_init(jf_range_t *r, ptrdiff_t start, ptrdiff_t stop,
 /* Take the next chunk [*a, *b); 0 when none is left or a body failed. */
 static inline int jf_range_grab(jf_range_t *r, ptrdiff_t *a, ptrdiff_t *b)
 {
-    ptrdiff_t cur = __atomic_load_n(&r->next, __ATOMIC_RELAXED), left, size, end;
+    ptrdiff_t cur = jf_ssize_load_relaxed(&r->next), left, size, end;
     do {
-        if (cur >= r->stop || JF_LOAD(&r->rc) != 0) return 0;
+        if (cur >= r->stop || jf_int_load(&r->rc) != 0) return 0;
         left = r->stop - cur;
         size = left / r->split;
         if (size < r->min_chunk) size = r->min_chunk;
         /* No remainder shorter than the grain left behind. */
         end = (left - size < r->min_chunk) ? r->stop : cur + size;
-    } while (!__atomic_compare_exchange_n(&r->next, &cur, end, 1,
-                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+    } while (!jf_ssize_cas(&r->next, &cur, end));
     *a = cur;
     *b = end;
     return 1;
@@ -906,8 +873,7 @@ static inline int jf_range_work(jf_range_t *r, int worker, int *won)
         rc = r->body(r->ctx, a, b, worker);
         if (rc != 0) {
             zero = 0;
-            *won = __atomic_compare_exchange_n(&r->rc, &zero, rc, 0,
-                                               __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+            *won = jf_int_cas(&r->rc, &zero, rc);
             return rc;
         }
     }
@@ -937,7 +903,7 @@ static inline void jf_range_leave(jf_pool_t *p, jf_range_t *r)
     int listed;
     jf_mutex_lock(&p->lock);
     listed = r->job.listed;
-    if (__atomic_sub_fetch(&r->job.active, 1, __ATOMIC_ACQ_REL) == 0 && !listed)
+    if (jf_int_add(&r->job.active, -1) == 0 && !listed)
         jf_cond_broadcast(&p->left);
     jf_mutex_unlock(&p->lock);
 }
@@ -953,9 +919,9 @@ static inline void jf_range_finish(jf_pool_t *p, jf_range_t *r, double spin)
         double deadline = jf_clock_now() + spin;
         int polls = 0;
         jf_mutex_unlock(&p->lock);
-        while (JF_LOAD(&r->job.active) > 0) {
+        while (jf_int_load(&r->job.active) > 0) {
             /* Yielding: the helper may be waiting for this very CPU. */
-            JF_YIELD();
+            jf_yield();
             if (++polls % 16 == 0 && jf_clock_now() >= deadline) break;
         }
         jf_mutex_lock(&p->lock);

@@ -32,7 +32,7 @@ typedef struct {
 static const jf_pfor_api_t *jf_pfor_api = NULL;
 
 /* Fetch the table; 0, or -1 with ImportError set.  GIL held. */
-static int jf_pfor_import(void)
+static inline int jf_pfor_import(void)
 {
     const jf_pfor_api_t *api;
     if (jf_pfor_api != NULL) return 0;
