@@ -21,6 +21,7 @@ import time
 import traceback
 
 import pytest
+from helpers import daemonic_tasks
 from helpers.common import in_forked_child, in_user_threads, shared_threads
 
 import joblib_fast
@@ -376,6 +377,21 @@ def test_forked_child_gets_a_working_pool(consumer):
     consumer.visit(0, 1000, 1, -1, spin=1000)  # the parent's pool exists
     assert in_forked_child(lambda: a_pool_thread_joins(consumer),
                            timeout=60) == 0
+
+
+def test_daemonic_pool_worker_runs_parallel_for_on_threads(consumer):
+    # multiprocessing forbids children to a daemonic process, not threads:
+    # a process-backed call runs in place there, parallel_for does not.
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        daemon, outs, joined = pool.apply_async(
+            daemonic_tasks.parallel_for_call, ("pfor_consumer",)).get(60)
+        pool.close()
+        pool.join()
+    assert daemon is True
+    for out in outs:
+        assert out["rc"] == 0 and out["counts"] == [1] * 400
+    assert joined, "no pool thread of the worker joined a range"
 
 
 def test_threading_with_block_in_a_forked_child():

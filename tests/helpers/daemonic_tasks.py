@@ -88,3 +88,19 @@ def threading_call(n_jobs=2):
         "warnings": [str(w.message) for w in record],
     }
 
+
+
+def parallel_for_call(module, spins=(2_000, 20_000, 200_000)):
+    """``parallel_for`` (through the compiled test consumer ``module``)
+    here: ranges of longer and longer bodies until a pool thread of this
+    process runs a chunk.  Each range's output, and whether a pool thread
+    joined."""
+    import importlib
+    consumer = importlib.import_module(module)
+    outs = []
+    for spin in spins:
+        out = consumer.visit(0, 400, 1, -1, spin=spin)
+        outs.append(out)
+        if any(worker != 0 for _, _, worker, _ in out["chunks"]):
+            return mp.current_process().daemon, outs, True
+    return mp.current_process().daemon, outs, False
