@@ -58,6 +58,85 @@ def test_a_result_is_the_workers_allocation():
     assert all(c["live"] == 0 for c in after), after
 
 
+def test_arrays_the_task_kept_are_made_private_the_others_not():
+    with par() as p:
+        p(delayed(born_tasks.ones)(10) for _ in range(2))
+        before = p(delayed(born_tasks.stats)() for _ in range(2))
+        kept = p(delayed(born_tasks.keep)(N) for _ in range(2))
+        free = p(delayed(born_tasks.ones)(N) for _ in range(2))
+        after = p(delayed(born_tasks.stats)() for _ in range(2))
+        p(delayed(born_tasks.mutate_kept)() for _ in range(8))
+    sent = sum(c["sent"] for c in after) - sum(c["sent"] for c in before)
+    unreferenced = sum(c["sent_unreferenced"] for c in after) - \
+        sum(c["sent_unreferenced"] for c in before)
+    assert sent == 4 and unreferenced == 2, (before, after)
+    assert all((a == 7.0).all() for a in kept)
+    assert all((a == 1.0).all() for a in free)
+
+
+G: list = []
+
+
+class _Holder:
+    pass
+
+
+def _plain():
+    a = np.ones(10)
+    return [a], [a]
+
+
+def _view_alone():
+    v = np.ones(10)[1:]
+    return [v], [v]
+
+
+def _twice_nested():
+    a = np.ones(10)
+    return [(a, {"x": a})], [a]
+
+
+def _array_and_view():
+    a = np.ones(10)
+    return [a, a.T], [a, a.T]
+
+
+def _held_by_a_global():
+    a = np.ones(10)
+    G.append(a)
+    return [a], [a]
+
+
+def _view_held_by_a_global():
+    a = np.ones(10)
+    G.append(a[2:])
+    return [a], [a]
+
+
+def _held_by_an_object_of_the_reply():
+    a = np.ones(10)
+    h = _Holder()
+    h.x = a
+    return [h, a], [a]
+
+
+@pytest.mark.parametrize("build, expected", [
+    (_plain, True), (_view_alone, True), (_twice_nested, True),
+    (_array_and_view, False),   # two distinct .T objects: one not sent
+    (_held_by_a_global, False), (_view_held_by_a_global, False),
+    (_held_by_an_object_of_the_reply, False),
+])
+def test_only_in_counts_every_reference(build, expected):
+    """The check that lets a sent segment stay mapped: True only when the
+    reply holds every reference to the arrays and their base."""
+    from joblib_fast.backends.processes.arrays_out import only_in
+    data, arrays = build()
+    try:
+        assert only_in(data, arrays) is expected
+    finally:
+        G.clear()
+
+
 def test_later_writes_in_the_worker_never_reach_the_parent():
     with par(n_jobs=1 + 1) as p:
         kept = p(delayed(born_tasks.keep)(N) for _ in range(4))

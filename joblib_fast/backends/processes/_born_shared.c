@@ -12,6 +12,8 @@
  *   worker: np.ones(n) --malloc hook--> segment: [header page | data]
  *   reply:  find(address) -> fd, offset --> dup(fd) sent with the reply
  *           make_private(segment): the worker's later writes stay its own
+ *           (or lend(segment) when the worker holds no reference to the
+ *           array any more: nothing can write to it, its mapping stays)
  *   parent: maps the data privately, the header shared
  *           (shm.attach_segment); when its array is collected it unmaps
  *           the data and sets the header's `released`
@@ -51,7 +53,7 @@
 
 enum {
     SEG_SHARED = 1,   /* in use, mapped by nobody else: may be sent */
-    SEG_PRIVATE,      /* in use, sent (or forked): writes stay here */
+    SEG_PRIVATE,      /* in use, sent (or forked) */
     SEG_CACHED,       /* freed, never sent: reusable at once */
     SEG_LENT,         /* freed, sent: reusable once the parent released it */
 };
@@ -69,6 +71,7 @@ typedef struct {
     int fd;
     int state;
     int forked;       /* made private by a fork: never sent nor reused */
+    int mapped_private;   /* this process's writes to it stay its own */
 } jf_seg_t;
 
 /* Freed segments kept for reuse, cached and lent ones together: at most
@@ -87,7 +90,7 @@ static size_t header = 4096;   /* a page: set at import */
 /* Counters, for tests and diagnostics (stats()). */
 static unsigned long long n_created = 0, n_freed = 0, n_sent = 0,
                           n_fallbacks = 0, n_moved_in = 0, n_resized = 0,
-                          n_reused = 0, n_recycled = 0;
+                          n_reused = 0, n_recycled = 0, n_lent_mapped = 0;
 
 /* Data larger than this many bytes goes to a segment; SIZE_MAX: never. */
 static volatile size_t threshold = SIZE_MAX;
@@ -147,12 +150,14 @@ static jf_seg_t *take_kept(size_t size)
         if (e->state == SEG_LENT) {
             if (!header_of(e)->released)
                 continue;
-            if (jf_segment_make_shared(e->fd, e->addr, e->size, header)
+            if (e->mapped_private &&
+                    jf_segment_make_shared(e->fd, e->addr, e->size, header)
                     != 0) {
                 seg_release(e);   /* the last entry moved to i */
                 i--;
                 continue;
             }
+            e->mapped_private = 0;
             header_of(e)->released = 0;
             n_recycled++;
         } else {
@@ -196,6 +201,7 @@ static void *seg_new(size_t size, int zero)
     e->fd = fd;
     e->state = SEG_SHARED;
     e->forked = 0;
+    e->mapped_private = 0;
     n_created++;
     return e->addr;
 }
@@ -240,8 +246,8 @@ static void seg_free(jf_seg_t *e)
         seg_release(e);
         return;
     }
-    if (state == SEG_LENT)   /* its private copies are of no more use */
-        jf_segment_drop_private(e->addr, e->size);
+    if (state == SEG_LENT && e->mapped_private)
+        jf_segment_drop_private(e->addr, e->size);   /* of no more use */
     e->state = state;
     n_kept++;
     kept_bytes += e->size;
@@ -379,10 +385,13 @@ static void before_fork(void)
     trim_kept();
     for (size_t i = 0; i < n_segs; i++) {
         jf_seg_t *e = &segs[i];
-        if (e->state == SEG_SHARED &&
+        if (!e->mapped_private &&
                 jf_segment_make_private(e->fd, e->addr, e->size, header)
-                    == 0)
-            e->state = SEG_PRIVATE;
+                    == 0) {
+            e->mapped_private = 1;
+            if (e->state == SEG_SHARED)
+                e->state = SEG_PRIVATE;
+        }
         e->forked = 1;
     }
 }
@@ -463,9 +472,31 @@ static PyObject *py_make_private(PyObject *self, PyObject *arg)
     if (e != NULL && e->state == SEG_SHARED) {
         if (jf_segment_make_private(e->fd, e->addr, e->size, header) == 0) {
             e->state = SEG_PRIVATE;
+            e->mapped_private = 1;
             n_sent++;
             done = 1;
         }
+    }
+    pthread_mutex_unlock(&seg_lock);
+    return PyBool_FromLong(done);
+}
+
+/* lend(start): the segment at `start` was sent and nothing in this
+ * process refers to its arrays any more (the caller checked): it stays
+ * mapped as it is, to be reused as it is once the parent released it. */
+static PyObject *py_lend(PyObject *self, PyObject *arg)
+{
+    void *p = (void *)(uintptr_t)PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    int done = 0;
+    pthread_mutex_lock(&seg_lock);
+    jf_seg_t *e = find_exact(p);
+    if (e != NULL && e->state == SEG_SHARED) {
+        e->state = SEG_PRIVATE;
+        n_sent++;
+        n_lent_mapped++;
+        done = 1;
     }
     pthread_mutex_unlock(&seg_lock);
     return PyBool_FromLong(done);
@@ -500,10 +531,11 @@ static PyObject *py_stats(PyObject *self, PyObject *noargs)
         shared += segs[i].state == SEG_SHARED;
     }
     PyObject *out = Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "created", n_created,
+        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsKsKsK}", "created", n_created,
         "freed", n_freed, "sent", n_sent, "fallbacks", n_fallbacks,
         "moved_in", n_moved_in, "resized", n_resized, "reused", n_reused,
-        "recycled", n_recycled, "live", live, "live_bytes", bytes,
+        "recycled", n_recycled, "sent_unreferenced", n_lent_mapped,
+        "live", live, "live_bytes", bytes,
         "live_shared", shared, "kept", (unsigned long long)n_kept,
         "kept_bytes", (unsigned long long)kept_bytes, "lent", lent,
         "segments", (unsigned long long)n_segs);
@@ -526,6 +558,9 @@ static PyMethodDef methods[] = {
     {"trim", py_trim, METH_NOARGS,
      "trim(): release the freed segments kept for reuse (cached and "
      "lent)."},
+    {"lend", py_lend, METH_O,
+     "lend(start) -> bool: the segment was sent and nothing here refers "
+     "to it: its mapping is kept for reuse."},
     {"kept", py_kept, METH_NOARGS,
      "kept() -> int: freed segments kept for reuse."},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict of counters."},

@@ -74,8 +74,10 @@ class ResultPacker:
         # loaded; False where there is none.
         self._born: Any = None
         # Born-shared segments this reply sends: data start -> index of
-        # its descriptor in ``fds`` (one per segment, however many views).
+        # its descriptor in ``fds`` (one per segment, however many views),
+        # and the arrays of the reply on each.
         self._sending: dict[int, int] = {}
+        self._arrays: dict[int, list] = {}
 
     def expect(self, threshold: int) -> None:
         """A batch is about to run with this reply threshold: its large
@@ -100,12 +102,21 @@ class ResultPacker:
         if self._born:
             self._born.trim()
 
-    def sent(self) -> None:
-        """The reply was pickled: the worker's view of each born-shared
-        segment it sends becomes private (later writes stay here)."""
+    def sent(self, data) -> None:
+        """The reply ``data`` was pickled: for each born-shared segment it
+        sends, the worker must never write to it again.  When the reply
+        holds the only references to the segment's arrays (the task kept
+        none: :func:`only_in`), nothing can; the segment stays mapped as
+        it is (reused as it is once the parent let go of it).  Otherwise
+        the worker's mapping becomes private: its later writes stay
+        here."""
         sending, self._sending = self._sending, {}
+        arrays, self._arrays = self._arrays, {}
         for start in sending:
-            self._born.make_private(start)
+            if only_in(data, arrays.get(start, [])):
+                self._born.lend(start)
+            else:
+                self._born.make_private(start)
 
     def dispatch_table(self, cloud: bool = False) -> dict:
         # A pickling pass starts: the descriptors of a failed earlier pass
@@ -153,6 +164,7 @@ class ResultPacker:
                 return None
             self.fds.append(fd)
             index = self._sending[start] = len(self.fds) - 1
+        self._arrays.setdefault(start, []).append(a)
         return (index, size, data_offset, address(a) - start, a.dtype,
                 a.shape, a.strides)
 
@@ -171,9 +183,62 @@ class ResultPacker:
 
     def discard(self) -> None:
         fds, self.fds = self.fds, []
-        self._sending = {}
+        self._sending, self._arrays = {}, {}
         for fd in fds:
             os.close(fd)
+
+
+def only_in(data, arrays: list) -> bool:
+    """Whether ``arrays`` (the arrays of one segment that a reply sends)
+    and the array owning their memory are referred to by ``data`` (the
+    reply: lists, tuples and dicts of results), by each other and by
+    ``arrays``, and by nothing else: then nothing of the worker can write
+    to that memory once the reply is dropped.  Counts references exactly
+    (``sys.getrefcount``); anything it cannot account for (an array held
+    by a task's global, a closure, another thread, an object of the reply
+    that is not a list, tuple or dict) says False."""
+    import numpy as np
+    objects = {id(a): a for a in arrays}
+    owners = {id(a.base): a.base for a in arrays
+              if isinstance(a.base, np.ndarray)}
+    if any(o.base is not None for o in owners.values()):
+        return False   # a base that is itself a view: not counted here
+    objects.update(owners)
+    # References each object should have: from the views among them, from
+    # `arrays`, and from the reply's containers (counted below).
+    expected = {key: sum(a.base is obj for a in objects.values())
+                + sum(a is obj for a in arrays)
+                for key, obj in objects.items()}
+    _count_in(data, expected)
+    # Ours beside those: the dict `objects`, `owners` for an owner, and
+    # getrefcount's argument.
+    return all(sys.getrefcount(objects[key]) ==
+               count + 2 + (key in owners)
+               for key, count in expected.items())
+
+
+def _count_in(data, counts: dict) -> None:
+    """Add to ``counts[id(x)]`` each reference to ``x`` from the lists,
+    tuples and dicts that make up ``data`` (a function of its own: none of
+    its locals outlives it to hold a reference)."""
+    seen: set[int] = set()
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if type(item) is dict:
+            children = [*item.keys(), *item.values()]
+        elif type(item) in (list, tuple):
+            children = item
+        else:
+            continue
+        for child in children:
+            if id(child) in counts:
+                counts[id(child)] += 1
+            elif type(child) in (list, tuple, dict):
+                stack.append(child)
 
 
 def _shared_result(*args):

@@ -89,7 +89,7 @@ class _Replier:
         except BaseException:
             packer.discard()
             raise
-        packer.sent()
+        packer.sent(data)
         fds, packer.fds = packer.fds, []
         return blob, buffers, fds
 
