@@ -22,7 +22,6 @@ without them has no pool to cap, and pays nothing.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import sys
 import threading
@@ -30,7 +29,12 @@ from typing import Any
 
 from . import _cpu
 
-_log = logging.getLogger("joblib_fast")
+
+def _debug(message: str, exc_info: bool = False) -> None:
+    # logging is imported when there is something to say: importing it
+    # registers an exit hook, and importing joblib_fast must not.
+    import logging
+    logging.getLogger("joblib_fast").debug(message, exc_info=exc_info)
 
 # Modules that load the libraries threadpoolctl knows (OpenBLAS, MKL,
 # BLIS, OpenMP runtimes) into the process.  Until one of them is imported
@@ -76,7 +80,7 @@ def _get_controller() -> Any:
             from threadpoolctl import ThreadpoolController
         except ImportError:
             _unavailable = True
-            _log.debug("threadpoolctl is not installed: native thread "
+            _debug("threadpoolctl is not installed: native thread "
                        "pools are not capped")
             return None
         _controller = ThreadpoolController()
@@ -146,7 +150,7 @@ class Hold:
             try:
                 _apply()
             except Exception:  # noqa: BLE001 - never fail the user's call
-                _log.debug("restoring native thread pools failed",
+                _debug("restoring native thread pools failed",
                            exc_info=True)
 
 
@@ -165,7 +169,7 @@ def hold(limit: int) -> Hold | None:
         try:
             _apply()
         except Exception:  # noqa: BLE001 - never fail the user's call
-            _log.debug("capping native thread pools failed", exc_info=True)
+            _debug("capping native thread pools failed", exc_info=True)
     return held
 
 
@@ -178,7 +182,7 @@ def _after_fork_in_child() -> None:
     try:
         _apply()
     except Exception:  # noqa: BLE001
-        _log.debug("restoring native thread pools failed", exc_info=True)
+        _debug("restoring native thread pools failed", exc_info=True)
 
 
 def cap_loaded(limit: int) -> None:
@@ -194,7 +198,7 @@ def cap_loaded(limit: int) -> None:
             if size is None or size > limit:
                 _set_size(lib, limit)
     except Exception:  # noqa: BLE001 - a worker starts anyway
-        _log.debug("capping native thread pools failed", exc_info=True)
+        _debug("capping native thread pools failed", exc_info=True)
 
 
 def worker_limit(env: dict[str, str]) -> int | None:

@@ -18,7 +18,7 @@ WORKER_ALLOWED = {
     "wire", "pickling", "arrays", "arrays_in", "arrays_out", "rss",
     "..._context", "..base",
     # a leaf: the worker caps the BLAS/OpenMP pools it inherited
-    "..._native_threads",
+    "_native_threads",
 }
 PARENT_SIDE = {"pool", "registry", "context", "__init__"}
 
