@@ -22,9 +22,12 @@ def blas_threads_pid(_=None) -> tuple[int, int]:
 
 
 def blas_threads_at(barrier: threading.Barrier, _=None) -> int:
-    """The size seen once every task of the barrier arrived."""
+    """The size seen while every task of the barrier runs: read once all
+    arrived, returned once all read (no call ends before every read)."""
     barrier.wait(timeout=30)
-    return blas_threads()
+    size = blas_threads()
+    barrier.wait(timeout=30)
+    return size
 
 
 def fail(_=None):
