@@ -113,8 +113,10 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
         code filters on them) where this process must not start workers:
         in a daemonic process (multiprocessing forbids it children) and
         inside a worker of another call (processes there would
-        oversubscribe the machine).  This is the one place that decides
-        it, for every way of making or using the backend."""
+        oversubscribe the machine).  Every use of the backend (a call, a
+        ``with`` block, ``effective_n_jobs()``) resolves n_jobs here;
+        joblib's Parallel on our processes (``FastProcessBackend``) asks
+        :func:`.context.daemonic_warning` the same question."""
         if n_jobs is None:
             return resolve_n_jobs(n_jobs)
         reason = daemonic_warning()
