@@ -46,6 +46,27 @@ def test_a_leaking_worker_is_replaced_between_batches(return_as):
     assert len(per_pid) >= n // 3, per_pid
 
 
+def numpy_temporaries(i, mb):
+    import numpy as np
+    # Freed before the task returns: born in shared memory, kept by the
+    # worker for reuse (not a leak).
+    arrays = [np.ones((mb << 20) // 8) for _ in range(3)]
+    return float(sum(a[0] for a in arrays)), os.getpid()
+
+
+@pytest.mark.slow
+def test_freed_numpy_temporaries_do_not_count_as_growth():
+    pytest.importorskip("numpy")
+    n = 8
+    # 3 x 120 MB of temporaries a task: more than the default limit when
+    # the segments kept for reuse count as the worker's growth.
+    with Parallel(n_jobs=2, batch_size=1) as parallel:
+        out = parallel(delayed(numpy_temporaries)(i, 120) for i in range(n))
+        out += parallel(delayed(numpy_temporaries)(i, 120) for i in range(n))
+    assert [v for v, _ in out] == [3.0] * 2 * n
+    assert len({pid for _, pid in out}) <= 2
+
+
 @pytest.mark.slow
 def test_without_a_limit_the_leaking_workers_stay():
     n = 6

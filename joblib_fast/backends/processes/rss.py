@@ -9,8 +9,13 @@ reply; the parent then replaces it between batches (``pool``).
 
 How the resident size is read, without psutil:
 
-- Linux: ``/proc/self/statm`` (resident pages, second field), kept open and
-  re-read with one ``pread``: a few microseconds a batch;
+- Linux: ``/proc/self/statm`` kept open and re-read with one ``pread`` (a
+  few microseconds a batch): resident pages minus shared ones (second and
+  third fields), the private memory a leak grows.  Shared pages are left
+  out: the shared-memory segments that large NumPy arrays are born in, and
+  that a worker keeps for reuse once freed (``arrays_out``), are not a
+  leak, and counting them replaced workers of NumPy-heavy tasks after
+  every batch;
 - other POSIX systems (macOS, BSD): ``getrusage``'s peak resident size
   (``ru_maxrss``): a leak raises the peak as much as the current size;
 - Windows: psutil when installed, else the guard is off.
@@ -31,7 +36,8 @@ def _statm_reader() -> Callable[[], int] | None:
     page = os.sysconf("SC_PAGE_SIZE")
 
     def read() -> int:
-        return int(os.pread(fd, 128, 0).split()[1]) * page
+        fields = os.pread(fd, 128, 0).split()
+        return (int(fields[1]) - int(fields[2])) * page
     try:
         read()
     except (OSError, ValueError, IndexError):
