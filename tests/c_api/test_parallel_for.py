@@ -1,6 +1,7 @@
 """parallel_for, the C API for Cython code.
 
-A downstream module (pfor_consumer.pyx beside this file, and the README's example) is
+A downstream module (pfor_consumer.pyx beside this file, and the user
+guide's example) is
 built once per session in a temporary folder, in a subprocess, against the
 installed package only: ``include_dirs=[joblib_fast.get_include()]``, no
 source tree on the path, nothing to link.  A failed build is an error.
@@ -11,7 +12,6 @@ import ctypes
 import importlib
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -22,14 +22,18 @@ import traceback
 
 import pytest
 from helpers import daemonic_tasks
-from helpers.common import in_forked_child, in_user_threads, shared_threads
+from helpers.common import (
+    doc_blocks,
+    in_forked_child,
+    in_user_threads,
+    shared_threads,
+)
 
 import joblib_fast
 from joblib_fast import Parallel, _threads, cpu_count, delayed
 
 HERE = pathlib.Path(__file__).resolve().parent
-README = HERE.parent.parent / "README.md"
-README_SECTION = "parallel_for: a nogil loop on the worker threads"
+GUIDE = "docs/user_guide/parallel_for.md"
 MODULES = ("pfor_consumer", "pfor_abi_probe", "mykernels")
 
 SETUP = textwrap.dedent("""
@@ -50,19 +54,12 @@ SETUP = textwrap.dedent("""
 """)
 
 
-def readme_blocks(language):
-    text = README.read_text()  # the checkout's README: never skipped
-    start = text.index(f"## {README_SECTION}")
-    end = text.find("\n## ", start + 1)
-    return re.findall(rf"```{language}\n(.*?)```", text[start:end], re.DOTALL)
-
-
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pfor-build")
     for name in MODULES[:2]:
         shutil.copy(HERE / f"{name}.pyx", folder / f"{name}.pyx")
-    (folder / "mykernels.pyx").write_text(readme_blocks("cython")[0])
+    (folder / "mykernels.pyx").write_text(doc_blocks(GUIDE, "cython")[0])
     (folder / "setup.py").write_text(SETUP.format(modules=MODULES))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "setup.py"], cwd=folder, env=env,
@@ -560,12 +557,12 @@ def test_get_include_holds_the_header():
         "parallel_for.pxd").is_file()
 
 
-def test_readme_example_runs(built):
+def test_guide_example_runs(built):
     mykernels = built[1]["mykernels"]
     import numpy as np
     x = np.arange(100_000, dtype=float)
     mykernels.double_all(x)
     assert (x == 2 * np.arange(100_000, dtype=float)).all()
-    # The README's build recipe is the one used here.
-    (setup,) = [b for b in readme_blocks("python") if "Extension(" in b]
+    # The guide's build recipe is the one used here.
+    (setup,) = [b for b in doc_blocks(GUIDE, "python") if "Extension(" in b]
     assert "include_dirs=[joblib_fast.get_include()]" in setup

@@ -292,13 +292,18 @@ def pids_of(results):
     return {pid for _, pid in results}
 
 
-def readme_python_blocks(title):
-    """The python code blocks of the README section ``## <title>`` (the
-    checkout's README, next to the tests folder: never skipped)."""
+def doc_blocks(page, language="python", section=None):
+    """The ``language`` code blocks of ``page`` (a path from the root of
+    the checkout, e.g. ``"docs/user_guide/progress.md"`` or
+    ``"README.md"``: the checkout's, next to the tests folder, so these
+    tests are never skipped), only those of its ``## <section>`` when
+    given."""
     import pathlib
     import re
 
-    text = (pathlib.Path(TESTS_DIR).resolve().parent / "README.md").read_text()
-    start = text.index(f"## {title}")
-    end = text.find("\n## ", start + 1)
-    return re.findall(r"```python\n(.*?)```", text[start:end], re.DOTALL)
+    text = (pathlib.Path(TESTS_DIR).resolve().parent / page).read_text()
+    if section is not None:
+        start = text.index(f"## {section}\n")
+        end = text.find("\n## ", start + 1)
+        text = text[start:] if end < 0 else text[start:end]
+    return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)

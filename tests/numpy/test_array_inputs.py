@@ -1,6 +1,6 @@
 """NumPy arrays into workers: memmapped inputs (joblib's "Working with
 numerical data in shared memory"), out-of-band buffers, where the
-files go, the threading backend, the README's NumPy examples.
+files go, the threading backend, the user guide's NumPy examples.
 
 Structure only: which type a worker sees, where a file lives, which files
 exist when.  Arrays are small (a few hundred kB) with a matching
@@ -17,7 +17,7 @@ import pytest
 np = pytest.importorskip("numpy")
 
 from helpers import np_tasks
-from helpers.common import readme_python_blocks
+from helpers.common import doc_blocks
 from helpers.np_tasks import (
     BIG,
     MID,
@@ -294,15 +294,15 @@ def test_threading_backend_copies_nothing():
     assert type(made[0][0]) is np.ndarray and not is_shared_result(made[0][0])
 
 
-# -------------------------------------------------------------- README
+# --------------------------------------------------------- the user guide
 
 
 @pytest.mark.parametrize("index", range(2))
-def test_readme_numpy_examples_run(index):
-    blocks = readme_python_blocks("NumPy arrays")
+def test_guide_numpy_examples_run(index):
+    blocks = doc_blocks("docs/user_guide/numpy.md")
     assert len(blocks) == 2
-    code = compile(blocks[index], f"README NumPy block {index}", "exec")
-    exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own examples
+    code = compile(blocks[index], f"NumPy guide block {index}", "exec")
+    exec(code, {"__name__": "__main__"})  # noqa: S102 - the guide's own examples
 
 
 @pytest.mark.parametrize("max_nbytes", [1e6, -1, 0.5, 1e300, float("inf")])

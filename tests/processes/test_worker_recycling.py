@@ -163,11 +163,12 @@ def test_bad_worker_settings_say_what_is_accepted(kwargs, match):
         Parallel(n_jobs=2, **kwargs)(delayed(abs)(i) for i in range(2))
 
 
-def test_readme_example_runs(capsys):
-    from helpers.common import readme_python_blocks
-    blocks = readme_python_blocks("Replacing leaky workers")
+def test_guide_example_runs(capsys):
+    from helpers.common import doc_blocks
+    blocks = doc_blocks("docs/user_guide/processes.md",
+                        section="Replacing leaky workers")
     assert len(blocks) == 1
-    exec(compile(blocks[0], "README block", "exec"), {})  # noqa: S102
+    exec(compile(blocks[0], "guide block", "exec"), {})  # noqa: S102
     first, second = capsys.readouterr().out.splitlines()
     assert int(first.split()[0]) >= 4
     assert second == "[0, 1, 2, 3]"
