@@ -83,8 +83,13 @@ class Dispatcher:
     with ``push``, and the thread that is the only one touching both."""
 
     def __init__(self, pool: Any, name: str,
-                 max_running: int | None = None) -> None:
+                 max_running: int | None = None,
+                 error_for_caller: Callable[[BaseException], BaseException]
+                 | None = None) -> None:
         self.pool = pool
+        # What the submitter's code catches for an error of ours (joblib's
+        # callers catch loky's exceptions), or None: the error as it is.
+        self.error_for_caller = error_for_caller
         # Batches handed to the pool at once (None: all).  A process worker
         # takes up to two batches (the next one waits in its pipe), so
         # without a cap a batch could wait behind a slow one while another
@@ -191,9 +196,10 @@ class Dispatcher:
         self.waiting.clear()
         return jobs
 
-    @staticmethod
-    def _report(job: Job, results: Any,
+    def _report(self, job: Job, results: Any,
                 error: BaseException | None) -> None:
+        if error is not None and self.error_for_caller is not None:
+            error = self.error_for_caller(error)
         job.outcome.set(results, error)
         if job.callback is not None:
             try:

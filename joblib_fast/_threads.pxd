@@ -77,6 +77,9 @@ cdef extern from "jf_pool.h" nogil:
                        Py_ssize_t grain, int n_workers, jf_body_t body,
                        void *ctx)
     int jf_range_work(jf_range_t *r, int worker, int *won)
+    int jf_range_work_until(jf_range_t *r, int worker, int *won,
+                            double deadline, int *paused)
+    int jf_range_stop(jf_range_t *r, int rc)
     int jf_range_start(jf_pool_t *p, jf_range_t *r)
     void jf_range_leave(jf_pool_t *p, jf_range_t *r)
     void jf_range_finish(jf_pool_t *p, jf_range_t *r, double spin)

@@ -23,6 +23,9 @@ from typing import Any
 try:
     import joblib
     from joblib.disk import memstr_to_bytes
+    from joblib.externals.loky.process_executor import (
+        TerminatedWorkerError as _LokyTerminatedWorkerError,
+    )
     from joblib.parallel import (
         FallbackToBackend,
         ParallelBackendBase,
@@ -39,6 +42,7 @@ from ._push import Dispatcher, Job, PoolClosedError
 from .backends.base import ThreadingBackend
 from .backends.native import CallOptions
 from .backends.processes import ProcessBackend, daemonic_warning
+from .errors import TerminatedWorkerError
 
 __all__ = ["register_joblib_backend", "FastProcessBackend",
            "FastThreadingBackend"]
@@ -51,6 +55,23 @@ __all__ = ["register_joblib_backend", "FastProcessBackend",
 # (the joblib->jf rows) shows what they give.
 PROCESS_TARGET_BATCH_SECONDS = 0.02
 THREAD_TARGET_BATCH_SECONDS = 0.005
+
+
+class JoblibTerminatedWorkerError(TerminatedWorkerError,
+                                  _LokyTerminatedWorkerError):
+    """A worker died: joblib_fast's TerminatedWorkerError that is also
+    loky's, which code written for joblib catches."""
+
+
+def error_for_joblib(error: BaseException) -> BaseException:
+    """`error` as joblib's callers expect it: a dead worker is also loky's
+    TerminatedWorkerError (same message, cause and traceback)."""
+    if isinstance(error, TerminatedWorkerError) and \
+            not isinstance(error, _LokyTerminatedWorkerError):
+        converted = JoblibTerminatedWorkerError(*error.args)
+        converted.__cause__ = error.__cause__
+        return converted.with_traceback(error.__traceback__)
+    return error
 
 
 class _FastBackend(ParallelBackendBase):
@@ -142,7 +163,8 @@ class _FastBackend(ParallelBackendBase):
                         f"{type(self).__name__}.submit before configure")
                 dispatcher = self._dispatcher = Dispatcher(
                     self._make_pool(), self.thread_name,
-                    self._n_jobs if self.one_batch_per_worker else None)
+                    self._n_jobs if self.one_batch_per_worker else None,
+                    error_for_joblib)
         dispatcher.submit(job)
         return job.outcome
 

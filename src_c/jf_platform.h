@@ -193,6 +193,65 @@ static inline double jf_cpu_clock_read(jf_cpu_clock_t c)
 
 #endif
 
+/* Whether a thread of this process (jf_thread_id() of it) is running or
+ * waiting for a CPU (1), or asleep: blocked on a lock, a condition, I/O
+ * (0); -1 where the platform does not tell.  A thread that computes but
+ * got no CPU for a while (a busy machine) used no CPU time either: this
+ * tells it from one that waits. */
+#if defined(__linux__)
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+
+typedef long jf_thread_id_t;
+
+static inline jf_thread_id_t jf_thread_id(void) { return (long)syscall(SYS_gettid); }
+
+static inline int jf_thread_runnable(jf_thread_id_t tid)
+{
+    char path[64], buf[256], *end;
+    ssize_t n;
+    int fd;
+    snprintf(path, sizeof(path), "/proc/self/task/%ld/stat", tid);
+    fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    end = strrchr(buf, ')');        /* the name may hold spaces and ')' */
+    if (end == NULL || end[1] == '\0' || end[2] == '\0') return -1;
+    return end[2] == 'R';
+}
+
+#elif defined(JF_DARWIN)
+
+typedef mach_port_t jf_thread_id_t;
+
+static inline jf_thread_id_t jf_thread_id(void) { return pthread_mach_thread_np(pthread_self()); }
+
+static inline int jf_thread_runnable(jf_thread_id_t t)
+{
+    thread_basic_info_data_t info;
+    mach_msg_type_number_t count = THREAD_BASIC_INFO_COUNT;
+    if (thread_info(t, THREAD_BASIC_INFO, (thread_info_t)&info, &count)
+            != KERN_SUCCESS)
+        return -1;
+    return info.run_state == TH_STATE_RUNNING;
+}
+
+#else
+
+typedef long jf_thread_id_t;
+
+static inline jf_thread_id_t jf_thread_id(void) { return 0; }
+
+static inline int jf_thread_runnable(jf_thread_id_t t) { (void)t; return -1; }
+
+#endif
+
 /* --------------------------------------- mutex and condition variable */
 
 #if defined(JF_WINDOWS)

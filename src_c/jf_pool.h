@@ -90,6 +90,7 @@ typedef struct jf_claim {
     double seen_at;                 /* [lock] when that was */
     double seen_cpu;                /* [lock] the thread's CPU seconds then (< 0: unknown) */
     jf_cpu_clock_t clock;           /* the CPU clock of the piece's thread */
+    jf_thread_id_t thread;          /* and its id (jf_thread_runnable) */
     int *parts;                     /* atomic: unfinished pieces of the item */
     void *owner;                    /* the item (borrowed: alive while parts > 0) */
     struct jf_claim *prev, *next;   /* [lock] the queue's running pieces */
@@ -189,6 +190,7 @@ static inline void jf_claim_init(jf_claim_t *c, ptrdiff_t begin, ptrdiff_t end,
     c->word = jf_claim_pack(begin, end);
     c->seen = -1;
     c->clock = jf_cpu_clock_self();
+    c->thread = jf_thread_id();
     c->parts = parts;
     c->owner = owner;
 }
@@ -302,6 +304,9 @@ static inline int jf_queue_rescue_due(jf_queue_t *q, double now, jf_claim_t **pi
         if (*pick == NULL && jf_claim_next_of(w) < jf_claim_end_of(w)) *pick = c;
     }
     if (used > JF_RESCUE_MAX_CPU * since) return 0;
+    /* No CPU: waiting, unless waiting for a CPU (a busy machine). */
+    for (c = q->claims; c != NULL; c = c->next)
+        if (jf_thread_runnable(c->thread) == 1) return 0;
     if (*pick != NULL) return 2;
     if (known && q->count > 0) return 1;
     return q->feed_wanted ? 3 : 0;
@@ -878,6 +883,39 @@ static inline int jf_range_work(jf_range_t *r, int worker, int *won)
         }
     }
     return 0;
+}
+
+/* As jf_range_work, but return early (*paused = 1) after a chunk that
+ * ends at or past the monotonic `deadline`: the caller then looks for
+ * Ctrl-C and goes on, or stops the range (jf_range_stop). */
+static inline int jf_range_work_until(jf_range_t *r, int worker, int *won,
+                                      double deadline, int *paused)
+{
+    ptrdiff_t a, b;
+    int rc, zero;
+    *won = 0;
+    *paused = 0;
+    while (jf_range_grab(r, &a, &b)) {
+        rc = r->body(r->ctx, a, b, worker);
+        if (rc != 0) {
+            zero = 0;
+            *won = jf_int_cas(&r->rc, &zero, rc);
+            return rc;
+        }
+        if (jf_clock_now() >= deadline) {
+            *paused = 1;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Stop the range with `rc` as its result unless a body failed first: no
+ * chunk starts any more.  1 when `rc` is the range's result. */
+static inline int jf_range_stop(jf_range_t *r, int rc)
+{
+    int zero = 0;
+    return jf_int_cas(&r->rc, &zero, rc);
 }
 
 /* List the range and wake threads for its `limit - 1` places.  EPIPE

@@ -302,3 +302,28 @@ def cheap_start(Py_ssize_t n, Py_ssize_t cheap_below, long spin):
     with nogil:
         parallel_for(0, n, 0, _cheap_start_body, &c, -1)
     return c.largest, bool(c.helper_ran), c.visited
+
+
+cdef long _visited_before_raise = 0
+
+
+cdef int _spin_count(void *ctx, Py_ssize_t start, Py_ssize_t stop,
+                     int worker) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(start, stop):
+        _spin(<long>ctx)
+        pfc_add(&_visited_before_raise, 1)
+    return 0
+
+
+def spin_with_the_gil(Py_ssize_t n, long spin):
+    """parallel_for over [0, n), called with the GIL held (as from plain
+    Python): Ctrl-C meanwhile raises KeyboardInterrupt here."""
+    global _visited_before_raise
+    _visited_before_raise = 0
+    return parallel_for(0, n, 1, _spin_count, <void *>spin, -1)
+
+
+def visited_so_far():
+    """Indices spin_with_the_gil visited (also after it raised)."""
+    return pfc_add(&_visited_before_raise, 0)

@@ -566,3 +566,33 @@ def test_guide_example_runs(built):
     # The guide's build recipe is the one used here.
     (setup,) = [b for b in doc_blocks(GUIDE, "python") if "Extension(" in b]
     assert "include_dirs=[joblib_fast.get_include()]" in setup
+
+
+INTERRUPT = """
+import os, signal, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import pfor_consumer
+spin = 20_000
+t = time.perf_counter()
+pfor_consumer.spin_with_the_gil(200, spin)
+per_index = (time.perf_counter() - t) / 200
+n = int(8.0 / per_index)          # several seconds even on two CPUs
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    pfor_consumer.spin_with_the_gil(n, spin)
+except KeyboardInterrupt:
+    print("interrupted", pfor_consumer.visited_so_far(), n)
+else:
+    print("finished", n, n)
+"""
+
+
+def test_ctrl_c_stops_a_long_loop_called_with_the_gil(built):
+    # Called from Python (GIL held), parallel_for looks for Ctrl-C between
+    # the caller's chunks: KeyboardInterrupt is raised, and no chunk
+    # starts after it (the loop stops well before its end).
+    proc = python_outside_the_tree(INTERRUPT, built[0])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    word, visited, n = proc.stdout.split()
+    assert word == "interrupted"
+    assert int(visited) < int(n)

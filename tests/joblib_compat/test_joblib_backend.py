@@ -251,10 +251,15 @@ def test_task_error_is_raised_as_itself(registered):
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("how", ["exit", "kill"])
 def test_dead_worker_raises(registered, how):
+    from joblib.externals.loky.process_executor import (
+        TerminatedWorkerError as LokyTerminatedWorkerError,
+    )
     func = tasks.exit_now if how == "exit" else tasks.kill_self
-    with pytest.raises(TerminatedWorkerError):
+    with pytest.raises(TerminatedWorkerError) as info:
         Parallel(n_jobs=2, backend=NAME)(
             delayed(func)(i) for i in range(10))
+    # Code written for joblib catches loky's exception.
+    assert isinstance(info.value, LokyTerminatedWorkerError)
     # The next call gets fresh workers.
     assert Parallel(n_jobs=2, backend=NAME)(
         delayed(tasks.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
