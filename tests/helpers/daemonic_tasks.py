@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import threading
 import warnings
 
@@ -37,6 +38,7 @@ def _report(run):
                      for w in record],
         "new_children": sorted(set(_children()) - set(before)),
         "pool_pids": sorted(reusable_pool_pids()),
+        "distributed_imported": "distributed" in sys.modules,
     }
 
 

@@ -114,7 +114,10 @@ def test_spawned_pool_worker():
                 for backend in PROCESS_BACKENDS]
         threads = pool.apply_async(daemonic_tasks.threading_call)
         for out in outs:
-            check_ran_in_place(out.get(timeout=NO_HANG), POOL_WARNING)
+            out = out.get(timeout=NO_HANG)
+            check_ran_in_place(out, POOL_WARNING)
+            # Telling a dask worker apart imported nothing.
+            assert out["distributed_imported"] is False
         check_threads(threads.get(timeout=NO_HANG))
         pool.close()
         pool.join()
