@@ -4,7 +4,9 @@ Keys are pytest node ids of the copied modules, where ``*`` stands for any
 text (so that one entry covers the parametrizations of one test; brackets
 are literal); values say why a
 drop-in cannot, or should not, pass it.  "README" points at a documented
-difference (README.md, "Differences from joblib").
+difference (README.md, "Differences from joblib", and for test_dask.py
+"Running on a dask cluster"; docs/differences.md and the user guide say
+the same).
 """
 
 _PRIVATE = "stops at a joblib private attribute: "
