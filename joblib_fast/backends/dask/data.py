@@ -144,7 +144,8 @@ class Scatter:
     def use(self, data: ScatteredData, n_tasks: int) -> None:
         """Count ``n_tasks`` more tasks using ``data``; once as many use
         it as there are workers, copy it to every worker so that tasks
-        can run anywhere (dask would otherwise keep them near the data)."""
+        can run anywhere without fetching it first (dask otherwise prefers
+        the worker holding it, and its work stealing moves some)."""
         data.uses += n_tasks
         if data.replicated or data.uses < self.n_workers \
                 or self.n_workers < 2:
