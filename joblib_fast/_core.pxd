@@ -119,6 +119,7 @@ cdef class Call:
     cdef double timeout                  # 0.0 means none
     cdef readonly int track_start        # workers record task start times
     cdef object on_result                # callback(index, value) or None
+    cdef object on_batch                 # callback(tasks finished) or None
     cdef bint thread_pool                # pool is a ThreadPool: fast submit
     # False for push-style calls: a batch's error is the batch's, it does
     # not abort the call (see push / take_done).
@@ -155,6 +156,7 @@ cdef class Call:
                         double cpu, object error,
                         Py_ssize_t error_index) except -1
     cdef int _mark_done(self, Batch batch) except -1
+    cdef int _close_input(self) except -1
     cdef int _feed_for_caller(self) except -1
     cdef int _run_taken(self, object item, bint stolen, Py_ssize_t a,
                         Py_ssize_t b) except -1

@@ -352,7 +352,8 @@ cdef class Call:
     def __init__(self, pool, iterable, *, Py_ssize_t pre_dispatch,
                  Py_ssize_t batch_size=0, double target_duration=0.002,
                  timeout=None, on_result=None, Py_ssize_t n_workers=0,
-                 Py_ssize_t total=-1, bint stop_on_error=True):
+                 Py_ssize_t total=-1, bint stop_on_error=True,
+                 on_batch=None):
         if pre_dispatch < 1:
             raise ValueError("pre_dispatch must be at least 1")
         if batch_size < 0:
@@ -369,6 +370,9 @@ cdef class Call:
         self.timeout = float(timeout) if timeout is not None else 0.0
         self.track_start = 1 if self.timeout > 0.0 else 0
         self.on_result = on_result
+        # Told how many tasks ended, once per handful of batches (a progress
+        # bar): unlike on_result, it does not wake the caller per batch.
+        self.on_batch = on_batch
         self.error_index = -1
         self.n_workers = n_workers
         self.total = total
@@ -538,6 +542,25 @@ cdef class Call:
         """Deliver a batch run elsewhere (a process): results or error."""
         self._finish_batch(batch, results, duration, duration, error,
                            error_index)
+
+    def close_input(self):
+        """The call has ended early (the caller's thread, after abort): the
+        user's input and the tasks pulled ahead of the batches are let go
+        now, not when the threads have skipped the queued batches."""
+        self._close_input()
+
+    cdef int _close_input(self) except -1:
+        with nogil:
+            # After a pool thread feeding in the caller's place (only while
+            # the caller runs a task: not any more once it ends the call).
+            jf_mutex_lock(&self.lock)
+            while self.worker_feeding:
+                jf_cond_wait(&self.progress, &self.lock)
+            jf_mutex_unlock(&self.lock)
+        self.iterator = None
+        self.ahead = []
+        self.exhausted = True
+        return 0
 
     def abort(self, error=None):
         """Stop starting tasks of this call; optionally record `error`."""
@@ -947,7 +970,14 @@ cdef class Call:
 
     cdef int _notify(self, list batch_ids) except -1:
         cdef Batch batch
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, n = 0
+        if self.on_batch is not None:
+            for b in batch_ids:
+                batch = <Batch>self.batches[b]
+                if batch is not None and batch.results is not None:
+                    n += len(batch.results)
+            if n:
+                self.on_batch(n)
         if self.on_result is None:
             return 0
         for b in batch_ids:

@@ -195,11 +195,14 @@ class Reporter:
         self._shown_at = self._checked_at = self.start_time
         self._checked = 0
         self._next_check = 1
-        # The per-task hook the core calls (see on_result).
+        # The per-task hook the core calls (see on_result), and with a bar
+        # alone the per-batch one instead (on_batch: a count of tasks).
+        self.on_batch: Callable[[int], Any] | None = None
         if callback is not None and not verbose and not progress_bar:
             self.on_result = callback
         elif progress_bar and not verbose and callback is None:
             self.on_result = self._count
+            self.on_batch = self._count_batch
 
     # ------------------------------------------------------------ events
 
@@ -216,6 +219,13 @@ class Reporter:
         """The hook with only a bar to feed: a count, and now and then a
         look at the clock."""
         self.done += 1
+        if self.done >= self._next_check:
+            self._tick()
+
+    def _count_batch(self, n: int) -> None:
+        """A bar alone, told of `n` more finished tasks by the core once
+        per handful of batches (where a generator input ends too)."""
+        self.done += n
         if self.done >= self._next_check:
             self._tick()
 

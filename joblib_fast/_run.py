@@ -111,13 +111,18 @@ class Runner:
             on_result = None if reporter is None else reporter.on_result
             feed = self.provider.prepare_input(pool, iterable, options,
                                                on_result)
+            on_result, on_batch = feed.on_result, None
+            if reporter is not None and reporter.on_batch is not None and \
+                    not feed.chunked:
+                # A bar alone: told per handful of batches, not per task.
+                on_result, on_batch = None, reporter.on_batch
             call = Call(
                 pool, feed.source,
                 pre_dispatch=eval_pre_dispatch(options.pre_dispatch, n_jobs),
                 batch_size=feed.batch_size,
                 target_duration=self.backend.target_batch_duration,
-                timeout=feed.timeout, on_result=feed.on_result,
-                n_workers=n_jobs,
+                timeout=feed.timeout, on_result=on_result,
+                n_workers=n_jobs, on_batch=on_batch,
                 total=-1 if feed.chunked else known_length(iterable))
             if reporter is not None:
                 reporter.watch(call if feed.counter is None else feed.counter)
@@ -218,6 +223,7 @@ class _End:
             _gc.restore()
             if self.call is not None:
                 self.call.abort()   # a generator closed early: stop feeding
+                self.call.close_input()   # and let go of the input now
             if runner.generator_call is self.call:
                 runner.generator_call = None
             pool.end_call(error)

@@ -16,9 +16,6 @@ def wait_for(event):
     return 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs the core's Call.abort() to drop the input iterator and the "
-    "tasks pulled ahead (_core.pyx, being restructured)"))
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
 def test_closing_the_generator_releases_the_input_at_once(return_as):
