@@ -163,7 +163,8 @@ def hold(limit: int) -> Hold | None:
     held = Hold(limit)
     with _LOCK:
         if not _fork_hook:
-            os.register_at_fork(after_in_child=_after_fork_in_child)
+            if hasattr(os, "register_at_fork"):  # no fork on Windows
+                os.register_at_fork(after_in_child=_after_fork_in_child)
             _fork_hook = True
         _HELD[limit] += 1
         try:
