@@ -77,7 +77,9 @@ def pytest_configure(config):
         "leak is unavoidable, with a comment saying why")
     config.addinivalue_line(
         "markers",
-        "slow: takes more than about 2 s (measured with --durations); "
+        "slow: takes more than about half a second on 2 cores (pytest "
+        "--durations=0: a started interpreter, a killed worker, a timeout "
+        "waited for), or needs the dask cluster or the Cython build; "
         "`pytest -m \"not slow\"` is the quick loop, plain `pytest` (CI) "
         "runs everything")
 

@@ -27,7 +27,10 @@ from helpers.common import (
 
 from joblib_fast import Parallel, delayed, register_parallel_backend
 
-KINDS = ("threading", "sequential", "loky", "user", "dask")
+# The dask kind needs the session's LocalCluster (seconds to start, and
+# each call a scheduler round trip): slow, out of the quick loop.
+KINDS = ("threading", "sequential", "loky", "user",
+         pytest.param("dask", marks=pytest.mark.slow))
 USER_BACKEND = "jf_test_executor"
 # n_jobs per kind: sequential only ever runs one at a time.
 N_JOBS = {"threading": 2, "sequential": 1, "loky": 2, "user": 2, "dask": 2}
@@ -102,6 +105,7 @@ def test_input_order_kept_under_uneven_durations(kind, return_as):
     assert out == list(range(30))
 
 
+@pytest.mark.slow
 def test_unordered_yields_a_quick_task_before_a_slow_one(kind):
     if kind == "sequential":
         expected_first = 0  # one at a time, in input order
@@ -214,6 +218,7 @@ class PullLog:
 # contract (pre_dispatch counts batches, the batch size is the backend's
 # call), so no bound on the prefix is asserted there; the pulled-but-not-
 # done bound is test_at_most_pre_dispatch_tasks_ahead.
+@pytest.mark.slow
 @pytest.mark.parametrize("return_as, batch_size", [
     ("generator", 1), ("generator_unordered", 1),
     ("generator_unordered", "auto")])

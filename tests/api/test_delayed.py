@@ -205,6 +205,7 @@ class _Holder:
         return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["closure", "lambda", "partial", "method",
                                   "wraps", "callable object"])
 def test_delayed_keeps_nothing_alive(kind):
@@ -241,6 +242,7 @@ def test_delayed_keeps_nothing_alive(kind):
     assert ref() is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_a_function_its_module_dropped_is_not_kept_past_a_call(n_jobs):
     # delayed() reuses the wrapper of a function its module holds; when the
@@ -273,6 +275,7 @@ def test_a_function_its_module_dropped_is_not_kept_past_a_call(n_jobs):
     assert ref() is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_jobs, return_as", [
     (1, "list"), (1, "generator"), (2, "list"), (2, "generator"),
     (2, "generator_unordered")])
@@ -309,6 +312,7 @@ def _fail_on_two(x, held=None):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_jobs", [1, 2])
 @pytest.mark.parametrize("how", [
     "task fails", "generator closed early", "generator dropped unstarted"])

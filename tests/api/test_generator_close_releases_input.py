@@ -16,6 +16,7 @@ def wait_for(event):
     return 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
 def test_closing_the_generator_releases_the_input_at_once(return_as):

@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent("""
 NO_HANG = 30.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("return_as", ["list", "generator"])
 @pytest.mark.parametrize("backend", ["threading", "loky"])
 def test_ctrl_c_ends_the_script_without_waiting_for_tasks(

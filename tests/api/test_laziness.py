@@ -31,6 +31,7 @@ class CountingInput:
             yield delayed(self.func)(i)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", (1, "auto"))
 @pytest.mark.parametrize("return_as", GENERATORS)
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -89,6 +89,7 @@ def test_worker_threads_do_not_see_the_callers_configuration():
 # ------------------------------------------------------------- 3 levels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outer, max_threads", [
     ("threading", 2),  # nested calls in thread workers run in place
     ("custom", 4),     # threads at the first nested level, then in place
@@ -188,6 +189,7 @@ def offset(x, k):
     return x + 1000 * k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["threading", "loky"])
 @pytest.mark.parametrize("return_as", ["list", "generator"])
 def test_two_user_threads_run_parallel_at_once(backend, return_as):

@@ -52,6 +52,7 @@ def _bound(seconds):
     return math.ceil(seconds / _progress.BAR_UPDATE_SECONDS) + 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["threading", "loky", "sequential"])
 @pytest.mark.parametrize("sized", [True, False])
 def test_bar_updates_are_bounded_by_time_not_tasks(backend, sized,

@@ -86,6 +86,7 @@ def test_timeout_not_triggered_by_fast_tasks():
     assert out == [i * i for i in range(5000)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("return_as", RETURN_AS)
 def test_timeout_in_with_block_then_next_call_works(return_as):
     with Parallel(n_jobs=2, backend="threading", timeout=0.3,
@@ -97,6 +98,7 @@ def test_timeout_in_with_block_then_next_call_works(return_as):
     assert wait_no_worker_threads() == []
 
 
+@pytest.mark.slow
 def test_timeout_after_some_generator_results():
     gen = Parallel(n_jobs=2, backend="threading", timeout=0.3,
                    return_as="generator", batch_size=1)(

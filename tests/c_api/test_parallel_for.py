@@ -34,6 +34,9 @@ from joblib_fast import Parallel, _threads, cpu_count, delayed
 
 HERE = pathlib.Path(__file__).resolve().parent
 GUIDE = "docs/user_guide/parallel_for.md"
+# Nearly every test here needs the session's Cython build of the probes
+# (a compiler run of tens of seconds): out of the quick loop.
+pytestmark = pytest.mark.slow
 MODULES = ("pfor_consumer", "pfor_abi_probe", "mykernels")
 
 SETUP = textwrap.dedent("""

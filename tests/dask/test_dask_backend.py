@@ -25,6 +25,10 @@ from helpers.dask_tasks import square
 from joblib_fast import Parallel, delayed, parallel_config
 from joblib_fast.backends.base import ThreadingBackend
 
+# Every test here needs the session's LocalCluster (seconds to start) and
+# most wait for a scheduler's round trips: out of the quick loop.
+pytestmark = pytest.mark.slow
+
 # Seconds the scheduler may take to forget a cancelled call's tasks.
 FORGET_SECONDS = 5.0
 

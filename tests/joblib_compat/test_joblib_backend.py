@@ -230,6 +230,7 @@ def test_abort_everything_ensure_ready(cls):
         backend.terminate()
 
 
+@pytest.mark.slow
 def test_inner_max_num_threads_reapplied(registered):
     seen = []
     for n in (1, 2, 1):
@@ -248,6 +249,7 @@ def test_task_error_is_raised_as_itself(registered):
 # --------------------------------------------------------------- failures
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("how", ["exit", "kill"])
 def test_dead_worker_raises(registered, how):
@@ -265,6 +267,7 @@ def test_dead_worker_raises(registered, how):
         delayed(tasks.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_timeout_kills_only_the_stuck_worker(registered):
     pids = {p for _, p in Parallel(n_jobs=2, backend=NAME)(
@@ -279,6 +282,7 @@ def test_timeout_kills_only_the_stuck_worker(registered):
     assert len(pids & after) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [NAME, "threading"])
 def test_many_single_task_batches_no_recursion(registered, backend):
     out = Parallel(n_jobs=2, backend=backend, batch_size=1)(
@@ -291,6 +295,7 @@ def test_many_single_task_batches_no_recursion(registered, backend):
 
 # joblib's loky leaves its resource tracker process and a memmapping folder
 # for the life of the interpreter, by design.
+@pytest.mark.slow
 @pytest.mark.allow_leaks("processes", "files")
 def test_cross_val_score_same_as_loky(registered, data):
     X, y = data
@@ -306,6 +311,7 @@ def test_cross_val_score_same_as_loky(registered, data):
 
 # joblib's loky leaves its resource tracker process and a memmapping folder
 # for the life of the interpreter, by design.
+@pytest.mark.slow
 @pytest.mark.allow_leaks("processes", "files")
 def test_grid_search_same_as_loky(registered, data):
     X, y = data
@@ -338,6 +344,7 @@ def test_random_forest_sharedmem_same_as_joblib(registered, data):
 
 # joblib's loky leaves its resource tracker process and a memmapping folder
 # for the life of the interpreter, by design.
+@pytest.mark.slow
 @pytest.mark.allow_leaks("processes", "files")
 def test_nested_grid_search_of_forests(registered, data):
     X, y = data
@@ -356,6 +363,7 @@ def test_nested_grid_search_of_forests(registered, data):
                                   expected.cv_results_["mean_test_score"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [NAME, "threading"])
 def test_sklearn_config_visible_in_tasks(registered, backend):
     with sklearn.config_context(assume_finite=True):
@@ -367,6 +375,7 @@ def test_sklearn_config_visible_in_tasks(registered, backend):
     assert seen == [False] * 6
 
 
+@pytest.mark.slow
 def test_sklearn_warning_filters_visible_in_tasks(registered):
     with warnings.catch_warnings():
         warnings.simplefilter("error", category=tasks.TaskWarning)

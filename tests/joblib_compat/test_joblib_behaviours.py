@@ -351,6 +351,7 @@ def _pid_after_init(marker, _):
     return os.environ.get("JF_TEST_INIT_MARKER") == marker, os.getpid()
 
 
+@pytest.mark.slow
 def test_process_workers_reused_only_for_the_same_initializer_arguments():
     def run(marker):
         out = Parallel(n_jobs=2, backend="loky", batch_size=1,

@@ -131,6 +131,7 @@ def test_dump_reused_across_calls_of_a_block_unless_changed(folder):
     assert ours(folder) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_layouts_survive_the_dump(folder, order):
     a = np.asarray(np.arange(400 * 100, dtype=np.float64).reshape(400, 100),

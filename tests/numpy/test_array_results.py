@@ -39,6 +39,7 @@ pytestmark = pytest.mark.usefixtures("process_helpers")
 # ------------------------------------------------------------ outputs
 
 
+@pytest.mark.slow
 def test_large_results_come_back_through_shared_memory():
     before = set(os.listdir(SHM)) if os.path.isdir(SHM) else set()
     maps = result_maps()
@@ -57,6 +58,7 @@ def test_large_results_come_back_through_shared_memory():
         assert {n for n in new if "joblib" in n.lower()} == set(), new
 
 
+@pytest.mark.slow
 def test_shared_results_are_freed_when_collected():
     maps = result_maps()
     out = par()(delayed(np_tasks.ones)(BIG) for _ in range(3))
@@ -131,6 +133,7 @@ def test_failed_reply_closes_its_shared_segments():
         peer.close()
 
 
+@pytest.mark.slow
 def test_return_shared_false_pickles_results():
     maps = result_maps()
     out = par(return_shared=False)(delayed(np_tasks.ones)(BIG) for _ in range(2))
@@ -139,6 +142,7 @@ def test_return_shared_false_pickles_results():
                for a in out)
 
 
+@pytest.mark.slow
 def test_max_nbytes_none_pickles_results():
     maps = result_maps()
     out = par(max_nbytes=None)([delayed(np_tasks.ones)(BIG)])
@@ -262,6 +266,7 @@ _MANY_RESULTS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="memfd only")
 def test_kept_shared_results_hold_no_descriptor(tmp_path):
     pytest.importorskip("numpy")

@@ -168,6 +168,7 @@ def test_a_result_let_go_is_reused_by_its_worker():
     assert recycled >= 1, (before, after)
 
 
+@pytest.mark.slow
 def test_an_idle_worker_lets_go_of_the_memory_it_keeps():
     from joblib_fast.backends.processes.arrays_out import KEEP_IDLE_SECONDS
     with par() as p:
@@ -232,6 +233,7 @@ def test_views_slices_and_fortran_arrays():
     assert sum(c["sent"] for c in after) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("m", [N * 2, N // 2, 10])
 def test_realloc(m):
     with par() as p:

@@ -129,6 +129,7 @@ def test_argument_that_cannot_be_unpickled_in_the_worker():
         [i * i for i in range(10)]
 
 
+@pytest.mark.slow
 def test_large_arguments_and_results_do_not_deadlock():
     blob = b"x" * (8 << 20)
     out = Parallel(n_jobs=2)(delayed(proc_tasks.identity)(blob) for _ in range(8))

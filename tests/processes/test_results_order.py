@@ -38,6 +38,7 @@ def test_order_preserved_under_random_durations(return_as):
     assert list(out) == list(range(60))
 
 
+@pytest.mark.slow
 def test_generator_unordered_yields_in_completion_order():
     # Task 0 is much longer than the others: it cannot come first.
     durations = [1.0] + [0.005] * 20

@@ -95,6 +95,7 @@ def test_uneven_durations_keep_both_workers_busy(warm_pool):
         assert len(indices) >= 10, (pid, indices)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", START_METHODS)
 def test_shutdown_lets_workers_exit_by_themselves(method, tmp_path):
     # A worker that exits by itself runs multiprocessing's exit finalizers

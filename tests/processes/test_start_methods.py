@@ -66,6 +66,7 @@ def test_default_start_method_is_forkserver(monkeypatch):
         assert _expected_start("forkserver", info), info
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", START_METHODS)
 def test_start_method_from_environment(method, tmp_path):
     code = textwrap.dedent("""

@@ -26,6 +26,7 @@ from joblib_fast.backends.processes import (
 # -------------------------------------------------------------- errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
 def test_task_exception_reraised_with_remote_traceback(return_as):
     received = []
@@ -63,6 +64,7 @@ def test_exception_that_cannot_come_back(func, words):
     assert func.__name__ in str(info.value.__cause__)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("return_as", ["list", "generator"])
 def test_nothing_dispatched_after_the_first_error(return_as, tmp_path):
     log = tmp_path / "started.txt"
@@ -99,6 +101,7 @@ def test_error_in_the_input_iterator():
         [i * i for i in range(10)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["close", "break", "del"])
 def test_abandoned_generator_cleans_up(how, tmp_path):
     log = tmp_path / "started.txt"
@@ -146,6 +149,7 @@ def test_concurrent_calls_from_threads():
     assert results == {k: [i + k for i in range(40)] for k in range(3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["loky", "multiprocessing", None])
 def test_process_backend_names(backend):
     out = Parallel(n_jobs=2, backend=backend)(

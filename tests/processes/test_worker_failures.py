@@ -77,6 +77,7 @@ def test_worker_death(func, pattern, return_as, warm_pool, tmp_path):
     assert pids_of(out) <= set(reusable_pool_pids())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("func, pattern", DEATHS)
 @pytest.mark.parametrize("method", START_METHODS)
@@ -161,6 +162,7 @@ print("FINISHED", flush=True)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("mode", ["list", "generator", "with-block",
                                   "many-small-tasks", "slow-consumer"])

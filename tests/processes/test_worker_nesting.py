@@ -84,6 +84,7 @@ def test_inner_max_num_threads(no_thread_vars, with_backend):
 # Not "fork": a forked worker inherits the parent's already-sized OpenBLAS
 # pool, and the env var cap cannot resize it (a known limitation, stated in
 # the README; fixing it needs threadpoolctl in the workers).
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [m for m in START_METHODS if m != "fork"])
 def test_blas_cap_is_effective(no_thread_vars, method):
     """The cap must reach the BLAS thread pool itself, also when the parent

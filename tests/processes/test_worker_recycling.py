@@ -75,6 +75,7 @@ def test_without_a_limit_the_leaking_workers_stay():
     assert len(_tasks_per_pid(out, n)) <= 2
 
 
+@pytest.mark.slow
 def test_the_memory_limit_is_a_backend_keyword_of_parallel_config():
     n = 6
     with parallel_config(backend="loky", memory_growth_limit=LEAK_MB << 19):
@@ -84,6 +85,7 @@ def test_the_memory_limit_is_a_backend_keyword_of_parallel_config():
     assert set(_tasks_per_pid(out, n).values()) == {1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [1, 2, 3])
 def test_max_tasks_per_child_on_parallel(limit):
     n = 7
@@ -94,6 +96,7 @@ def test_max_tasks_per_child_on_parallel(limit):
     assert len(per_pid) >= -(-n // limit)
 
 
+@pytest.mark.slow
 def test_max_tasks_per_child_through_parallel_config():
     n = 6
     with parallel_config(backend="loky", max_tasks_per_child=1):
@@ -101,6 +104,7 @@ def test_max_tasks_per_child_through_parallel_config():
     assert len(_tasks_per_pid(out, n)) == n
 
 
+@pytest.mark.slow
 def test_max_tasks_per_child_caps_an_explicit_batch_size():
     n = 8
     out = Parallel(n_jobs=2, batch_size=4, max_tasks_per_child=2,
@@ -109,6 +113,7 @@ def test_max_tasks_per_child_caps_an_explicit_batch_size():
     assert max(per_pid.values()) <= 2, per_pid
 
 
+@pytest.mark.slow
 def test_max_tasks_per_child_in_a_with_block():
     with Parallel(n_jobs=2, max_tasks_per_child=2) as parallel:
         first = parallel(delayed(pid_of)(i) for i in range(4))

@@ -26,6 +26,7 @@ from joblib_fast import Parallel, delayed
 from joblib_fast.backends.processes import reusable_pool_pids
 
 
+@pytest.mark.slow
 def test_timeout_kills_the_workers_process_tree(tmp_path):
     path = tmp_path / "grandchild.pid"
     with pytest.raises(TimeoutError):
@@ -35,6 +36,7 @@ def test_timeout_kills_the_workers_process_tree(tmp_path):
     assert_dies(int(path.read_text()), "the timeout")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.parametrize("return_as", ["list", "generator"])

@@ -157,6 +157,7 @@ def spin_holding_the_gil(n):
     return total
 
 
+@pytest.mark.slow
 def test_gil_holding_tasks_make_the_caller_stand_back(calls):
     # Pure-Python tasks hold the GIL: two threads never run at once, the
     # measured concurrency stays near 1 and the caller stands back (one

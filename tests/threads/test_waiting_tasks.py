@@ -193,6 +193,7 @@ def spin_nogil(seconds):
     _kernels.burn(_kernels.calibrate(seconds))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spin", (spin_python, spin_nogil))
 @pytest.mark.parametrize("return_as", ("list", "generator"))
 def test_tasks_that_compute_never_get_more_threads_than_n_jobs(spin,
