@@ -21,7 +21,8 @@
  *            counts, some with a failing body: every index once (at most
  *            once after a failure), chunks of at least the grain, each
  *            worker id held by one thread, the first failure reported and
- *            won by exactly one worker.
+ *            won by exactly one worker; the caller pausing after each
+ *            chunk, or stopping the range there (as for Ctrl-C).
  *
  * Before and after: the clocks, timed waits (a passed deadline, a wait
  * that times out, a wait that is signalled), thread-local storage, keep
@@ -56,6 +57,7 @@ static int failures_seen;       /* atomic: ranges whose body failed */
 static int items_by_pool;       /* atomic: queue items pool threads ran */
 static int chunks_by_helpers;   /* atomic: range chunks pool threads ran */
 static int steals_seen;         /* atomic: pieces taken from running ones */
+static int stops_seen;          /* atomic: ranges stopped by their caller */
 
 static JF_THREAD_LOCAL int tls_thread_no = 0;
 static int thread_numbers;      /* atomic: hands out tls_thread_no */
@@ -328,6 +330,8 @@ typedef struct {
     ptrdiff_t fail_at;          /* the body fails on the chunk holding it */
     int wins;                   /* atomic: workers whose failure was reported */
     int rendezvous;             /* worker 0 waits for a helper's chunk */
+    int how;                    /* RUN_AT_ONCE, RUN_PAUSING, RUN_STOPPING */
+    int stopped;                /* jf_range_stop's STOPPED won */
 } range_state_t;
 
 static int range_body(void *ctx, ptrdiff_t a, ptrdiff_t b, int worker)
@@ -356,14 +360,32 @@ static int range_body(void *ctx, ptrdiff_t a, ptrdiff_t b, int worker)
     return 0;
 }
 
+/* How the caller runs its share: at once, or pausing after every chunk
+ * (as it does to look for Ctrl-C), or pausing and then stopping the
+ * range with STOPPED (as Ctrl-C does). */
+enum { RUN_AT_ONCE, RUN_PAUSING, RUN_STOPPING };
+#define STOPPED 55
+
 static void range_run(range_state_t *s, jf_range_t *r, ptrdiff_t grain)
 {
-    int rc, won = 0, listed;
+    int rc, won = 0, listed, paused = 1;
     jf_range_init(r, s->start, s->stop, grain, s->n_workers, range_body, s);
     s->min_size = grain > 0 ? grain : 1;
     jf_depth_add(1);
     listed = jf_range_start(pool, r) == 0;
-    rc = jf_range_work(r, 0, &won);
+    if (s->how == RUN_AT_ONCE) {
+        rc = jf_range_work(r, 0, &won);
+    } else {
+        /* A deadline that has passed: back after each chunk. */
+        rc = 0;
+        while (paused && rc == 0) {
+            rc = jf_range_work_until(r, 0, &won, jf_clock_now(), &paused);
+            if (paused && s->how == RUN_STOPPING) {
+                s->stopped = jf_range_stop(r, STOPPED);
+                break;
+            }
+        }
+    }
     if (won) jf_int_add(&s->wins, 1);
     CHECK(rc == 0 || rc == 100);
     if (listed) jf_range_finish(pool, r, spin_seconds);
@@ -385,11 +407,18 @@ static void range_round(unsigned *rnd)
     grain = (ptrdiff_t)(next_random(rnd) % 4 == 0 ? 0 : next_random(rnd) % 50);
     s.fail_at = next_random(rnd) % 5 == 0 && n > 0
         ? s.start + (ptrdiff_t)(next_random(rnd) % (unsigned)n) : s.start - 1;
+    s.how = (int)(next_random(rnd) % 3);
     s.counts = (int *)calloc((size_t)n + 1, sizeof(int));
     CHECK(s.counts != NULL);
     range_run(&s, &r, grain);
     rc = jf_int_load(&r.rc);
-    if (s.fail_at >= s.start) {
+    if (s.stopped) {
+        /* Stopped before any body failed: no chunk started after, none
+         * ran twice. */
+        CHECK(rc == STOPPED && jf_int_load(&s.wins) == 0);
+        for (i = 0; i < n; i++) CHECK(jf_int_load(&s.counts[i]) <= 1);
+        jf_int_add(&stops_seen, 1);
+    } else if (s.fail_at >= s.start) {
         CHECK(rc >= 100 && rc < 100 + s.n_workers);
         CHECK(jf_int_load(&s.wins) == 1);
         CHECK(jf_int_load(&s.counts[s.fail_at - s.start]) == 1);
@@ -539,6 +568,8 @@ static void check_platform(void)
     ptrdiff_t z = 5, expected = 5;
 
     CHECK(jf_process_id() > 0);
+    /* The asking thread runs: never reported asleep (-1: not told). */
+    CHECK(jf_thread_runnable(jf_thread_id()) != 0);
     t0 = jf_clock_now();
     t1 = jf_clock_now();
     CHECK(t1 >= t0);
@@ -655,10 +686,10 @@ int main(int argc, char **argv)
     jf_mutex_destroy(&steal_lock);
     printf("pool_stress: %d callers x %d rounds on %d threads (%d started): "
            "%d queues, %d items and %d chunks run by pool threads, %d steal "
-           "rounds (%d pieces taken), %d failing ranges: ok\n", CALLERS,
-           2 * (rounds / 2 + 1), POOL_THREADS, n_started, n_queues,
+           "rounds (%d pieces taken), %d failing ranges, %d stopped: ok\n",
+           CALLERS, 2 * (rounds / 2 + 1), POOL_THREADS, n_started, n_queues,
            jf_int_load(&items_by_pool), jf_int_load(&chunks_by_helpers),
            n_steal_rounds, jf_int_load(&steals_seen),
-           jf_int_load(&failures_seen));
+           jf_int_load(&failures_seen), jf_int_load(&stops_seen));
     return 0;
 }

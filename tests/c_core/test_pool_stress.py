@@ -63,7 +63,8 @@ def test_pool_stress_runs_natively(pool_stress):
     assert re.fullmatch(
         r"pool_stress: 3 callers x \d+ rounds on 3 threads \(5 started\): "
         r"\d+ queues, \d+ items and \d+ chunks run by pool threads, \d+ "
-        r"steal rounds \(\d+ pieces taken\), \d+ failing ranges: ok\n",
+        r"steal rounds \(\d+ pieces taken\), \d+ failing ranges, \d+ "
+        r"stopped: ok\n",
         run.stdout), run.stdout
 
 
