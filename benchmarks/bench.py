@@ -921,6 +921,95 @@ def print_side_by_side(rows: list[Row], ours: str, theirs: str) -> None:
             print(f"  {workload}: {ours} is {b / a:.2f}x faster than {theirs}")
 
 
+# The verdict's families: which workloads answer "which backend for this
+# kind of work", and which peers are the standard library's.
+FAMILIES = (
+    ("threads: tasks that release the GIL",
+     ("noop", "nogil3us", "nogil10us", "nogil100us", "nogil1ms")),
+    ("processes: pure-Python tasks",
+     ("noop_proc", "py1ms", "py1ms_cold", "uneven", "coldstart")),
+    ("NumPy arrays", ("bigarray_in", "bigarray_out", "blas")),
+    ("a dask cluster", ("dask_trivial", "dask_noop", "dask_py1ms")),
+)
+STDLIB_PEERS = ("ThreadPoolExecutor", "mp.ThreadPool", "ProcessPoolExecutor",
+                "mp.Pool")
+# Why a standard-library pool can beat joblib_fast on a workload, said
+# where it does.
+STDLIB_WINS = {
+    "noop": "it maps a ready list of integers, with no delayed() tasks to "
+            "make",
+    "noop_proc": "it maps a ready list of integers (no delayed() tasks) on "
+                 "fork workers, which need nothing pickled to start",
+    "coldstart": "fork workers copy the parent instead of starting a fresh "
+                 "interpreter (joblib_fast's default start method, "
+                 "forkserver, is safe with threads but costs a start)",
+    "py1ms_cold": "fork workers copy the parent instead of starting a fresh "
+                  "interpreter",
+}
+
+
+def _score(row: Row) -> float | None:
+    """Higher is better; comparable between the peers of one workload (the
+    speed-up over the loop on the same N, else 1 / time)."""
+    if row.error or not row.seconds:
+        return None
+    return row.speedup if row.speedup is not None else 1.0 / row.seconds
+
+
+def _best(rows: list[Row], keep: Callable[[str], bool]) -> Row | None:
+    scored = [r for r in rows if keep(r.peer) and _score(r) is not None]
+    return max(scored, key=_score) if scored else None
+
+
+def _summary(ratios: list[float]) -> str:
+    """The geometric mean of per-workload ratios, and their range."""
+    mean = f"{statistics.geometric_mean(ratios):.2f}x"
+    if len(ratios) == 1:
+        return f"{mean} (1 workload)"
+    return f"{mean} ({min(ratios):.2f}x-{max(ratios):.2f}x over " \
+           f"{len(ratios)} workloads)"
+
+
+def print_verdict(rows: list[Row]) -> None:
+    """Per family of workloads: the joblib_fast backend to use, and by how
+    much it beats joblib and the standard library's best pool in this run
+    (geometric mean of the per-workload ratios, and their range)."""
+    lines = []
+    for family, names in FAMILIES:
+        ours, vs_joblib, vs_std, losses = {}, [], [], []
+        for name in names:
+            here = [r for r in rows if r.workload == name]
+            jf = _best(here, lambda p: p.startswith("joblib_fast["))
+            if jf is None:
+                continue
+            ours[jf.peer] = ours.get(jf.peer, 0) + 1
+            jl = _best(here, lambda p: p.startswith("joblib["))
+            std = _best(here, lambda p: p in STDLIB_PEERS)
+            if jl is not None:
+                vs_joblib.append(_score(jf) / _score(jl))
+            if std is not None:
+                ratio = _score(jf) / _score(std)
+                vs_std.append(ratio)
+                if ratio < 0.95:
+                    losses.append(f"{name} ({std.peer} {1 / ratio:.2f}x "
+                                  f"quicker: {STDLIB_WINS.get(name, 'see the table')})")
+        if not ours:
+            continue
+        use = max(ours, key=ours.get)
+        text = f"  {family}: use {use}"
+        if vs_joblib:
+            text += f"; {_summary(vs_joblib)} joblib's speed"
+        if vs_std:
+            text += f"; {_summary(vs_std)} the standard library's best pool's"
+        lines.append(text)
+        lines.extend(f"    slower than the standard library on {loss}"
+                     for loss in losses)
+    if lines:
+        print("verdict (this run; above 1x: joblib_fast is faster):")
+        print("\n".join(lines))
+        print()
+
+
 def _blas_sizes() -> str:
     try:
         from threadpoolctl import threadpool_info
@@ -1028,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print_table(rows)
         print_legend(rows, ctx)
+        print_verdict(rows)
     if pfor_rows:
         bench_pfor.print_rows(pfor_rows, ctx.n_jobs)
     elapsed = time.perf_counter() - started

@@ -1,0 +1,68 @@
+"""What the benchmark concludes: a verdict per family of workloads (the
+backend to use, how it compares with joblib and the standard library,
+and why a standard-library pool wins where it does), and whether each
+parallel_for target is met.  On made-up rows: no benchmark is run."""
+from __future__ import annotations
+
+import importlib
+import pathlib
+import sys
+
+import pytest
+from helpers.common import TESTS_DIR
+
+BENCHMARKS = pathlib.Path(TESTS_DIR).resolve().parent / "benchmarks"
+
+
+@pytest.fixture
+def bench():
+    pytest.importorskip("psutil")
+    saved = list(sys.path)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("bench")
+    finally:  # bench.py puts its folder on sys.path itself
+        sys.path[:] = saved
+        for name in ("bench", "bench_pfor"):
+            sys.modules.pop(name, None)
+
+
+def _row(bench, workload, peer, speedup):
+    return bench.Row(workload, "", peer, 1000, False, loop_s=1.0,
+                     seconds=1.0 / speedup, speedup=speedup)
+
+
+def test_verdict_names_the_backend_and_the_ratios(bench, capsys):
+    rows = [_row(bench, "py1ms", "joblib_fast[loky]", 1.8),
+            _row(bench, "py1ms", "joblib[loky]", 1.2),
+            _row(bench, "py1ms", "ProcessPoolExecutor", 1.5),
+            _row(bench, "noop_proc", "joblib_fast[loky]", 0.5),
+            _row(bench, "noop_proc", "joblib[loky]", 0.1),
+            _row(bench, "noop_proc", "mp.Pool", 2.0)]
+    bench.print_verdict(rows)
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "processes" in x]
+    assert "use joblib_fast[loky]" in line
+    # joblib: 1.8 / 1.2 and 0.5 / 0.1; geometric mean of 1.5 and 5.
+    assert "2.74x (1.50x-5.00x over 2 workloads) joblib's speed" in line
+    assert "slower than the standard library on noop_proc (mp.Pool 4.00x " \
+        "quicker: it maps a ready list" in out
+    assert "py1ms (" not in out  # 1.8 / 1.5: not a loss
+
+
+def test_pfor_targets_say_met_or_not(bench):
+    pfor = bench.bench_pfor
+    rows = [{"load": "1us", "peer": "prange", "speedup": 1.95,
+             "vs_ideal": 1.03, "seconds": 1.0},
+            {"load": "1us", "peer": "pfor", "speedup": 1.92,
+             "vs_ideal": 1.04, "seconds": 1.0},
+            {"load": "100ns", "peer": "pfor", "speedup": 1.85,
+             "vs_ideal": 1.08, "seconds": 1.0},
+            {"load": "empty body", "peer": "pfor", "speedup": None,
+             "vs_ideal": None, "seconds": 12e-6}]
+    status = [pfor.target_status(r, rows, 2) for r in rows]
+    assert status[0] == ""
+    assert status[1] == "target >= 1.9x and >= prange: NOT MET"
+    assert status[2] == "target >= 1.8x: met"
+    assert status[3] == "target <= 10 us: NOT MET"
+    assert "not checked" in pfor.target_status(rows[2], rows, 4)
