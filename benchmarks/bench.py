@@ -1010,6 +1010,43 @@ def print_verdict(rows: list[Row]) -> None:
         print()
 
 
+# The workloads of the plot: GIL-releasing tasks of these durations.
+PLOT_DURATIONS = {"nogil3us": 3e-6, "nogil10us": 10e-6, "nogil100us": 100e-6,
+                  "nogil1ms": 1e-3}
+
+
+def write_plot(rows: list[Row], path: str, n_jobs: int,
+               info: dict[str, Any]) -> None:
+    """Speed-up over the plain loop against the task's duration, one line
+    per peer, for the nogil workloads of ``rows``, written to ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    peers = dict.fromkeys(r.peer for r in rows
+                          if r.workload in PLOT_DURATIONS and r.peer != "loop")
+    for peer in peers:
+        points = sorted((PLOT_DURATIONS[r.workload], r.speedup) for r in rows
+                        if r.peer == peer and r.workload in PLOT_DURATIONS
+                        and r.speedup is not None)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=peer)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.axhline(float(n_jobs), color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xticks(list(PLOT_DURATIONS.values()),
+                  ["3 us", "10 us", "100 us", "1 ms"])
+    ax.set_xlabel("duration of one task (a GIL-releasing kernel)")
+    ax.set_ylabel("speed-up over the plain loop")
+    ax.set_title(f"n_jobs={n_jobs}, load {info.get('load_at_start', '?')} "
+                 "at the start")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _blas_sizes() -> str:
     try:
         from threadpoolctl import threadpool_info
@@ -1070,6 +1107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--json", metavar="FILE",
                         help="also write the results to FILE")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="also draw the speed-up of each peer against "
+                             "the task's duration (the nogil workloads) "
+                             "to FILE, a PNG (needs matplotlib)")
     parser.add_argument("--coldstart-child", metavar="PEER",
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1122,6 +1163,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_pfor.print_rows(pfor_rows, ctx.n_jobs)
     elapsed = time.perf_counter() - started
     print(f"total run time {elapsed:.0f} s; load at the end {_load()}")
+    if args.plot:
+        write_plot(rows, args.plot, ctx.n_jobs, info)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "quick": ctx.quick,

@@ -66,3 +66,14 @@ def test_pfor_targets_say_met_or_not(bench):
     assert status[2] == "target >= 1.8x: met"
     assert status[3] == "target <= 10 us: NOT MET"
     assert "not checked" in pfor.target_status(rows[2], rows, 4)
+
+
+def test_plot_is_written(bench, tmp_path):
+    pytest.importorskip("matplotlib")  # in the test extra: runs in CI
+    rows = [_row(bench, name, peer, speedup)
+            for name in bench.PLOT_DURATIONS
+            for peer, speedup in (("joblib_fast[threading]", 1.9),
+                                  ("joblib[threading]", 0.5))]
+    path = tmp_path / "plot.png"
+    bench.write_plot(rows, str(path), 2, {"load_at_start": "0.1"})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
