@@ -75,6 +75,40 @@ cdef class Piece:
     cdef double task_started         # as Batch.task_started
 
 
+cdef class BatchSizer:
+    cdef readonly Py_ssize_t fixed   # batch_size, or 0: automatic
+    cdef Py_ssize_t size             # the last automatic size chosen
+    cdef double target               # seconds an automatic batch should last
+    cdef Py_ssize_t n_workers        # 0 when unknown
+
+    cdef Py_ssize_t auto_size(self, double per_task, Py_ssize_t total,
+                              Py_ssize_t n_tasks)
+
+
+cdef class CallerHelp:
+    # Caller-only fields, but the window, guarded by the call's lock.
+    cdef bint may_help               # a threading call that allows it
+    cdef bint helping                # it does now (pool limit lowered)
+    cdef bint in_list                # may_help, in run_list
+    cdef bint solo                   # the caller stands back (feeds only)
+    cdef int64_t solo_until          # until busy_tasks reaches this
+    cdef bint solo_barred            # never again in this call
+    cdef int low_windows             # windows in a row, threads taking turns
+    cdef readonly int solo_stretches # times it stood back
+    cdef bint spare_pieces           # running pieces had tasks to spare
+    # [call.lock] batch wall and CPU seconds, batches, since the team's
+    # window began (see choose_team)
+    cdef double team_time
+    cdef double team_cpu
+    cdef int64_t team_batches
+
+    cdef bint short_tasks(self, Call call)
+    cdef int run(self, Call call) except -1
+    cdef int new_window(self, Call call) except -1
+    cdef int choose_team(self, Call call) except -1
+    cdef int stop(self, Call call) except -1
+
+
 cdef class Call:
     # `lock` guards every field marked [lock]; it is taken with the GIL held
     # by workers and released before any GIL acquisition, so it never
@@ -88,11 +122,6 @@ cdef class Call:
     cdef int aborted                 # [lock] no new task may start
     cdef double busy_time            # [lock] worker seconds spent in tasks
     cdef int64_t busy_tasks          # [lock] tasks those seconds cover
-    # [lock] batch wall and CPU seconds, batches, since the team's window
-    # began (see _choose_team)
-    cdef double team_time
-    cdef double team_cpu
-    cdef int64_t team_batches
     # [lock] signal `progress` once n_done reaches this (the caller's need)
     cdef int64_t wake_at
     cdef int64_t seen_done           # caller only: completions already handled
@@ -111,9 +140,8 @@ cdef class Call:
     cdef readonly Py_ssize_t n_tasks     # tasks in batches so far
     cdef readonly bint exhausted
     cdef Py_ssize_t pre_dispatch
-    cdef Py_ssize_t fixed_batch_size     # 0 means auto
-    cdef Py_ssize_t next_size
-    cdef double target_duration
+    cdef BatchSizer sizer                # the size of each batch
+    cdef CallerHelp helper               # the caller running batches itself
     cdef Py_ssize_t n_workers            # 0 when unknown
     cdef Py_ssize_t total                # input length, -1 when unknown
     cdef double timeout                  # 0.0 means none
@@ -124,15 +152,6 @@ cdef class Call:
     # False for push-style calls: a batch's error is the batch's, it does
     # not abort the call (see push / take_done).
     cdef bint stop_on_error
-    cdef bint may_help                   # the caller may run batches (_help)
-    cdef bint helping                    # it does now (pool limit lowered)
-    cdef bint in_list                    # may_help, in run_list
-    cdef bint solo                       # the caller stands back (feeds only)
-    cdef int64_t solo_until              # until busy_tasks reaches this
-    cdef bint solo_barred                # never again in this call
-    cdef int low_windows                 # windows in a row, threads taking turns
-    cdef readonly int solo_stretches     # times it stood back
-    cdef bint spare_pieces               # running pieces had tasks to spare
 
     cdef Py_ssize_t _auto_size(self)
     cdef list _newly_done(self)
@@ -144,10 +163,6 @@ cdef class Call:
     cdef int _feed(self) except -1
     cdef bint _sleep_until(self, int64_t target, double deadline)
     cdef int _wait(self, int64_t need) except -1
-    cdef bint _short_tasks(self)
-    cdef int _help(self) except -1
-    cdef int _new_team_window(self) except -1
-    cdef int _choose_team(self) except -1
     cdef int _check_error(self) except -1
     cdef int _finish_batch(self, Batch batch, object results, double duration,
                            double cpu, object error,

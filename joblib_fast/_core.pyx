@@ -7,23 +7,30 @@ One ``Parallel.__call__`` is one :class:`Call`.  Its data flow::
         --> pool.submit(batch)          ThreadPool: a lease on the worker
                                         threads (_threads.pyx), a C ring
                                         process pool: pickled over a pipe
-        --> worker: Batch.run           per task: f(*args, **kwargs), store
-        --> Call._finish_batch          under Call.lock: results kept, order
-                                        tracker (src_c/jf_order.h) marked,
-                                        `progress` signalled
+        --> worker: Batch.run           takes the batch's tasks one at a
+                                        time (a claim in the pool: an idle
+                                        thread takes the unstarted rest of a
+                                        batch that has started none for a
+                                        while, a Piece), per task:
+                                        f(*args, **kwargs), result stored
+        --> Call._end_piece             under Call.lock: the last piece of a
+                                        batch marks the order tracker
+                                        (src_c/jf_order.h), `progress`
+                                        signalled
     caller thread: Call._wait sleeps on `progress` in ``with nogil`` (in
     slices, so Ctrl-C and the timeout are seen), or, on threads with a list
-    output and short tasks, runs queued batches itself (Call._help: n_jobs
+    output and short tasks, runs queued batches itself (CallerHelp.run: n_jobs
     - 1 pool threads and the caller; the pool threads only when they take
-    turns, Call._choose_team), then releases results: all at the end (list), the
+    turns, CallerHelp.choose_team), then releases results: all at the end (list), the
     longest finished prefix (generator), or in completion order
     (generator_unordered).
 
 The batch size is chosen per batch from the measured cost of a task so that
-a batch lasts about ``target_duration`` seconds (the batch sizer), and grows
+a batch lasts about ``target_duration`` seconds (BatchSizer), and grows
 at most twofold per batch so that one fast first task cannot make one huge
 batch.  Auto batches pull the next batch's tasks ahead, so the end of the
-input is seen a batch early and the last batches shrink.
+input is seen a batch early and the last batches shrink.  Call keeps the
+call's state; BatchSizer and CallerHelp are the two policies it asks.
 
 Locks: Call.lock and the worker pool's lock are C mutexes.  They are taken either
 with the GIL held (and then released before the GIL is released) or without
@@ -61,12 +68,12 @@ cdef double SIGNAL_POLL_SECONDS = 0.05
 
 # Upper bound of an auto batch, whatever the measured task cost.
 cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
-# The caller of a threading call runs batches itself (see Call._help) only
+# The caller of a threading call runs batches itself (see CallerHelp.run) only
 # while the tasks measured so far last at most this long on average: it
 # feeds the pool threads between its batches only (and Ctrl-C reaches a
 # task that runs no bytecode only between them), so its batches must be short.
 cdef double HELP_MAX_TASK_SECONDS = 0.01
-# See Call._choose_team: batches per thread in a window, and the range of
+# See CallerHelp.choose_team: batches per thread in a window, and the range of
 # threads running at once on average (about one core busy in all) in which
 # the caller stands back.
 cdef int TEAM_WINDOW_BATCHES = 2
@@ -282,7 +289,7 @@ cdef class Batch:
         cdef Py_ssize_t error_index = -1
         cdef int track = call.track_start
         cdef double t0, cpu0 = 0.0
-        if call.may_help:
+        if call.helper.may_help:
             cpu0 = jf_thread_cpu_now()
         t0 = jf_clock_now()
         # One try around the loop, and the task's parts read from the tuple
@@ -305,7 +312,7 @@ cdef class Batch:
             self.failed = 1
         started[0] = 0.0
         t0 = jf_clock_now() - t0
-        if call.may_help:
+        if call.helper.may_help:
             cpu0 = jf_thread_cpu_now() - cpu0
         if linked:
             # Before the part ends: no thread takes tasks of it any more.
@@ -356,17 +363,13 @@ cdef class Call:
                  on_batch=None):
         if pre_dispatch < 1:
             raise ValueError("pre_dispatch must be at least 1")
-        if batch_size < 0:
-            raise ValueError("batch_size must be positive or 0 for auto")
+        self.sizer = BatchSizer(batch_size, target_duration, n_workers)
         self.pool = pool
         self.thread_pool = isinstance(pool, ThreadPool)
         self.iterator = iter(iterable)
         self.ahead = []
         self.batches = []
         self.pre_dispatch = pre_dispatch
-        self.fixed_batch_size = min(batch_size, MAX_BATCH)
-        self.next_size = batch_size if batch_size else 1
-        self.target_duration = target_duration
         self.timeout = float(timeout) if timeout is not None else 0.0
         self.track_start = 1 if self.timeout > 0.0 else 0
         self.on_result = on_result
@@ -380,10 +383,10 @@ cdef class Call:
         # The caller may run batches itself (a threading call with at least
         # two workers, no timeout to watch, no per-thread initializer) while
         # it waits for a list of results (run_list).
-        self.may_help = (self.thread_pool and stop_on_error
-                         and self.timeout == 0.0
-                         and (<ThreadPool>pool).n_threads >= 2
-                         and (<ThreadPool>pool).caller_config is not None)
+        self.helper = CallerHelp(
+            self.thread_pool and stop_on_error and self.timeout == 0.0
+            and (<ThreadPool>pool).n_threads >= 2
+            and (<ThreadPool>pool).caller_config is not None)
 
     # ----------------------------------------------------------- workers
 
@@ -405,9 +408,9 @@ cdef class Call:
         if results is not None:
             self.busy_time += duration
             self.busy_tasks += len(results)
-            self.team_time += duration
-            self.team_cpu += cpu
-            self.team_batches += 1
+            self.helper.team_time += duration
+            self.helper.team_cpu += cpu
+            self.helper.team_batches += 1
         rc = self._mark_done(batch)
         jf_mutex_unlock(&self.lock)
         if rc:
@@ -421,7 +424,7 @@ cdef class Call:
         (`error`: the exception of the task after them).  The last piece
         records the batch: its results when every task ran.  Any thread,
         GIL held.  `cpu`: the seconds of `duration` the thread was on a
-        CPU (measured when the caller may run batches, see _choose_team)."""
+        CPU (measured when the caller may run batches, see CallerHelp)."""
         cdef int rc = 0
         jf_mutex_lock(&self.lock)
         if error is not None:
@@ -435,9 +438,9 @@ cdef class Call:
         if ran:
             self.busy_time += duration
             self.busy_tasks += ran
-            self.team_time += duration
-            self.team_cpu += cpu
-            self.team_batches += 1
+            self.helper.team_time += duration
+            self.helper.team_cpu += cpu
+            self.helper.team_batches += 1
         batch.ran += ran
         if jf_parts_add(&batch.parts, -1) == 0:
             if batch.failed or batch.ran != len(batch.tasks):
@@ -592,7 +595,20 @@ cdef class Call:
     @property
     def batch_size(self):
         """The size the next auto batch would have (for tests, verbose)."""
-        return self.next_size
+        return self.sizer.size
+
+    @property
+    def solo_stretches(self):
+        """Times the caller stood back (CallerHelp.choose_team)."""
+        return self.helper.solo_stretches
+
+    cdef Py_ssize_t _auto_size(self):
+        cdef double per_task = -1.0
+        jf_mutex_lock(&self.lock)
+        if self.busy_tasks > 0:
+            per_task = self.busy_time / self.busy_tasks
+        jf_mutex_unlock(&self.lock)
+        return self.sizer.auto_size(per_task, self.total, self.n_tasks)
 
     def pending_batches(self):
         """Batches submitted and not finished, oldest first."""
@@ -616,33 +632,6 @@ cdef class Call:
         finally:
             free(ids)
 
-    cdef Py_ssize_t _auto_size(self):
-        cdef double per_task
-        cdef Py_ssize_t ideal, size = self.next_size
-        jf_mutex_lock(&self.lock)
-        if self.busy_tasks > 0:
-            per_task = self.busy_time / self.busy_tasks
-        else:
-            per_task = -1.0
-        jf_mutex_unlock(&self.lock)
-        if per_task < 0.0:
-            return size
-        if per_task * MAX_AUTO_BATCH <= self.target_duration:
-            ideal = MAX_AUTO_BATCH
-        else:
-            ideal = <Py_ssize_t>(self.target_duration / per_task)
-        if ideal > 2 * size:
-            ideal = 2 * size
-        if self.total >= 0 and self.n_workers > 0:
-            # Known input length: near the end, smaller batches so that no
-            # worker idles while another finishes a long last batch.
-            tail = (self.total - self.n_tasks) // (2 * self.n_workers)
-            if ideal > tail:
-                ideal = tail
-        if ideal < 1:
-            ideal = 1
-        return ideal
-
     cdef Batch _make_batch(self):
         """Pull the next batch from the user's iterator (caller thread).
 
@@ -653,8 +642,8 @@ cdef class Call:
         cdef Py_ssize_t size, want, k
         cdef list tasks, ahead = self.ahead
         cdef object item
-        if self.fixed_batch_size:
-            size = want = self.fixed_batch_size
+        if self.sizer.fixed:
+            size = want = self.sizer.fixed
         else:
             size = self._auto_size()
             want = 2 * size
@@ -665,13 +654,13 @@ cdef class Call:
                 self.iterator = None
                 if self.total < 0:
                     self.total = self.n_tasks + k
-                    if not self.fixed_batch_size:
+                    if not self.sizer.fixed:
                         size = self._auto_size()
                 break
             ahead.append(_check_task(item, self.n_tasks + k))
             k += 1
-        if not self.fixed_batch_size:
-            self.next_size = size
+        if not self.sizer.fixed:
+            self.sizer.size = size
         if k <= size:
             tasks, self.ahead = ahead, []
         else:
@@ -785,11 +774,12 @@ cdef class Call:
         cdef int64_t seen = self.seen_done
         cdef int64_t target
         cdef bint got = False
-        if self.helping and not self.solo:
+        cdef CallerHelp helper = self.helper
+        if helper.helping and not helper.solo:
             need = 1  # the caller runs the next batch as soon as it can
         target = seen + (need if need > 0 else 1)
         while True:
-            if self.in_list and self._help():
+            if helper.in_list and helper.run(self):
                 got = True
             elif self.thread_pool:
                 # While it runs batches, the caller looks for stalled
@@ -797,13 +787,13 @@ cdef class Call:
                 got = self._sleep_until(
                     target, jf_clock_now() + (
                         0.5 * JF_STEAL_AFTER
-                        if self.helping and self.spare_pieces
+                        if helper.helping and helper.spare_pieces
                         else SIGNAL_POLL_SECONDS))
-                if self.solo and not got:
+                if helper.solo and not got:
                     # No batch in a whole slice while the caller stood
                     # back: maybe tasks waiting for one it would run.
-                    self.solo = False
-                    self.solo_barred = True
+                    helper.solo = False
+                    helper.solo_barred = True
                 if not got:
                     # Maybe every thread of the call waits in a task, with
                     # the tasks they wait for queued behind one of them.
@@ -823,128 +813,6 @@ cdef class Call:
             if self.thread_pool and (<ThreadPool>self.pool).alive() == 0:
                 raise RuntimeError(
                     "every worker thread of the pool has exited")
-
-    cdef bint _short_tasks(self):
-        cdef bint short
-        jf_mutex_lock(&self.lock)
-        short = (self.busy_tasks > 0 and self.busy_time
-                 <= HELP_MAX_TASK_SECONDS * self.busy_tasks)
-        jf_mutex_unlock(&self.lock)
-        return short
-
-    cdef int _help(self) except -1:
-        """Run the oldest queued batch in the caller; 1 when one ran.
-
-        The caller would otherwise sleep while the workers run: with n_jobs
-        threads and the caller, n_jobs + 1 threads take turns on n_jobs
-        cores, and the caller's wake-ups preempt a worker.  While it helps,
-        n_jobs - 1 pool threads run batches and the caller is the last
-        worker, as an OpenMP master thread is.  Only while the measured
-        tasks are short (HELP_MAX_TASK_SECONDS): between its batches the
-        caller pulls the input (and a KeyboardInterrupt from Ctrl-C is
-        raised in whatever it runs: between tasks, or inside a task made of
-        bytecode)."""
-        cdef ThreadPool pool = <ThreadPool>self.pool
-        cdef object item
-        cdef Py_ssize_t a = 0, b = 0
-        cdef int spare = 0
-        cdef bint stolen = False
-        if self._short_tasks() != self.helping:
-            self.helping = not self.helping
-            self.solo = False
-            self.low_windows = 0
-            self._new_team_window()
-            pool.set_limit(pool.n_threads - 1 if self.helping
-                           else pool.n_threads)
-        if not self.helping:
-            return 0
-        self._choose_team()
-        if self.solo:
-            return 0
-        # At most n_jobs at once: pool threads that took batches before
-        # the limit went down finish them first.
-        item = pool.take_item(pool.n_threads)
-        if item is None:
-            # Nothing queued: the unstarted tasks of a batch whose thread
-            # waits (for a task behind it, maybe) are the caller's to run.
-            item = pool.take_stolen(pool.n_threads, &a, &b, &spare)
-            self.spare_pieces = spare
-            if item is None:
-                return 0
-            stolen = True
-        try:
-            config = swap_config(pool.caller_config)
-            token = enter_as_worker()
-            try:
-                self._run_taken(item, stolen, a, b)
-            finally:
-                leave_as_worker(token)
-                restore_config(config)
-        finally:
-            pool.taken_done()
-        return 1
-
-    cdef int _new_team_window(self) except -1:
-        jf_mutex_lock(&self.lock)
-        self.team_time = 0.0
-        self.team_cpu = 0.0
-        self.team_batches = 0
-        jf_mutex_unlock(&self.lock)
-        return 0
-
-    cdef int _choose_team(self) except -1:
-        """While the caller may run batches: the caller and n_jobs - 1 pool
-        threads (the team), or the pool threads alone, the caller only
-        feeding them (one thread fewer), when the threads run one at a time.
-
-        A thread waiting for the GIL is off the CPU: over the batches of a
-        window, CPU seconds / wall seconds, times the threads, is how many
-        ran at once on average.  Seen with two threads (a debug run that
-        printed each window's value, not kept): tasks holding
-        the GIL, 1.0-1.27 (one core busy, the threads taking turns; the
-        hand-offs count as CPU); GIL-free kernels of 3 us, 1.85, of 1 us,
-        1.2-1.3 (as fast with a thread fewer); tasks waiting for I/O, a
-        sleep or each other, near 0 (they gain from every thread: not a
-        reason to stand back).  In
-        [TEAM_MIN_BUSY, TEAM_MIN_CONCURRENCY) in two windows in a row, the
-        caller stands back for as many tasks as the call has run so far,
-        then the team is tried again; for good, as soon as a batch-less
-        slice of SIGNAL_POLL_SECONDS shows the pool threads stuck (tasks
-        waiting for a task that only the caller could run)."""
-        cdef ThreadPool pool = <ThreadPool>self.pool
-        cdef double wall, cpu, running
-        cdef int64_t batches, done
-        jf_mutex_lock(&self.lock)
-        wall = self.team_time
-        cpu = self.team_cpu
-        batches = self.team_batches
-        done = self.busy_tasks
-        jf_mutex_unlock(&self.lock)
-        if self.solo:
-            if done >= self.solo_until:
-                self.solo = False
-                self._new_team_window()
-            return 0
-        if self.solo_barred or batches < TEAM_WINDOW_BATCHES * pool.n_threads \
-                or wall <= 0.0 or cpu <= 0.0:
-            return 0
-        self._new_team_window()
-        if wall < batches * self.target_duration * 0.25:
-            # Short batches (growing at the start, shrinking at the end):
-            # their fixed costs would be taken for lost concurrency.
-            return 0
-        running = cpu / wall * pool.n_threads
-        if not TEAM_MIN_BUSY <= running < TEAM_MIN_CONCURRENCY:
-            self.low_windows = 0
-            return 0
-        # Two windows in a row: a moment of contention does not do it.
-        self.low_windows += 1
-        if self.low_windows >= 2:
-            self.low_windows = 0
-            self.solo = True
-            self.solo_until = 2 * done
-            self.solo_stretches += 1
-        return 0
 
     cdef list _newly_done(self):
         """Batch ids finished since the last call, in completion order."""
@@ -1069,7 +937,7 @@ cdef class Call:
         # Only here may the caller run batches: in a generator, the user's
         # code runs in this thread between results, and a task run here
         # that waited for that code would never return.
-        self.in_list = self.may_help
+        self.helper.in_list = self.helper.may_help
         try:
             while not self._step(True)[1]:
                 pass
@@ -1077,11 +945,7 @@ cdef class Call:
             self.abort()
             raise
         finally:
-            self.in_list = False
-            if self.helping:
-                self.helping = False
-                (<ThreadPool>self.pool).set_limit(
-                    (<ThreadPool>self.pool).n_threads)
+            self.helper.stop(self)
         out = []
         for batch in self.batches:
             out.extend(batch.results)
@@ -1142,6 +1006,192 @@ cdef class Call:
         except BaseException:
             self.abort()
             raise
+
+
+# ------------------------------------------------------------- policies
+
+
+@cython.final
+cdef class BatchSizer:
+    """How many tasks a call's next batch gets: ``batch_size`` when fixed;
+    automatic batches last about ``target`` seconds at the measured cost
+    of a task, grow at most twofold per batch (one fast first task cannot
+    make one huge batch), and shrink near the end of an input of known
+    length (no worker idles while another finishes a long last batch)."""
+
+    def __init__(self, Py_ssize_t fixed, double target, Py_ssize_t n_workers):
+        if fixed < 0:
+            raise ValueError("batch_size must be positive or 0 for auto")
+        self.fixed = min(fixed, MAX_BATCH)
+        self.size = self.fixed if self.fixed else 1
+        self.target = target
+        self.n_workers = n_workers
+
+    cdef Py_ssize_t auto_size(self, double per_task, Py_ssize_t total,
+                              Py_ssize_t n_tasks):
+        """The next automatic batch's size, a task costing `per_task`
+        seconds (< 0: not measured yet), `n_tasks` of `total` (< 0:
+        unknown) in batches so far."""
+        cdef Py_ssize_t ideal, tail, size = self.size
+        if per_task < 0.0:
+            return size
+        if per_task * MAX_AUTO_BATCH <= self.target:
+            ideal = MAX_AUTO_BATCH
+        else:
+            ideal = <Py_ssize_t>(self.target / per_task)
+        if ideal > 2 * size:
+            ideal = 2 * size
+        if total >= 0 and self.n_workers > 0:
+            # Known input length: near the end, smaller batches so that no
+            # worker idles while another finishes a long last batch.
+            tail = (total - n_tasks) // (2 * self.n_workers)
+            if ideal > tail:
+                ideal = tail
+        if ideal < 1:
+            ideal = 1
+        return ideal
+
+
+
+@cython.final
+cdef class CallerHelp:
+    """The caller of a threading call running batches itself while it waits
+    for a list of results (run), and standing back when the threads only
+    take turns (choose_team).  Driven by the caller; the window of the
+    team's batches is written by the threads that run them."""
+
+    def __init__(self, bint may_help):
+        self.may_help = may_help
+
+    cdef bint short_tasks(self, Call call):
+        cdef bint short
+        jf_mutex_lock(&call.lock)
+        short = (call.busy_tasks > 0 and call.busy_time
+                 <= HELP_MAX_TASK_SECONDS * call.busy_tasks)
+        jf_mutex_unlock(&call.lock)
+        return short
+
+    cdef int run(self, Call call) except -1:
+        """Run the oldest queued batch in the caller; 1 when one ran.
+
+        The caller would otherwise sleep while the workers run: with n_jobs
+        threads and the caller, n_jobs + 1 threads take turns on n_jobs
+        cores, and the caller's wake-ups preempt a worker.  While it helps,
+        n_jobs - 1 pool threads run batches and the caller is the last
+        worker, as an OpenMP master thread is.  Only while the measured
+        tasks are short (HELP_MAX_TASK_SECONDS): between its batches the
+        caller pulls the input (and a KeyboardInterrupt from Ctrl-C is
+        raised in whatever it runs: between tasks, or inside a task made of
+        bytecode)."""
+        cdef ThreadPool pool = <ThreadPool>call.pool
+        cdef object item
+        cdef Py_ssize_t a = 0, b = 0
+        cdef int spare = 0
+        cdef bint stolen = False
+        if self.short_tasks(call) != self.helping:
+            self.helping = not self.helping
+            self.solo = False
+            self.low_windows = 0
+            self.new_window(call)
+            pool.set_limit(pool.n_threads - 1 if self.helping
+                           else pool.n_threads)
+        if not self.helping:
+            return 0
+        self.choose_team(call)
+        if self.solo:
+            return 0
+        # At most n_jobs at once: pool threads that took batches before
+        # the limit went down finish them first.
+        item = pool.take_item(pool.n_threads)
+        if item is None:
+            # Nothing queued: the unstarted tasks of a batch whose thread
+            # waits (for a task behind it, maybe) are the caller's to run.
+            item = pool.take_stolen(pool.n_threads, &a, &b, &spare)
+            self.spare_pieces = spare
+            if item is None:
+                return 0
+            stolen = True
+        try:
+            config = swap_config(pool.caller_config)
+            token = enter_as_worker()
+            try:
+                call._run_taken(item, stolen, a, b)
+            finally:
+                leave_as_worker(token)
+                restore_config(config)
+        finally:
+            pool.taken_done()
+        return 1
+
+    cdef int new_window(self, Call call) except -1:
+        jf_mutex_lock(&call.lock)
+        self.team_time = 0.0
+        self.team_cpu = 0.0
+        self.team_batches = 0
+        jf_mutex_unlock(&call.lock)
+        return 0
+
+    cdef int choose_team(self, Call call) except -1:
+        """While the caller may run batches: the caller and n_jobs - 1 pool
+        threads (the team), or the pool threads alone, the caller only
+        feeding them (one thread fewer), when the threads run one at a time.
+
+        A thread waiting for the GIL is off the CPU: over the batches of a
+        window, CPU seconds / wall seconds, times the threads, is how many
+        ran at once on average.  Seen with two threads (a debug run that
+        printed each window's value, not kept): tasks holding
+        the GIL, 1.0-1.27 (one core busy, the threads taking turns; the
+        hand-offs count as CPU); GIL-free kernels of 3 us, 1.85, of 1 us,
+        1.2-1.3 (as fast with a thread fewer); tasks waiting for I/O, a
+        sleep or each other, near 0 (they gain from every thread: not a
+        reason to stand back).  In
+        [TEAM_MIN_BUSY, TEAM_MIN_CONCURRENCY) in two windows in a row, the
+        caller stands back for as many tasks as the call has run so far,
+        then the team is tried again; for good, as soon as a batch-less
+        slice of SIGNAL_POLL_SECONDS shows the pool threads stuck (tasks
+        waiting for a task that only the caller could run)."""
+        cdef ThreadPool pool = <ThreadPool>call.pool
+        cdef double wall, cpu, running
+        cdef int64_t batches, done
+        jf_mutex_lock(&call.lock)
+        wall = self.team_time
+        cpu = self.team_cpu
+        batches = self.team_batches
+        done = call.busy_tasks
+        jf_mutex_unlock(&call.lock)
+        if self.solo:
+            if done >= self.solo_until:
+                self.solo = False
+                self.new_window(call)
+            return 0
+        if self.solo_barred or batches < TEAM_WINDOW_BATCHES * pool.n_threads \
+                or wall <= 0.0 or cpu <= 0.0:
+            return 0
+        self.new_window(call)
+        if wall < batches * call.sizer.target * 0.25:
+            # Short batches (growing at the start, shrinking at the end):
+            # their fixed costs would be taken for lost concurrency.
+            return 0
+        running = cpu / wall * pool.n_threads
+        if not TEAM_MIN_BUSY <= running < TEAM_MIN_CONCURRENCY:
+            self.low_windows = 0
+            return 0
+        # Two windows in a row: a moment of contention does not do it.
+        self.low_windows += 1
+        if self.low_windows >= 2:
+            self.low_windows = 0
+            self.solo = True
+            self.solo_until = 2 * done
+            self.solo_stretches += 1
+        return 0
+
+    cdef int stop(self, Call call) except -1:
+        """The list is complete (or failed): the pool threads' limit back."""
+        self.in_list = False
+        if self.helping:
+            self.helping = False
+            (<ThreadPool>call.pool).set_limit((<ThreadPool>call.pool).n_threads)
+        return 0
 
 
 # --------------------------------------------------------------- threads
