@@ -182,8 +182,8 @@ cdef class DelayedCall:
 # ``(func, DelayedCall(func))`` of the last delayed() call on a function
 # that its module holds by name: in ``delayed(f)(x) for x in xs`` one
 # wrapper then serves every item (the wrapper is immutable, so sharing it
-# is invisible; making one per item was 226 of the 2703 instructions of a
-# no-op task under callgrind).  Only plain functions (Python, builtin, Cython) that
+# is invisible; making one per item is a tenth of a no-op task's cost:
+# `python benchmarks/per_task_instructions.py`).  Only plain functions (Python, builtin, Cython) that
 # their module holds: a closure, a lambda, a bound method or a partial kept
 # here would keep what it holds alive after the user dropped it, and other
 # callables could run code of theirs when asked for a name.  Dropped when a
@@ -1138,13 +1138,11 @@ cdef class CallerHelp:
 
         A thread waiting for the GIL is off the CPU: over the batches of a
         window, CPU seconds / wall seconds, times the threads, is how many
-        ran at once on average.  Seen with two threads (a debug run that
-        printed each window's value, not kept): tasks holding
-        the GIL, 1.0-1.27 (one core busy, the threads taking turns; the
-        hand-offs count as CPU); GIL-free kernels of 3 us, 1.85, of 1 us,
-        1.2-1.3 (as fast with a thread fewer); tasks waiting for I/O, a
-        sleep or each other, near 0 (they gain from every thread: not a
-        reason to stand back).  In
+        ran at once on average.  Tasks holding the GIL read about one (the
+        threads take turns; the hand-offs count as CPU), GIL-free kernels
+        read about the number of threads, and tasks waiting for I/O, a
+        sleep or each other read near 0 (they gain from every thread: not
+        a reason to stand back).  In
         [TEAM_MIN_BUSY, TEAM_MIN_CONCURRENCY) in two windows in a row, the
         caller stands back for as many tasks as the call has run so far,
         then the team is tried again; for good, as soon as a batch-less

@@ -503,9 +503,10 @@ static inline int jf_pool_threads(jf_pool_t *p)
  * every thread must look again.  Spinning threads see it at once; for each
  * place they leave, two sleeping threads are woken: the kernel may put a
  * woken thread on the caller's own (busy) CPU, where it waits for a time
- * slice or a migration (2-3 ms measured on a 2-CPU VM, a quarter of a
- * 20 ms loop), while the other one, on an idle CPU, joins at once; the
- * thread left without a place goes back to sleep. */
+ * slice or a migration (milliseconds: much of a short loop), while the
+ * other one, on an idle CPU, joins at once; the thread left without a
+ * place goes back to sleep.  `python benchmarks/bench.py --only pfor`
+ * (short calls) checks it. */
 static inline void jf_pool_wake(jf_pool_t *p, int want)
 {
     int wake, spinners;
@@ -832,10 +833,10 @@ static inline void jf_range_init(jf_range_t *r, ptrdiff_t start, ptrdiff_t stop,
     /* Automatic (grain 0): chunks of at least 8 indices, but at most a
      * sixteenth of a worker's share.  Chunks of one index at the end of a
      * range cost more than they balance (each is a compare-and-swap on
-     * memory both CPUs write): 1,000 indices of 50 ns on 2 workers ran at
-     * 1.62-1.70x the serial loop with them, 1.79-1.84x with 8-index chunks.  A
-     * small fixed floor, not one from timing the first chunk: that one let
-     * a range whose cost sits in its last indices run them on one thread. */
+     * memory both CPUs write); a larger floor leaves uneven ranges
+     * unbalanced.  A fixed floor, not one from timing the first chunk: that
+     * one let a range whose cost sits in its last indices run them on one
+     * thread.  `python benchmarks/bench.py --only pfor` checks it. */
     if (grain > 0) {
         r->min_chunk = grain;
     } else {
