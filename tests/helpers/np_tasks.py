@@ -11,6 +11,9 @@ import time
 
 import numpy as np
 
+from joblib_fast.backends.processes import arrays_in as _arrays_in
+from joblib_fast.backends.processes import shm as _shm
+
 
 def describe(a):
     """What a worker received: type, memmap mode and file, layout, sum."""
@@ -140,7 +143,22 @@ SMALL = 1_000           # 8 kB, below LIMIT
 MID = 12_500            # 100 kB: below LIMIT, sent as an out-of-band buffer
 LIMIT = "200k"
 SHM = "/dev/shm"
-RESULT_MAPS = "memfd:joblib_fast_result"
+# How large results travel in this run (shm.MECHANISM: the platform's
+# choice, or the one JOBLIB_FAST_PORTABLE forces), and what their mappings
+# look like in /proc/self/maps: memfd files by name, POSIX shared memory by
+# its (deleted) name, None: pickled (no result mapping).
+SEGMENTS = _shm.MECHANISM
+SHARED = 1 if SEGMENTS else 0   # result mappings per large result
+RESULT_MAPS = {"posix_shm": "/dev/shm/jf"}.get(
+    SEGMENTS, "memfd:joblib_fast_result")
+
+
+def default_dump_base() -> str:
+    """Where an input dump goes by default (/dev/shm only where the
+    platform uses it)."""
+    import tempfile
+    return _arrays_in.SHM_FOLDER or tempfile.gettempdir()
+
 
 
 def ours(folder) -> list:

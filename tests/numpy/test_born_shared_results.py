@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import time
 
 import pytest
@@ -17,14 +16,16 @@ import pytest
 np = pytest.importorskip("numpy")
 
 from helpers import born_tasks
-from helpers.np_tasks import is_shared_result, result_maps
+from helpers.np_tasks import SEGMENTS, is_shared_result, result_maps
 
 from joblib_fast import Parallel, delayed
 from joblib_fast.backends.processes import TerminatedWorkerError
 
 pytestmark = [pytest.mark.usefixtures("process_helpers"),
-              pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                 reason="segments are memfd files (Linux)")]
+              pytest.mark.skipif(
+                  SEGMENTS != "memfd",
+                  reason=f"born-shared segments are memfd files (Linux); "
+                         f"results here: {SEGMENTS or 'pickled'}")]
 
 N = 1 << 17          # 1 MB of float64, above LIMIT
 LIMIT = 100_000      # max_nbytes of these tests

@@ -2,9 +2,12 @@
 
 One module per concern:
 
+- ``platform``: which OS mechanism each part below uses, chosen once;
 - ``context``: start methods, and multiprocessing adjustments installed
   when the first pool starts;
 - ``wire``: the messages between parent and worker, and their framing;
+- ``shm``, ``tree``: shared-memory segments for results; process
+  liveness, trees and kills;
 - ``pickling``: the pickle/cloudpickle fallback and unpicklable-item
   diagnosis used on both sides;
 - ``arrays``, ``arrays_in``, ``arrays_out``: NumPy arrays to workers
@@ -25,9 +28,11 @@ from ..._context import resolve_n_jobs
 from ...errors import RemoteTraceback, TaskFailedError, TerminatedWorkerError
 from ..base import ParallelBackendBase, ThreadingBackend, worker_initializer
 from ..native import CallInput, CallOptions, PoolProvider
+from . import platform
 from .arrays_in import ArrayExchange
 from .context import DASK_DAEMONIC_WARNING, daemonic_warning, resolve_context
 from .pickling import dumps_any
+from .platform import MAX_WAIT_HANDLES
 from .pool import ProcessLease, ProcessPool
 from .registry import get_pool, reusable_pool_pids, shutdown_reusable_pools
 
@@ -89,6 +94,21 @@ def worker_settings(kwargs: dict[str, Any]) -> tuple[int | None, int | None,
     return tasks, limit, idle
 
 
+def cap_workers(n_jobs: int) -> int:
+    """``n_jobs`` within the platform's most workers per pool
+    (``platform.MAX_WORKERS``; Windows: the parent waits on two handles a
+    worker, at most 63 at once), with a warning when it had to lower it."""
+    limit = platform.MAX_WORKERS
+    if limit is not None and n_jobs > limit:
+        warnings.warn(
+            f"n_jobs={n_jobs}: a process pool holds at most {limit} workers "
+            f"on this platform (the parent waits on two handles per worker "
+            f"and the system on at most {MAX_WAIT_HANDLES} at once); "
+            f"using n_jobs={limit}", UserWarning, stacklevel=4)
+        return limit
+    return n_jobs
+
+
 class ProcessBackend(PoolProvider, ParallelBackendBase):
     """Worker processes: for pure-Python CPU-bound work (the default)."""
 
@@ -118,7 +138,7 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
         joblib's Parallel on our processes (``FastProcessBackend``) asks
         :func:`.context.daemonic_warning` the same question."""
         if n_jobs is None:
-            return resolve_n_jobs(n_jobs)
+            return cap_workers(resolve_n_jobs(n_jobs))
         reason = daemonic_warning()
         if self.nesting_level and reason is not DASK_DAEMONIC_WARNING:
             # A worker of ours (daemonic too) or of another backend: the
@@ -130,7 +150,7 @@ class ProcessBackend(PoolProvider, ParallelBackendBase):
             if n_jobs != 1:
                 warnings.warn(reason, UserWarning, stacklevel=3)
             return 1
-        return resolve_n_jobs(n_jobs)
+        return cap_workers(resolve_n_jobs(n_jobs))
 
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None,
                   context=None, **backend_kwargs):

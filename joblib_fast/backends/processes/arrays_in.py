@@ -15,7 +15,9 @@
 The folders of a call are removed when the pool is released (end of the
 call or of the ``with Parallel(...)`` block, errors included), at exit,
 and, for a parent that was killed, by the next pool started by any process
-(``sweep_stale``: the folder name carries the pid of its creator).
+(``sweep_stale``: the folder name carries the pid of its creator).  A file
+the OS refuses to delete while it is mapped (Windows) is deleted later:
+at the next cleanup of this process, at exit, or by that sweep.
 """
 from __future__ import annotations
 
@@ -41,11 +43,17 @@ from .arrays import (
     tables,
     write_array,
 )
-from . import shm
+from . import platform, shm
+from .tree import alive
 from .wire import NEVER
 
 PREFIX = "joblib_fast_"
-SHM_FOLDER = "/dev/shm"
+# The RAM-backed folder that dumps go to by default (platform.SHM_FOLDER:
+# Linux only), or None.
+SHM_FOLDER = platform.SHM_FOLDER
+# A dump is written in binary mode (Windows' text mode would translate
+# its bytes).
+_DUMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 _counter = itertools.count()
 # Guards _LIVE_FOLDERS (folders of this process, removed at exit) and
@@ -75,7 +83,8 @@ def candidate_folders(temp_folder: str | None, nbytes: int) -> list[str]:
     if env:
         return [os.path.abspath(os.path.expanduser(env))]
     folders = []
-    if os.path.isdir(SHM_FOLDER) and os.access(SHM_FOLDER, os.W_OK):
+    if SHM_FOLDER and os.path.isdir(SHM_FOLDER) and \
+            os.access(SHM_FOLDER, os.W_OK):
         try:
             if _free_bytes(SHM_FOLDER) >= nbytes:
                 folders.append(SHM_FOLDER)
@@ -117,20 +126,12 @@ def _owner_pid(name: str) -> int | None:
     return int(pid)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, someone else's
-        return True
-    return True
 
 
 def sweep_stale(extra: str | None = None) -> list[str]:
     """Remove the folders left by joblib_fast processes that died before
     cleaning up (killed parents); returns what was removed."""
-    bases = {SHM_FOLDER, tempfile.gettempdir()}
+    bases = {SHM_FOLDER, tempfile.gettempdir()} - {None}
     env = os.environ.get("JOBLIB_TEMP_FOLDER")
     for folder in (env, extra):
         if folder:
@@ -144,7 +145,7 @@ def sweep_stale(extra: str | None = None) -> list[str]:
             continue
         for name in names:
             pid = _owner_pid(name)
-            if pid is None or pid == me or _pid_alive(pid):
+            if pid is None or pid == me or alive(pid):
                 continue
             path = os.path.join(base, name)
             try:
@@ -166,7 +167,53 @@ def _remove_live_folders() -> None:
         _LIVE_FOLDERS.clear()
     for folder in folders:
         if _made_here(folder):
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_path(folder)
+    _retry_deferred()
+
+
+# Files and folders the OS refused to delete (Windows: still mapped by a
+# worker or by an array the caller kept), tried again later.  Guarded by
+# _LIVE_LOCK.
+_DEFERRED: set = set()
+
+
+def remove_path(path: str) -> bool:
+    """Delete a dump file or a call's folder; one the OS refuses to
+    delete now is remembered and deleted later (:func:`_retry_deferred`).
+    True when it is gone."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            # Everything it can, whatever it cannot (checked below).
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+    if os.path.lexists(path):
+        _defer(path)
+        return False
+    return True
+
+
+def _defer(path: str) -> None:
+    global _AT_EXIT_REGISTERED
+    with _LIVE_LOCK:
+        if not _AT_EXIT_REGISTERED:
+            atexit.register(_remove_live_folders)
+            _AT_EXIT_REGISTERED = True
+        _DEFERRED.add((os.getpid(), path))
+
+
+def _retry_deferred() -> None:
+    """Try the deferred deletions again (those still refused stay); a
+    forked child leaves its parent's alone."""
+    with _LIVE_LOCK:
+        paths = list(_DEFERRED)
+        _DEFERRED.clear()
+    me = os.getpid()
+    for pid, path in paths:
+        if pid == me:
+            remove_path(path)
 
 
 def _add_live_folder(folder: str) -> None:
@@ -364,7 +411,7 @@ class ArrayExchange:
                 path = os.path.join(
                     self._folder(base),
                     f"a{next(_counter)}-{os.urandom(4).hex()}.mmap")
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(path, _DUMP_FLAGS, 0o600)
             except OSError as exc:
                 if i == len(folders) - 1:
                     raise _dump_error(a, base, exc) from exc
@@ -373,7 +420,7 @@ class ArrayExchange:
                 write_array(fd, a)
             except OSError as exc:
                 os.close(fd)
-                os.unlink(path)
+                remove_path(path)
                 if i == len(folders) - 1:
                     raise _dump_error(a, base, exc) from exc
                 continue  # no room after all: next folder
@@ -393,10 +440,8 @@ class ArrayExchange:
 
     def _drop(self, key: int) -> None:
         entry = self._dumps.pop(key)
-        try:
-            os.unlink(entry.path)
-        except OSError:
-            pass
+        entry.view = None  # our own mapping of it, if compared
+        remove_path(entry.path)
 
     # ------------------------------------------------------ lifetime
 
@@ -409,12 +454,13 @@ class ArrayExchange:
 
     def cleanup(self) -> None:
         """Remove every file and folder of this lease."""
+        _retry_deferred()
         self._dumps.clear()
         self._tables.clear()  # its entries are bound methods of self: a cycle
         folders, self._folders = list(self._folders.values()), {}
         for folder in folders:
             if _made_here(folder):  # not in a forked copy of the parent
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_path(folder)
             with _LIVE_LOCK:
                 _LIVE_FOLDERS.discard(folder)
 

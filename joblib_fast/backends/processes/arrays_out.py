@@ -20,7 +20,8 @@ when a reply is dropped (an aborted call, a dead worker, a killed parent).
 Arrays backed by a user's ``numpy.memmap`` come back by reference (file
 name and offset), pieces of the call's own memmapped inputs as copies
 (their files go away with the call), anything else pickled with out-of-band
-buffers.  Linux only (``memfd_create``); elsewhere results are pickled.
+buffers.  Where ``shm.SUPPORTED`` (``platform.SEGMENTS``); elsewhere
+large results are pickled too.
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ from .arrays import (
     plain_reduce,
     reduce_by_reference,
     tables,
-    write_array,
 )
 from .arrays_in import is_dump
 from .wire import NEVER
@@ -174,7 +174,7 @@ class ResultPacker:
         except OSError:  # out of descriptors: send it in the message
             return None
         try:
-            write_array(fd, a)
+            shm.write_segment(fd, a)
         except OSError:
             os.close(fd)
             return None

@@ -21,7 +21,6 @@ its pipe is closed (it exits by itself) and a fresh worker takes its place.
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import signal
 import sys
@@ -38,12 +37,19 @@ from ...errors import (
     TerminatedWorkerError,
     abandons_running_tasks,
 )
-from . import wire
+from . import platform, wire
 from .arrays_in import ArrayExchange
 from .arrays_out import loads_reply
 from .context import WORKER_NAME, fork_server_pid, install
 from .pickling import dumps, dumps_any, find_unpicklable
-from .tree import descendants, same_process, start_time, terminate_trees
+from .platform import MAX_WAIT_HANDLES
+from .tree import (
+    descendants,
+    kill,
+    same_process,
+    start_time,
+    terminate_trees,
+)
 from .worker import main as worker_main
 
 # Batches sent ahead to one worker.  More would hide the round trip
@@ -81,7 +87,8 @@ def _describe_exit(code: int | None) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        hint = " (the OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        hint = " (the OOM killer sends SIGKILL)" if -code == getattr(
+            signal, "SIGKILL", None) else ""
         return f"killed by {name} ({-code}){hint}"
     return f"with exit code {code}"
 
@@ -184,7 +191,7 @@ class _Worker:
     def __init__(self, process, conn) -> None:
         self.process = process
         self.conn = conn
-        self.fd = conn.fileno()
+        self.fd = wire.endpoint(conn)
         self.sock = None  # for descriptors (shared-memory results), lazily
         self.sentinel = process.sentinel
         self.pid = process.pid
@@ -232,6 +239,13 @@ class ProcessPool:
                  owner: PoolOwner | None = None,
                  initializer: bytes | None = None,
                  memory_limit: int | None = None) -> None:
+        limit = platform.MAX_WORKERS
+        if limit is not None and n_workers > limit:
+            raise ValueError(
+                f"{n_workers} workers: a process pool holds at most "
+                f"{limit} on this platform (the parent waits on two "
+                f"handles per worker, the system on at most "
+                f"{MAX_WAIT_HANDLES} at once)")
         self.n_workers = n_workers
         self.context = context
         self.env = env
@@ -557,11 +571,7 @@ class ProcessPool:
             w.close_conn()
         # Each busy worker with the processes its task started (tree.py).
         pids = [w.pid for w in busy if w.running()]
-        for pid in descendants(pids) + pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill(descendants(pids) + pids)
         for w in busy:
             w.process.join(SHUTDOWN_GRACE)
             try:
@@ -627,11 +637,7 @@ class ProcessPool:
         self._reaped = True
         self._reap_retired()
         lingering = [w.pid for w in self.workers if w.running()]
-        for pid in descendants(lingering) + lingering:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill(descendants(lingering) + lingering)
         for w in self.workers:
             if w.process.is_alive():
                 w.process.kill()

@@ -5,6 +5,7 @@
     SUPPORTED                      segments can be made and passed here
     new_segment(nbytes) -> fd      worker: a fresh segment to copy a
                                    result into (raises OSError)
+    write_segment(fd, a)           worker: copy array ``a`` into it
     attach_private(fd, size)       parent: a private writable mapping of a
                                    received segment (an object with
                                    ``__array_interface__``), unmapped when
@@ -15,14 +16,22 @@
     born_shared() -> module|None   worker: the NumPy allocator whose large
                                    arrays are segments from the start
                                    (``_born_shared.c``; its OS half is
-                                   ``segment_memfd.h``)
+                                   ``segment_memfd.h``: memfd only)
 
 The descriptors themselves travel with the reply (``wire``: SCM_RIGHTS).
-Linux: anonymous memory files (``memfd_create``), mapped with libc's
-``mmap``.  Another platform goes beside this: its own ``new_segment`` /
-``attach_private`` (shm_open + shm_unlink on macOS, a named section on
-Windows) and its own C header for the allocator; until then results are
-pickled there.
+The mechanism is ``platform.SEGMENTS``:
+
+* ``"memfd"`` (Linux): anonymous memory files (``memfd_create``), filled
+  with ``write``; the born-shared allocator's OS half is
+  ``segment_memfd.h``.
+* ``"posix_shm"`` (macOS, BSD): ``shm_open`` of a fresh random name,
+  ``shm_unlink`` at once (nothing is left behind by a crash), sized with
+  one ``ftruncate`` and filled through ``mmap`` (macOS refuses ``write``
+  and a second ``ftruncate`` on these).  No born-shared allocator: results
+  are copied into a segment once.
+* None (Windows: its wire passes no descriptors): results are pickled.
+
+Either way the parent maps a segment with libc's ``mmap``.
 """
 from __future__ import annotations
 
@@ -32,16 +41,96 @@ import os
 import weakref
 from typing import Any
 
-SUPPORTED = hasattr(os, "memfd_create")
+from . import platform
+from .arrays import chunks, write_array
+
 # The name a segment shows in /proc/<pid>/maps ("memfd:joblib_fast_result";
 # segment_memfd.h gives born-shared segments the same).
 SEGMENT_NAME = "joblib_fast_result"
 
 
-def new_segment(nbytes: int) -> int:
-    """A descriptor of a new, empty segment (the caller writes ``nbytes``
-    into it and closes it once sent)."""
+def _posix_shm() -> Any:
+    """CPython's own binding of shm_open/shm_unlink (the one
+    ``multiprocessing.shared_memory`` uses), or None.  Not ctypes:
+    ``shm_open`` is variadic, which ctypes cannot call on macOS arm64."""
+    try:
+        import _posixshmem
+    except ImportError:
+        return None
+    return _posixshmem
+
+
+
+
+def _memfd_segment(nbytes: int) -> int:
     return os.memfd_create(SEGMENT_NAME, os.MFD_CLOEXEC)
+
+
+def _posix_segment(nbytes: int) -> int:
+    """``shm_open`` + ``shm_unlink`` at once, sized to ``nbytes`` (its
+    one ``ftruncate``)."""
+    posixshm = _posix_shm()
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+    for _ in range(100):
+        # 30 characters at most: macOS's PSHMNAMLEN.
+        name = f"/jf{os.getpid()}_{os.urandom(6).hex()}"
+        try:
+            fd = posixshm.shm_open(name, flags, 0o600)
+        except FileExistsError:
+            continue
+        break
+    else:  # pragma: no cover - 100 random names taken
+        raise FileExistsError("no free shared-memory name")
+    try:
+        posixshm.shm_unlink(name)
+        os.set_inheritable(fd, False)
+        if nbytes:
+            os.ftruncate(fd, nbytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def new_segment(nbytes: int) -> int:
+    """A descriptor of a new, empty segment for ``nbytes`` (the caller
+    fills it with :func:`write_segment` and closes it once sent)."""
+    return MECHANISMS[MECHANISM][0](nbytes)
+
+
+def write_segment(fd: int, a) -> None:
+    """Copy ``a``'s bytes (``arrays.memory_order``) into the segment
+    ``fd`` from :func:`new_segment`."""
+    MECHANISMS[MECHANISM][1](fd, a)
+
+
+def _write_mapped(fd: int, a) -> None:
+    """Fill a segment through a mapping (``write`` refused)."""
+    if not a.nbytes:
+        return
+    import numpy as np
+    mm = mmap.mmap(fd, a.nbytes)
+    try:
+        dest = np.frombuffer(mm, dtype=np.uint8)
+        pos = 0
+        for chunk in chunks(a):
+            dest[pos:pos + chunk.size] = chunk
+            pos += chunk.size
+        del dest
+    finally:
+        mm.close()
+
+
+# (new segment, fill it) of each mechanism that runs here.
+MECHANISMS = {"posix_shm": (_posix_segment, _write_mapped)}
+if hasattr(os, "memfd_create"):
+    MECHANISMS["memfd"] = (_memfd_segment, write_array)
+if _posix_shm() is None:  # pragma: no cover - a POSIX without shm_open
+    del MECHANISMS["posix_shm"]
+
+# The mechanism of this process: platform.SEGMENTS where it runs.
+MECHANISM = platform.SEGMENTS if platform.SEGMENTS in MECHANISMS else None
+SUPPORTED = MECHANISM is not None
 
 
 class _PrivateMapping:
@@ -177,6 +266,8 @@ def born_shared() -> Any:
     """The worker allocator module, or None where it was not built (no
     NumPy at build time, another platform) or cannot load (a NumPy older
     than its headers allow)."""
+    if MECHANISM != "memfd":
+        return None  # its OS half is segment_memfd.h alone
     # Imported by name, when first asked for: importing it imports NumPy,
     # and it exists only where it was built (an optional extension).
     try:

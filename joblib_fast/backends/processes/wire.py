@@ -41,6 +41,15 @@ Frames are written with ``writev`` from the caller's buffers and read
 with ``readv`` into buffers allocated once, at their final size: neither
 side copies a large buffer in user space (``Connection.recv_bytes``
 allocates the whole remaining size for every chunk it reads).
+
+That is the ``"fd"`` wire (``platform.WIRE``).  The ``"connection"`` wire
+(Windows, where a pipe is a named pipe and ``fileno()`` a handle) sends
+the same messages through ``Connection.send_bytes`` and reads them with
+``recv_bytes`` / ``recv_bytes_into``: the head frame, then, when there are
+buffers, one frame of their sizes (``<n Q``) so that each is read into a
+buffer of its final size, then the buffer frames.  It passes no
+descriptors: a reply announces none (``shm`` makes no segment there).
+Callers hold an :func:`endpoint` of the connection and never see which.
 """
 from __future__ import annotations
 
@@ -51,6 +60,8 @@ import pickle
 import socket
 import struct
 from collections.abc import Sequence
+
+from . import platform
 
 # Pickle protocol of every message (out-of-band buffers need 5).
 PROTOCOL = 5
@@ -71,6 +82,11 @@ MAX_FDS_PER_MESSAGE = 253
 # zero-filled by hand, page aligned, returned to the OS when freed)
 # rather than a bytearray.
 MMAP_BUFFER_MIN = 1 << 18
+# Private: mmap.mmap(-1, n) alone maps shared anonymous memory on POSIX,
+# which a process forked later would share with its parent (an array on
+# it written by one, seen by the other).
+_ANONYMOUS_FLAGS = {"flags": mmap.MAP_PRIVATE} if hasattr(
+    mmap, "MAP_PRIVATE") else {}
 # writev accepts at most IOV_MAX (1024 on Linux) parts and Linux moves at
 # most about 2 GiB per call.
 _MAX_CHUNK = 1 << 30
@@ -151,13 +167,17 @@ def recv_frame(fd: int) -> bytes:
     return _read_exact(fd, size) if size else b""
 
 
+def _new_buffer(size: int):
+    """A writable buffer of ``size`` bytes for one frame."""
+    if size >= MMAP_BUFFER_MIN:
+        return mmap.mmap(-1, size, **_ANONYMOUS_FLAGS)
+    return bytearray(size)
+
+
 def recv_buffer(fd: int):
     """Read one frame into a new writable buffer of its exact size."""
     size = _frame_size(fd)
-    if size >= MMAP_BUFFER_MIN:
-        buf = mmap.mmap(-1, size)
-    else:
-        buf = bytearray(size)
+    buf = _new_buffer(size)
     view = memoryview(buf)
     pos = 0
     try:
@@ -217,21 +237,88 @@ def socket_for(conn) -> socket.socket:
     return socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
 
 
+def _fd_recv_buffers(fd: int, count: int) -> list:
+    return [recv_buffer(fd) for _ in range(count)]
+
+
+# ------------------------------------------------- the connection wire
+
+
+def _conn_send_message(conn, head: bytes, blob, buffers=()) -> None:
+    """The head frame, the sizes frame when there are buffers, then one
+    frame per buffer (the pickle stream is joined to the head: a copy of
+    the small part, never of the buffers)."""
+    conn.send_bytes(b"".join((head, memoryview(blob).cast("B"))))
+    if buffers:
+        views = [memoryview(buf).cast("B") for buf in buffers]
+        conn.send_bytes(struct.pack(f"<{len(views)}Q",
+                                    *(v.nbytes for v in views)))
+        for view in views:
+            conn.send_bytes(view)
+
+
+def _conn_recv_frame(conn) -> bytes:
+    return conn.recv_bytes()
+
+
+def _conn_recv_buffers(conn, count: int) -> list:
+    if not count:
+        return []
+    sizes = struct.unpack(f"<{count}Q", conn.recv_bytes())
+    out = []
+    for size in sizes:
+        buf = _new_buffer(size)
+        if size:
+            got = conn.recv_bytes_into(buf)
+            if got != size:
+                raise OSError(f"protocol error: a {got}-byte frame where "
+                              f"{size} bytes were announced")
+        else:
+            conn.recv_bytes()
+        out.append(buf)
+    return out
+
+
+# (send a message, read a head frame, read n buffer frames) of each wire.
+WIRES = {
+    "fd": (send_message, recv_frame, _fd_recv_buffers),
+    "connection": (_conn_send_message, _conn_recv_frame, _conn_recv_buffers),
+}
+
+
+def select(name: str) -> None:
+    """Use the wire ``name`` in this process (``platform.WIRE`` at
+    import; tests switch to exercise both on one pipe, both ends in this
+    process, before any worker starts)."""
+    global WIRE, _send_message, _recv_frame, _recv_buffers
+    _send_message, _recv_frame, _recv_buffers = WIRES[name]
+    WIRE = name
+
+
+select(platform.WIRE)
+
+
+def endpoint(conn):
+    """What the message functions below take for ``conn``: its descriptor
+    (``"fd"`` wire) or the connection itself."""
+    return conn.fileno() if WIRE == "fd" else conn
+
+
 # ------------------------------------------------------------ messages
 
 
 def send_task(fd: int, key: int, kind: int, out_threshold: int, blob,
               buffers) -> None:
     """Parent side: send one task batch (see the module docstring)."""
-    send_message(fd, TASK_HEAD.pack(key, kind, out_threshold, len(buffers)),
-                 blob, buffers)
+    _send_message(fd, TASK_HEAD.pack(key, kind, out_threshold, len(buffers)),
+                  blob, buffers)
 
 
 def recv_task(fd: int):
     """Worker side: read one whole task message, (head frame, buffers)."""
-    frame = recv_frame(fd)
+    frame = _recv_frame(fd)
     n_buffers = TASK_HEAD.unpack_from(frame)[3]
-    return frame, [recv_buffer(fd) for _ in range(n_buffers)]
+    return frame, _recv_buffers(fd, n_buffers)
 
 
 def task_head(frame) -> tuple[int, int, int]:
@@ -254,8 +341,10 @@ def send_reply(fd: int, sock_for_fds, key: int, status: int,
         status |= RETIRE
     head = REPLY_HEAD.pack(key, status, duration, len(buffers), len(fds))
     if not fds:
-        send_message(fd, head, blob, buffers)
+        _send_message(fd, head, blob, buffers)
         return
+    if WIRE != "fd":  # pragma: no cover - shm makes no segment there
+        raise OSError("this wire passes no descriptors")
     send_message(fd, head, blob)
     send_fds(sock_for_fds(), fds)
     for buf in buffers:
@@ -265,11 +354,11 @@ def send_reply(fd: int, sock_for_fds, key: int, status: int,
 def recv_reply(fd: int, sock_for_fds):
     """Parent side: read one whole reply, (head frame, buffers,
     descriptors); received descriptors are closed if reading fails."""
-    frame = recv_frame(fd)
+    frame = _recv_frame(fd)
     n_buffers, n_fds = REPLY_HEAD.unpack_from(frame)[3:]
     fds = recv_fds(sock_for_fds(), n_fds) if n_fds else []
     try:
-        buffers = [recv_buffer(fd) for _ in range(n_buffers)]
+        buffers = _recv_buffers(fd, n_buffers)
     except BaseException:
         close_fds(fds)
         raise

@@ -72,7 +72,7 @@ class _Replier:
 
     def __init__(self, conn) -> None:
         self.conn = conn
-        self.fd = conn.fileno()
+        self.fd = wire.endpoint(conn)
         self._sock = None
         self._packer = None
 
@@ -217,7 +217,7 @@ def main(conn, env: dict, inherited=(), initializer: bytes | None = None,
         func(*args)
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_reader, args=(conn.fileno(), inbox), daemon=True,
+    threading.Thread(target=_reader, args=(wire.endpoint(conn), inbox), daemon=True,
                      name="joblib_fast-worker-reader").start()
     replier = _Replier(conn)
     try:

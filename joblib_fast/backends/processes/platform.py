@@ -1,0 +1,80 @@
+"""Which OS mechanism each part of the process backend uses, chosen once.
+
+=================  =================  ======================  ==============
+part               Linux              macOS / BSD             Windows
+=================  =================  ======================  ==============
+``WIRE``           ``"fd"``           ``"fd"``                ``"connection"``
+``SEGMENTS``       ``"memfd"``        ``"posix_shm"``         ``None``
+``CONTROL``        ``"proc"``         ``"psutil"``            ``"psutil"``
+``SHM_FOLDER``     ``/dev/shm``       None                    None
+``MAX_WORKERS``    None               None                    31
+=================  =================  ======================  ==============
+
+* ``WIRE``: ``"fd"``: frames written with ``writev``/``readv`` on the
+  pipe's descriptor, shared-memory descriptors passed with ``SCM_RIGHTS``;
+  ``"connection"``: frames through ``Connection.send_bytes`` /
+  ``recv_bytes_into`` (a named pipe on Windows), no descriptor passing.
+* ``SEGMENTS`` (results in shared memory, ``shm``): ``"memfd"``:
+  ``memfd_create``; ``"posix_shm"``: ``shm_open`` then ``shm_unlink`` at
+  once (a descriptor with no name left), filled through ``mmap``; None:
+  large results are pickled.  Segments need the ``"fd"`` wire.
+* ``CONTROL`` (``tree``: liveness, process trees, kill): ``"proc"``: the
+  ``/proc`` file system and signals; ``"psutil"``: psutil (a dependency
+  where this is chosen), never ``os.kill(pid, 0)``.
+* ``MAX_WORKERS``: the most workers one pool may have.  Windows waits on
+  at most 63 handles at once and the parent waits on two per worker (its
+  pipe and its process).
+
+The test suite runs the portable paths on Linux with the environment
+variable ``JOBLIB_FAST_PORTABLE`` (not a user setting): ``windows`` (or
+``1``) takes every Windows choice that can run here (the connection wire,
+pickled results, psutil, no /dev/shm, the worker cap), ``posix`` the
+macOS ones.  Read here only, at import.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+_FORCED = os.environ.get("JOBLIB_FAST_PORTABLE", "").strip().lower()
+if _FORCED in ("", "0"):
+    PROFILE = ("linux" if sys.platform.startswith("linux") else
+               "windows" if sys.platform == "win32" else "posix")
+elif _FORCED in ("1", "windows"):
+    PROFILE = "windows"
+elif _FORCED == "posix":
+    PROFILE = "posix"
+else:
+    raise ValueError(
+        f"JOBLIB_FAST_PORTABLE={_FORCED!r}: expected 0, 1, 'windows' or "
+        "'posix' (a test setting that forces the portable mechanisms)")
+
+# True when the portable mechanisms run on Linux for the tests.
+FORCED = PROFILE != "linux" and sys.platform.startswith("linux")
+
+WIRE = "connection" if PROFILE == "windows" else "fd"
+
+
+def _segments() -> str | None:
+    if PROFILE == "linux":
+        return "memfd" if hasattr(os, "memfd_create") else None
+    if PROFILE == "posix":
+        return "posix_shm"
+    return None
+
+
+SEGMENTS = _segments()
+CONTROL = "proc" if PROFILE == "linux" else "psutil"
+SHM_FOLDER = "/dev/shm" if PROFILE == "linux" else None
+
+# WaitForMultipleObjects takes at most 64 handles; multiprocessing's wait
+# keeps one for itself: 63 for the pipes and process handles, two a worker.
+MAX_WAIT_HANDLES = 63
+MAX_WORKERS = MAX_WAIT_HANDLES // 2 if PROFILE == "windows" else None
+
+
+def describe() -> dict[str, object]:
+    """The choices, for diagnostics and tests."""
+    return {"profile": PROFILE, "forced": FORCED, "wire": WIRE,
+            "segments": SEGMENTS, "control": CONTROL,
+            "shm_folder": SHM_FOLDER, "max_workers": MAX_WORKERS}
