@@ -92,10 +92,10 @@ class Killer(threading.Thread):
 def snapshot():
     import psutil
     me = psutil.Process()
-    # Entries of this process only (/dev/shm is shared with the machine).
-    mine = (str(os.getpid()), "joblib_fast")
+    # Entries of this process only (/dev/shm is shared with the machine:
+    # another run's joblib_fast_<its pid>_... folders come and go).
     shm = sorted(n for n in os.listdir("/dev/shm")
-                 if any(m in n for m in mine)) \
+                 if str(os.getpid()) in n) \
         if os.path.isdir("/dev/shm") else []
     return {"children": sorted(p.pid for p in me.children(recursive=True)),
             "threads": sorted(t.name for t in threading.enumerate()),

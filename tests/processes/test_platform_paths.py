@@ -274,6 +274,31 @@ def test_dump_folder_the_os_refuses_to_delete_goes_later(monkeypatch,
     assert not any(os.path.exists(p) for p in left)
 
 
+@pytest.mark.parametrize("posix_mmap", [True, False])
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_dump_mapped_with_either_mmap_interface(monkeypatch, tmp_path,
+                                                posix_mmap, mode):
+    """A worker maps a dump with mmap's POSIX arguments, or with the
+    access= that Windows has (the worker side, in this process)."""
+    if posix_mmap and not hasattr(__import__("mmap"), "MAP_SHARED"):
+        pytest.skip("no POSIX mmap here")
+    monkeypatch.setattr(arrays_in, "_POSIX_MMAP", posix_mmap)
+    path = tmp_path / "dump.mmap"
+    a = np.arange(1000, dtype=np.float64)
+    path.write_bytes(a.tobytes())
+    out = arrays_in._open_dump(str(path), a.dtype, a.shape, "C", mode)
+    try:
+        np.testing.assert_array_equal(out, a)
+        assert out.flags.writeable == (mode == "r+")
+        if mode == "r+":
+            out[0] = 42.0
+            out.flush()
+            assert np.fromfile(path)[0] == 42.0
+    finally:
+        del out
+        arrays_in._WORKER_MAPS.clear()
+
+
 def test_no_ram_folder_where_the_platform_has_none(monkeypatch):
     monkeypatch.setattr(arrays_in, "SHM_FOLDER", None)
     monkeypatch.delenv("JOBLIB_TEMP_FOLDER", raising=False)

@@ -259,6 +259,8 @@ MAP_CHECK_SECONDS = 0.05
 # MAP_POPULATE: the page tables of a mapping are filled in one system call
 # rather than by one fault per few pages as the task first reads it.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+# mmap's POSIX arguments (flags, prot); elsewhere (Windows) its access=.
+_POSIX_MMAP = platform.POSIX_MMAP
 
 
 def worker_idle() -> bool:
@@ -276,9 +278,13 @@ def worker_idle() -> bool:
 
 
 def _map_dump(path: str, mode: str) -> tuple[mmap.mmap, int]:
-    prot = mmap.PROT_READ if mode == "r" else mmap.PROT_READ | mmap.PROT_WRITE
     with open(path, "rb" if mode == "r" else "r+b") as f:
         inode = os.fstat(f.fileno()).st_ino
+        if not _POSIX_MMAP:
+            access = mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_WRITE
+            return mmap.mmap(f.fileno(), 0, access=access), inode
+        prot = mmap.PROT_READ if mode == "r" else \
+            mmap.PROT_READ | mmap.PROT_WRITE
         try:
             mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE,
                            prot=prot)
@@ -508,8 +514,8 @@ def _equal(x, y) -> bool:
             func.restype = ctypes.c_int
             func.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
             _memcmp = func
-        except (ImportError, OSError, AttributeError):  # pragma: no cover
-            _memcmp = False
+        except (ImportError, OSError, AttributeError, TypeError):
+            _memcmp = False  # no C library to load by None (Windows)
     if _memcmp:
         return _memcmp(address(x), address(y), x.size) == 0
     import numpy as np  # pragma: no cover - no libc

@@ -1,14 +1,15 @@
 """Which OS mechanism each part of the process backend uses, chosen once.
 
-=================  =================  ======================  ==============
+=================  =================  ======================  ================
 part               Linux              macOS / BSD             Windows
-=================  =================  ======================  ==============
+=================  =================  ======================  ================
 ``WIRE``           ``"fd"``           ``"fd"``                ``"connection"``
 ``SEGMENTS``       ``"memfd"``        ``"posix_shm"``         ``None``
 ``CONTROL``        ``"proc"``         ``"psutil"``            ``"psutil"``
 ``SHM_FOLDER``     ``/dev/shm``       None                    None
+``POSIX_MMAP``     True               True                    False
 ``MAX_WORKERS``    None               None                    31
-=================  =================  ======================  ==============
+=================  =================  ======================  ================
 
 * ``WIRE``: ``"fd"``: frames written with ``writev``/``readv`` on the
   pipe's descriptor, shared-memory descriptors passed with ``SCM_RIGHTS``;
@@ -21,6 +22,9 @@ part               Linux              macOS / BSD             Windows
 * ``CONTROL`` (``tree``: liveness, process trees, kill): ``"proc"``: the
   ``/proc`` file system and signals; ``"psutil"``: psutil (a dependency
   where this is chosen), never ``os.kill(pid, 0)``.
+* ``SHM_FOLDER``: the RAM-backed folder input dumps go to by default.
+* ``POSIX_MMAP``: dumps mapped with ``flags``/``prot`` (``MAP_POPULATE``),
+  else with ``access=``.
 * ``MAX_WORKERS``: the most workers one pool may have.  Windows waits on
   at most 63 handles at once and the parent waits on two per worker (its
   pipe and its process).
@@ -28,11 +32,13 @@ part               Linux              macOS / BSD             Windows
 The test suite runs the portable paths on Linux with the environment
 variable ``JOBLIB_FAST_PORTABLE`` (not a user setting): ``windows`` (or
 ``1``) takes every Windows choice that can run here (the connection wire,
-pickled results, psutil, no /dev/shm, the worker cap), ``posix`` the
+pickled results, psutil, no /dev/shm, ``access=`` mappings, the worker
+cap), ``posix`` the
 macOS ones.  Read here only, at import.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 
@@ -66,6 +72,9 @@ def _segments() -> str | None:
 SEGMENTS = _segments()
 CONTROL = "proc" if PROFILE == "linux" else "psutil"
 SHM_FOLDER = "/dev/shm" if PROFILE == "linux" else None
+# Input dumps mapped with mmap's POSIX arguments (flags, prot: MAP_SHARED,
+# MAP_POPULATE), else with its portable access= (Windows has only that).
+POSIX_MMAP = PROFILE != "windows" and hasattr(mmap, "MAP_SHARED")
 
 # WaitForMultipleObjects takes at most 64 handles; multiprocessing's wait
 # keeps one for itself: 63 for the pipes and process handles, two a worker.
@@ -77,4 +86,5 @@ def describe() -> dict[str, object]:
     """The choices, for diagnostics and tests."""
     return {"profile": PROFILE, "forced": FORCED, "wire": WIRE,
             "segments": SEGMENTS, "control": CONTROL,
-            "shm_folder": SHM_FOLDER, "max_workers": MAX_WORKERS}
+            "shm_folder": SHM_FOLDER, "posix_mmap": POSIX_MMAP,
+            "max_workers": MAX_WORKERS}
