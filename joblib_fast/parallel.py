@@ -47,7 +47,8 @@ class Parallel:
         All results at the end in input order, a generator yielding them in
         input order as they become ready, or in completion order.
     verbose : int
-        Progress messages (see the README).
+        Progress messages in joblib's format, more as it grows (on stderr;
+        on stdout from 50).
     timeout : float, optional
         Seconds a single task may run; past that ``TimeoutError`` is raised.
     pre_dispatch : {"all", int, str}

@@ -4,7 +4,7 @@
 #     import_parallel_for()    # once, at module import
 #
 # Build with include_dirs=[joblib_fast.get_include()]; nothing to link.
-# The rules are in the README ("parallel_for: a nogil loop on the pool").
+# The rules are in docs/user_guide/parallel_for.md.
 
 # A loop body: runs indices [start, stop) as worker `worker`; returns 0, a
 # non-zero code that stops the loop, or -1 with a Python exception set
