@@ -58,7 +58,10 @@ __version__ = "0.1.0"
 def get_include() -> str:
     """The folder to add to ``include_dirs`` when building a Cython module
     that does ``from joblib_fast.parallel_for cimport ...`` (it holds
-    ``joblib_fast/parallel_for.h``; nothing to link)."""
+    ``joblib_fast/parallel_for.h``; nothing to link).
+
+    .. versionadded:: 0.1.0
+    """
     return os.path.join(os.path.dirname(os.path.abspath(__file__)),
                         "include")
 
@@ -73,6 +76,8 @@ def register_joblib_backend(name: str = "joblib_fast",
     on joblib_fast too.  Returns ``name``.  Needs joblib (the ``joblib``
     extra); importing joblib_fast does not import it.  See
     :func:`joblib_fast.joblib_backend.register_joblib_backend`.
+
+    .. versionadded:: 0.1.0
     """
     module = importlib.import_module(".joblib_backend", __name__)
     return module.register_joblib_backend(name, replace_builtin)

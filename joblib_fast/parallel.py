@@ -73,14 +73,20 @@ class Parallel:
     progress_bar : bool, default=False
         Show a live progress bar (count, rate, ETA): tqdm when installed,
         a one-line bar on stderr otherwise.  Not in joblib.
+
+        .. versionadded:: 0.1.0
     callback : callable, optional
         ``callback(index, result)`` called in the calling thread for every
         finished task, in completion order.  Not in joblib.
+
+        .. versionadded:: 0.1.0
     return_shared : bool, default=True
         Process workers hand result arrays larger than ``max_nbytes`` back
         through shared memory: the caller gets a writable ndarray that
         maps the worker's copy instead of unpickling one.  ``False``
         pickles them (out-of-band buffers).  Not in joblib.
+
+        .. versionadded:: 0.1.0
     **backend_kwargs
         Passed to the backend's ``configure``.  Those a backend does not
         document are a ``TypeError`` naming them.  Processes:
