@@ -18,8 +18,14 @@ from helpers.common import wait_until
 from helpers.np_map_tasks import mapping_of, maps_of
 
 from joblib_fast import Parallel, delayed
+from joblib_fast.backends.processes import platform
 
-pytestmark = pytest.mark.usefixtures("process_helpers")
+pytestmark = [
+    pytest.mark.usefixtures("process_helpers"),
+    pytest.mark.skipif(
+        not platform.DELETE_MAPPED,
+        reason="workers map a dump per task where mapped files cannot be "
+               "deleted (test_platform_paths.py covers that)")]
 
 # 4 MB: a thousand pages; mapped anew, reading them faults far more than
 # PAGES // 64 times (fault-around maps 16 pages at a time by default).

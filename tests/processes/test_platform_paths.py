@@ -299,6 +299,29 @@ def test_dump_mapped_with_either_mmap_interface(monkeypatch, tmp_path,
         arrays_in._WORKER_MAPS.clear()
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_worker_keeps_a_dump_mapped_only_where_mapped_files_can_go(
+        monkeypatch, tmp_path, keep):
+    """Where the OS deletes mapped files, a worker maps a dump once for
+    all its tasks; elsewhere each task maps it and nothing is kept, so
+    that the parent can delete the dump once the tasks are done."""
+    monkeypatch.setattr(arrays_in, "_KEEP_MAPS", keep)
+    path = tmp_path / "dump.mmap"
+    a = np.arange(1000, dtype=np.float64)
+    path.write_bytes(a.tobytes())
+    try:
+        one = arrays_in._open_dump(str(path), a.dtype, a.shape, "C", "r")
+        two = arrays_in._open_dump(str(path), a.dtype, a.shape, "C", "r")
+        same = one.__array_interface__["data"][0] == \
+            two.__array_interface__["data"][0]
+        assert same == keep
+        assert bool(arrays_in._WORKER_MAPS) == keep
+        np.testing.assert_array_equal(two, a)
+    finally:
+        del one, two
+        arrays_in._WORKER_MAPS.clear()
+
+
 def test_no_ram_folder_where_the_platform_has_none(monkeypatch):
     monkeypatch.setattr(arrays_in, "SHM_FOLDER", None)
     monkeypatch.delenv("JOBLIB_TEMP_FOLDER", raising=False)

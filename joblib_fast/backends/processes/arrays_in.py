@@ -261,6 +261,10 @@ MAP_CHECK_SECONDS = 0.05
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 # mmap's POSIX arguments (flags, prot); elsewhere (Windows) its access=.
 _POSIX_MMAP = platform.POSIX_MMAP
+# Where the OS refuses to delete a mapped file (Windows), a worker keeping
+# a dump mapped would keep it from being deleted: each task maps it then,
+# and the mapping goes with the task's arrays.
+_KEEP_MAPS = platform.DELETE_MAPPED
 
 
 def worker_idle() -> bool:
@@ -304,7 +308,9 @@ def _open_dump(path, dtype, shape, order, mode):
     key = (path, mode)
     entry = _WORKER_MAPS.get(key)
     if entry is None:
-        entry = _WORKER_MAPS[key] = _map_dump(path, mode)
+        entry = _map_dump(path, mode)
+        if _KEEP_MAPS:
+            _WORKER_MAPS[key] = entry
     mm = entry[0]
     out = np.ndarray.__new__(np.memmap, shape, dtype=dtype, buffer=mm,
                              order=order)

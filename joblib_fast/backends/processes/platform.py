@@ -8,6 +8,7 @@ part               Linux              macOS / BSD             Windows
 ``CONTROL``        ``"proc"``         ``"psutil"``            ``"psutil"``
 ``SHM_FOLDER``     ``/dev/shm``       None                    None
 ``POSIX_MMAP``     True               True                    False
+``DELETE_MAPPED``  True               True                    False
 ``MAX_WORKERS``    None               None                    31
 =================  =================  ======================  ================
 
@@ -25,6 +26,8 @@ part               Linux              macOS / BSD             Windows
 * ``SHM_FOLDER``: the RAM-backed folder input dumps go to by default.
 * ``POSIX_MMAP``: dumps mapped with ``flags``/``prot`` (``MAP_POPULATE``),
   else with ``access=``.
+* ``DELETE_MAPPED``: a mapped file can be deleted; where not, workers
+  map an input dump per task instead of once per call.
 * ``MAX_WORKERS``: the most workers one pool may have.  Windows waits on
   at most 63 handles at once and the parent waits on two per worker (its
   pipe and its process).
@@ -32,8 +35,8 @@ part               Linux              macOS / BSD             Windows
 The test suite runs the portable paths on Linux with the environment
 variable ``JOBLIB_FAST_PORTABLE`` (not a user setting): ``windows`` (or
 ``1``) takes every Windows choice that can run here (the connection wire,
-pickled results, psutil, no /dev/shm, ``access=`` mappings, the worker
-cap), ``posix`` the
+pickled results, psutil, no /dev/shm, ``access=`` mappings, dumps mapped
+per task, the worker cap), ``posix`` the
 macOS ones.  Read here only, at import.
 """
 from __future__ import annotations
@@ -75,6 +78,10 @@ SHM_FOLDER = "/dev/shm" if PROFILE == "linux" else None
 # Input dumps mapped with mmap's POSIX arguments (flags, prot: MAP_SHARED,
 # MAP_POPULATE), else with its portable access= (Windows has only that).
 POSIX_MMAP = PROFILE != "windows" and hasattr(mmap, "MAP_SHARED")
+# The OS deletes a file that is still mapped (its name goes, its pages stay
+# with the mappings); Windows refuses (arrays_in defers the deletion, and
+# workers do not keep dumps mapped between tasks there).
+DELETE_MAPPED = PROFILE != "windows"
 
 # WaitForMultipleObjects takes at most 64 handles; multiprocessing's wait
 # keeps one for itself: 63 for the pipes and process handles, two a worker.
@@ -87,4 +94,4 @@ def describe() -> dict[str, object]:
     return {"profile": PROFILE, "forced": FORCED, "wire": WIRE,
             "segments": SEGMENTS, "control": CONTROL,
             "shm_folder": SHM_FOLDER, "posix_mmap": POSIX_MMAP,
-            "max_workers": MAX_WORKERS}
+            "delete_mapped": DELETE_MAPPED, "max_workers": MAX_WORKERS}
