@@ -81,6 +81,13 @@ typedef struct {
 #define KEEP_SEGMENTS 8
 #define KEEP_BYTES ((size_t)512 << 20)
 
+/* New segments up to this size get all their pages at once (the array
+ * NumPy asked for is about to be written): cheaper than a fault per page.
+ * Bigger ones get pages as they are touched, as heap memory does, so that
+ * a huge np.empty of which a task uses a part takes no more memory than
+ * that part. */
+#define POPULATE_MAX_BYTES ((size_t)256 << 20)
+
 /* Guards every static below except `threshold` (an atomic read). */
 static pthread_mutex_t seg_lock = PTHREAD_MUTEX_INITIALIZER;
 static jf_seg_t *segs = NULL;
@@ -191,7 +198,9 @@ static void *seg_new(size_t size, int zero)
     int fd;
     void *base;
     if (size > SIZE_MAX - header ||
-            jf_segment_create(header + size, !zero, &fd, &base) != 0) {
+            jf_segment_create(header + size,
+                              !zero && size <= POPULATE_MAX_BYTES,
+                              &fd, &base) != 0) {
         n_fallbacks++;   /* out of descriptors or memory: the heap then */
         return NULL;
     }
