@@ -187,19 +187,20 @@ def _after_fork_in_child() -> None:
 
 
 def cap_loaded(limit: int) -> None:
-    """Cap, for good, the pools of the libraries this process has loaded
-    (a worker process at start; libraries it loads later read the
-    ``*_NUM_THREADS`` variables)."""
+    """Give the libraries this process has loaded the pool size the
+    ``*_NUM_THREADS`` variables say (``limit``), for good: what a process
+    that loads them now would get (a worker process at start: a ``fork``
+    worker inherited its parent's loaded OpenBLAS, sized before the
+    variables were set; libraries it loads later read the variables)."""
     if not _pools_possible():
         return
     try:
         controller = _get_controller()
         for lib in controller.lib_controllers if controller else ():
-            size = lib.get_num_threads()
-            if size is None or size > limit:
+            if lib.get_num_threads() != limit:
                 _set_size(lib, limit)
     except Exception:  # noqa: BLE001 - a worker starts anyway
-        _debug("capping native thread pools failed", exc_info=True)
+        _debug("sizing native thread pools failed", exc_info=True)
 
 
 def worker_limit(env: dict[str, str]) -> int | None:

@@ -36,7 +36,6 @@ except ImportError as exc:  # pragma: no cover - exercised without joblib
         "joblib_fast.register_joblib_backend needs joblib (>= 1.3), which is "
         "not installed: pip install 'joblib_fast[joblib]'") from exc
 
-from . import _native_threads
 from ._context import N_JOBS_ZERO
 from ._push import Dispatcher, Job, PoolClosedError
 from .backends.base import ThreadingBackend
@@ -297,27 +296,9 @@ class FastThreadingBackend(_FastBackend):
     target_batch_seconds = THREAD_TARGET_BATCH_SECONDS
     thread_name = "joblib_fast-thread-dispatcher"
 
-    _native_cap: _native_threads.Hold | None = None
-
     def _make_pool(self) -> Any:
         return ThreadingBackend(nesting_level=self.nesting_level).make_pool(
             self._n_jobs, self._options)
-
-    def start_call(self):
-        # The native pools are capped while joblib's call runs on our
-        # threads, as for joblib_fast's own threading calls.
-        if self._n_jobs > 1 and self._native_cap is None:
-            self._native_cap = _native_threads.hold(
-                _native_threads.inner_limit(self._n_jobs))
-
-    def stop_call(self):
-        cap, self._native_cap = self._native_cap, None
-        if cap is not None:
-            cap.release()
-
-    def terminate(self):
-        super().terminate()
-        self.stop_call()
 
     def _abort_pool(self, pool: Any) -> None:
         # Threads cannot be stopped: they finish their current task (the

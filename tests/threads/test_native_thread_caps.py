@@ -162,20 +162,6 @@ def test_fork_workers_cap_what_they_loaded():
     assert {size for size, _ in out} == {3}
 
 
-def test_joblib_threading_on_fast_is_capped():
-    joblib = pytest.importorskip("joblib")
-    name = joblib_fast.register_joblib_backend("jf_native_threads_test")
-    assert name
-    from joblib_fast.joblib_backend import FastThreadingBackend
-    joblib.register_parallel_backend("jf_threads_native_test",
-                                     FastThreadingBackend)
-    with joblib.parallel_config(backend="jf_threads_native_test", n_jobs=2):
-        out = joblib.Parallel()(joblib.delayed(blas_threads)()
-                                for _ in range(4))
-    assert out == [min(BIG, _cap(2))] * 4
-    assert blas_threads() == BIG
-
-
 def test_import_does_not_load_threadpoolctl():
     code = ("import sys, joblib_fast; "
             "print('threadpoolctl' in sys.modules)")
