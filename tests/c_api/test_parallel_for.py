@@ -379,10 +379,15 @@ def test_forked_child_gets_a_working_pool(consumer):
                            timeout=60) == 0
 
 
-def test_daemonic_pool_worker_runs_parallel_for_on_threads(consumer):
+def test_daemonic_pool_worker_runs_parallel_for_on_threads(consumer,
+                                                           monkeypatch):
     # multiprocessing forbids children to a daemonic process, not threads:
     # a process-backed call runs in place there, parallel_for does not.
+    # OMP_NUM_THREADS caps parallel_for in a worker process: importing
+    # dask.distributed (other tests of the run) sets it to 1 here, and the
+    # forked worker would inherit it.
     import multiprocessing
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with multiprocessing.get_context("fork").Pool(1) as pool:
         daemon, outs, joined = pool.apply_async(
             daemonic_tasks.parallel_for_call, ("pfor_consumer",)).get(60)
