@@ -153,6 +153,21 @@ RESULT_MAPS = {"posix_shm": "/dev/shm/jf"}.get(
     SEGMENTS, "memfd:joblib_fast_result")
 
 
+def made_by_this_tree(name: str) -> bool:
+    """A ``joblib_fast_<pid>_...`` entry made by this process or one of
+    its children (or a name without a pid): another test run on the
+    machine has its own in the same /dev/shm."""
+    import re
+
+    import psutil
+    found = re.match(r"joblib_fast_(\d+)_", name)
+    if found is None:
+        return True
+    me = psutil.Process()
+    return int(found.group(1)) in {me.pid} | {
+        p.pid for p in me.children(recursive=True)}
+
+
 def default_dump_base() -> str:
     """Where an input dump goes by default (/dev/shm only where the
     platform uses it)."""
