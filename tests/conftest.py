@@ -241,6 +241,26 @@ def no_leaks(request):
             f"it ended): {found}", pytrace=False)
 
 
+# Set in this process's environment by a dask LocalCluster with worker
+# processes (distributed's nanny pre-spawn environment) and never undone:
+# left there, they cap every later test's subprocesses and worker
+# processes (a process pool's BLAS, parallel_for in a worker).
+_CLUSTER_ENVIRON = ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+
+@pytest.fixture(autouse=True)
+def isolated_environ():
+    """Put back the variables a dask cluster sets in this process."""
+    before = {name: os.environ.get(name) for name in _CLUSTER_ENVIRON}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def isolated_config(no_leaks):
     """Undo what a test did to the backend registry and the active

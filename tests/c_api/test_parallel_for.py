@@ -383,9 +383,9 @@ def test_daemonic_pool_worker_runs_parallel_for_on_threads(consumer,
                                                            monkeypatch):
     # multiprocessing forbids children to a daemonic process, not threads:
     # a process-backed call runs in place there, parallel_for does not.
-    # OMP_NUM_THREADS caps parallel_for in a worker process: importing
-    # dask.distributed (other tests of the run) sets it to 1 here, and the
-    # forked worker would inherit it.
+    # OMP_NUM_THREADS caps parallel_for in a worker process (a dask
+    # LocalCluster with processes sets it to 1 in its parent): unset, the
+    # forked worker inherits none.
     import multiprocessing
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with multiprocessing.get_context("fork").Pool(1) as pool:
