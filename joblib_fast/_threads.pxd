@@ -112,6 +112,7 @@ cdef class Lease:
     cdef uint64_t serial             # tells threads when they change lease
     cdef int reserved                # threads reserved in `workers` (or 0)
     cdef object enter                # run in a thread before its first item
+    cdef int rescued                 # threads started by rescue_if_stuck
 
     cdef int open(self, WorkerPool workers, int limit, object enter,
                   bint reserve) except -1

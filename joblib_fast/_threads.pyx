@@ -414,8 +414,13 @@ cdef class Lease:
         is started for them: the lease's threads, or the pool of its own,
         keep it until the lease closes."""
         if self.workers is None or self.foreign() or \
+                self.rescued >= max(self.q.job.limit, 1) or \
                 not jf_queue_rescue_wanted(self.workers.c, &self.q):
+            # At most as many more threads as the lease's own: more than
+            # the tasks batching can have put out of joblib's order (tasks
+            # that wait for ever, a bug of theirs, get no thread per task).
             return 0
+        self.rescued += 1
         if self.reserved:
             self.reserved += 1
             self.workers.reserve(1)
