@@ -94,7 +94,7 @@ cdef class CallerHelp:
     cdef int64_t solo_until          # until busy_tasks reaches this
     cdef bint solo_barred            # never again in this call
     cdef int low_windows             # windows in a row, threads taking turns
-    cdef readonly int solo_stretches # times it stood back
+    cdef readonly int solo_stretches  # times it stood back
     cdef bint spare_pieces           # running pieces had tasks to spare
     # [call.lock] batch wall and CPU seconds, batches, since the team's
     # window began (see choose_team)

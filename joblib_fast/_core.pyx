@@ -183,9 +183,10 @@ cdef class DelayedCall:
 # that its module holds by name: in ``delayed(f)(x) for x in xs`` one
 # wrapper then serves every item (the wrapper is immutable, so sharing it
 # is invisible; making one per item is a tenth of a no-op task's cost:
-# `python benchmarks/per_task_instructions.py`).  Only plain functions (Python, builtin, Cython) that
-# their module holds: a closure, a lambda, a bound method or a partial kept
-# here would keep what it holds alive after the user dropped it, and other
+# `python benchmarks/per_task_instructions.py`).  Only plain functions
+# (Python, builtin, Cython) that their module holds: a closure, a lambda,
+# a bound method or a partial kept here would keep what it holds alive
+# after the user dropped it, and other
 # callables could run code of theirs when asked for a name.  Dropped when a
 # call ends (forget_delayed), so a function its module lets go of (del,
 # reload) is not kept past the next call either.
@@ -1050,7 +1051,6 @@ cdef class BatchSizer:
         if ideal < 1:
             ideal = 1
         return ideal
-
 
 
 @cython.final

@@ -603,7 +603,6 @@ cdef jf_pool_t *_pool_for(int helpers) noexcept nogil:
     return p
 
 
-
 def _log_error(what):
     """Log the exception being handled on the "joblib_fast" logger, where
     an application can filter or redirect it (with no logging configured,
@@ -611,6 +610,7 @@ def _log_error(what):
     registers an exit hook, and importing the package registers none."""
     import logging
     logging.getLogger("joblib_fast").error(what, exc_info=True)
+
 
 _OWNER_PID = os.getpid()
 

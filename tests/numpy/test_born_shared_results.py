@@ -50,7 +50,7 @@ def test_a_result_is_the_workers_allocation():
         out = p(delayed(born_tasks.counted)(born_tasks.ones, N)
                 for _ in range(6))
         after = p(delayed(born_tasks.counters)() for _ in range(2))
-    for a, before in out:
+    for a, _before in out:
         assert is_shared_result(a) and a.flags.writeable
         assert (a == 1.0).all()
     # Every array was sent as the segment it was allocated in (the

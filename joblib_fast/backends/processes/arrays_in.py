@@ -31,6 +31,7 @@ import threading
 import weakref
 from typing import Any
 
+from . import platform, shm
 from .arrays import (
     COPY_CHUNK,
     address,
@@ -43,7 +44,6 @@ from .arrays import (
     tables,
     write_array,
 )
-from . import platform, shm
 from .tree import alive
 from .wire import NEVER
 
