@@ -632,33 +632,28 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
             if (jf_ulong_load(&p->gen) == gen) deadline = 0.0;   /* timed out */
             continue;
         }
-        if (spare != NULL) {
+        if (spare != NULL || stuck != NULL) {
+            /* Running pieces to look at: a stalled one's unstarted tasks
+             * (spare: room under the limit), or a rescue (stuck); else
+             * look again in half the period. */
+            jf_queue_t *q = spare != NULL ? spare : stuck;
+            double period = spare != NULL ? JF_STEAL_AFTER : JF_RESCUE_AFTER;
+            int kind = 0;
             now = jf_clock_now();
-            if (jf_queue_steal(spare, now, item, &span[0], &span[1])) {
-                spare->job.active++;
-                *job = &spare->job;
-                jf_mutex_unlock(&p->lock);
-                return JF_NEXT_STEAL;
+            if (spare == NULL) {
+                kind = jf_queue_rescue(q, now, item, span);
+            } else if (jf_queue_steal(q, now, item, &span[0], &span[1])) {
+                q->job.active++;
+                kind = JF_NEXT_STEAL;
             }
-            p->n_idle++;
-            p->n_looking++;
-            jf_cond_wait_until(&p->work, &p->lock, now + 0.5 * JF_STEAL_AFTER);
-            p->n_looking--;
-            p->n_idle--;
-            continue;
-        }
-        if (stuck != NULL) {
-            int kind;
-            now = jf_clock_now();
-            kind = jf_queue_rescue(stuck, now, item, span);
             if (kind) {
-                *job = &stuck->job;
+                *job = &q->job;
                 jf_mutex_unlock(&p->lock);
                 return kind;
             }
             p->n_idle++;
             p->n_looking++;
-            jf_cond_wait_until(&p->work, &p->lock, now + 0.5 * JF_RESCUE_AFTER);
+            jf_cond_wait_until(&p->work, &p->lock, now + 0.5 * period);
             p->n_looking--;
             p->n_idle--;
             continue;
