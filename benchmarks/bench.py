@@ -9,6 +9,7 @@ measured side by side are the figures, never the absolute times.
     PYTHONPATH=. python benchmarks/bench.py --quick
     PYTHONPATH=. python benchmarks/bench.py --only noop,nogil10us --json out.json
     python benchmarks/bench.py --only pfor      # parallel_for vs prange, loop
+    python benchmarks/bench.py --only gil_sweep # GIL-held share x task length
 
 Pools are warm (created once, one warm-up call) unless the workload is
 "cold": then pool creation is inside the timed region; pool teardown never
@@ -36,11 +37,16 @@ from functools import partial
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_pfor  # noqa: E402 - the folder of this script, first
+import bench_gil_sweep  # noqa: E402 - the folder of this script, first
+import bench_pfor  # noqa: E402
 
 MB = 1 << 20
 # The parallel_for section (benchmarks/bench_pfor.py): its own table.
 PFOR = "pfor"
+# The GIL-share grid (benchmarks/bench_gil_sweep.py): its own table, only
+# with --only (about a minute).
+GIL_SWEEP = "gil_sweep"
+SECTIONS = (PFOR, GIL_SWEEP)
 
 # ------------------------------------------------------------------ tasks
 # Defined at module top level so that process peers can pickle them.
@@ -1103,7 +1109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fewer repeats and smaller sizes (< 1 minute)")
     parser.add_argument("--only", default="",
                         help="comma-separated workloads: "
-                        + ",".join(list(WORKLOADS) + list(GROUPS) + [PFOR]))
+                        + ",".join(list(WORKLOADS) + list(GROUPS)
+                                   + list(SECTIONS)))
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--json", metavar="FILE",
                         help="also write the results to FILE")
@@ -1117,10 +1124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = [n for n in args.only.split(",") if n] or \
         list(WORKLOADS) + [PFOR]
     names = [w for n in names for w in GROUPS.get(n, (n,))]
-    unknown = [n for n in names if n not in WORKLOADS and n != PFOR]
+    unknown = [n for n in names if n not in WORKLOADS and n not in SECTIONS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from "
-                     f"{', '.join(list(WORKLOADS) + [PFOR])}")
+                     f"{', '.join(list(WORKLOADS) + list(SECTIONS))}")
     args.workloads = names
     return args
 
@@ -1146,11 +1153,14 @@ def main(argv: list[str] | None = None) -> int:
     print_header(info, ctx)
     rows: list[Row] = []
     pfor_rows: list[dict] = []
+    sweep: dict = {}
     for name in args.workloads:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         if name == PFOR:
             pfor_rows = bench_pfor.run(ctx.n_jobs, ctx.quick)
+        elif name == GIL_SWEEP:
+            sweep = bench_gil_sweep.run(ctx.n_jobs, ctx.quick)
         else:
             rows.extend(run_workload(WORKLOADS[name], ctx))
         print(f"  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr,
@@ -1161,6 +1171,8 @@ def main(argv: list[str] | None = None) -> int:
         print_verdict(rows)
     if pfor_rows:
         bench_pfor.print_rows(pfor_rows, ctx.n_jobs)
+    if sweep:
+        bench_gil_sweep.print_rows(sweep, ctx.n_jobs)
     elapsed = time.perf_counter() - started
     print(f"total run time {elapsed:.0f} s; load at the end {_load()}")
     if args.plot:
@@ -1173,7 +1185,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "spin_per_ms": ctx.spin_per_ms},
                        "elapsed_s": elapsed, "load_at_end": _load(),
                        "rows": [row.__dict__ for row in rows],
-                       "parallel_for": pfor_rows}, f, indent=1)
+                       "parallel_for": pfor_rows,
+                       "gil_sweep": sweep}, f, indent=1)
     return 0
 
 

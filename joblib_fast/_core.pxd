@@ -90,11 +90,20 @@ cdef class CallerHelp:
     cdef bint may_help               # a threading call that allows it
     cdef bint helping                # it does now (pool limit lowered)
     cdef bint in_list                # may_help, in run_list
-    cdef bint solo                   # the caller stands back (feeds only)
-    cdef int64_t solo_until          # until busy_tasks reaches this
-    cdef bint solo_barred            # never again in this call
-    cdef int low_windows             # windows in a row, threads taking turns
-    cdef readonly int solo_stretches  # times it stood back
+    cdef bint alone                  # the caller runs every batch (limit 0)
+    cdef bint trial                  # alone to measure it, not yet chosen
+    cdef bint alone_barred           # never alone again in this call
+    cdef int rescues_before          # the lease's rescues when the call began
+    cdef double started              # when the caller first chose (clock)
+    cdef double mode_until           # when the alone stretch ends
+    cdef double next_trial           # before which no trial starts
+    # Tasks per second of the team and of the caller alone, last measured
+    # (< 0: not yet); the current window's start (time < 0: none yet).
+    cdef double rate_team
+    cdef double rate_alone
+    cdef double window_time
+    cdef int64_t window_tasks
+    cdef readonly int alone_stretches  # times it chose to run alone
     cdef bint spare_pieces           # running pieces had tasks to spare
     # [call.lock] batch wall and CPU seconds, batches, since the team's
     # window began (see choose_team)
@@ -104,7 +113,9 @@ cdef class CallerHelp:
 
     cdef bint short_tasks(self, Call call)
     cdef int run(self, Call call) except -1
+    cdef int64_t progress(self, Call call)
     cdef int new_window(self, Call call) except -1
+    cdef int set_alone(self, Call call, bint alone) except -1
     cdef int choose_team(self, Call call) except -1
     cdef int stop(self, Call call) except -1
 

@@ -42,7 +42,7 @@ class Call:
     n_batches: int
     n_done: int
     batch_size: int
-    solo_stretches: int
+    alone_stretches: int
     def __init__(self, pool: Any, iterable: Iterable[Task], *, pre_dispatch: int,
                  batch_size: int = ..., target_duration: float = ...,
                  timeout: float | None = ...,

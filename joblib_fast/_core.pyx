@@ -73,12 +73,22 @@ cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
 # feeds the pool threads between its batches only (and Ctrl-C reaches a
 # task that runs no bytecode only between them), so its batches must be short.
 cdef double HELP_MAX_TASK_SECONDS = 0.01
-# See CallerHelp.choose_team: batches per thread in a window, and the range of
-# threads running at once on average (about one core busy in all) in which
-# the caller stands back.
+# See CallerHelp.choose_team.  Batches per thread in a window of the team's
+# measure: more is a steadier figure, but later.  The caller tries to run
+# alone only when the threads ran between TEAM_MIN_BUSY and ALONE_TRY_BELOW *
+# n_jobs at once on average (tasks holding the GIL read a little under one,
+# tasks that wait near none): a wider range tries more calls (each trial
+# costs a batch at one thread's speed when the team was right), a narrower
+# one misses tasks whose GIL hand-overs burn CPU.  No trial before the call
+# has run TRIAL_AFTER_BATCHES batch durations (short calls gain nothing from
+# one).  Alone is kept when it beats the team by ALONE_MARGIN (above the
+# noise of one window's measure).  `python benchmarks/bench.py --only
+# gil_sweep` checks them.
 cdef int TEAM_WINDOW_BATCHES = 2
-cdef double TEAM_MIN_BUSY = 0.8
-cdef double TEAM_MIN_CONCURRENCY = 1.3
+cdef double TEAM_MIN_BUSY = 0.5
+cdef double ALONE_TRY_BELOW = 0.9
+cdef double TRIAL_AFTER_BATCHES = 4.0
+cdef double ALONE_MARGIN = 1.05
 
 cdef object _NO_ITEM = object()
 
@@ -388,6 +398,8 @@ cdef class Call:
             self.thread_pool and stop_on_error and self.timeout == 0.0
             and (<ThreadPool>pool).n_threads >= 2
             and (<ThreadPool>pool).caller_config is not None)
+        if self.helper.may_help:
+            self.helper.rescues_before = (<ThreadPool>pool).rescues()
 
     # ----------------------------------------------------------- workers
 
@@ -599,9 +611,10 @@ cdef class Call:
         return self.sizer.size
 
     @property
-    def solo_stretches(self):
-        """Times the caller stood back (CallerHelp.choose_team)."""
-        return self.helper.solo_stretches
+    def alone_stretches(self):
+        """Times the caller chose to run every batch itself
+        (CallerHelp.choose_team)."""
+        return self.helper.alone_stretches
 
     cdef Py_ssize_t _auto_size(self):
         cdef double per_task = -1.0
@@ -776,7 +789,7 @@ cdef class Call:
         cdef int64_t target
         cdef bint got = False
         cdef CallerHelp helper = self.helper
-        if helper.helping and not helper.solo:
+        if helper.helping:
             need = 1  # the caller runs the next batch as soon as it can
         target = seen + (need if need > 0 else 1)
         while True:
@@ -790,11 +803,6 @@ cdef class Call:
                         0.5 * JF_STEAL_AFTER
                         if helper.helping and helper.spare_pieces
                         else SIGNAL_POLL_SECONDS))
-                if helper.solo and not got:
-                    # No batch in a whole slice while the caller stood
-                    # back: maybe tasks waiting for one it would run.
-                    helper.solo = False
-                    helper.solo_barred = True
                 if not got:
                     # Maybe every thread of the call waits in a task, with
                     # the tasks they wait for queued behind one of them.
@@ -1056,12 +1064,16 @@ cdef class BatchSizer:
 @cython.final
 cdef class CallerHelp:
     """The caller of a threading call running batches itself while it waits
-    for a list of results (run), and standing back when the threads only
-    take turns (choose_team).  Driven by the caller; the window of the
-    team's batches is written by the threads that run them."""
+    for a list of results (run): as one of a team of n_jobs threads, or
+    alone when the team turns out slower than one thread (choose_team).
+    Driven by the caller; the window of the team's batches is written by
+    the threads that run them."""
 
     def __init__(self, bint may_help):
         self.may_help = may_help
+        self.rate_team = -1.0
+        self.rate_alone = -1.0
+        self.window_time = -1.0
 
     cdef bint short_tasks(self, Call call):
         cdef bint short
@@ -1090,16 +1102,14 @@ cdef class CallerHelp:
         cdef bint stolen = False
         if self.short_tasks(call) != self.helping:
             self.helping = not self.helping
-            self.solo = False
-            self.low_windows = 0
+            self.alone = self.trial = False
+            self.window_time = -1.0
             self.new_window(call)
             pool.set_limit(pool.n_threads - 1 if self.helping
                            else pool.n_threads)
         if not self.helping:
             return 0
         self.choose_team(call)
-        if self.solo:
-            return 0
         # At most n_jobs at once: pool threads that took batches before
         # the limit went down finish them first.
         item = pool.take_item(pool.n_threads)
@@ -1123,6 +1133,15 @@ cdef class CallerHelp:
             pool.taken_done()
         return 1
 
+    cdef int64_t progress(self, Call call):
+        """Tasks of the call started or done so far (the running pieces'
+        started tasks counted: finer than whole batches)."""
+        cdef int64_t done
+        jf_mutex_lock(&call.lock)
+        done = call.busy_tasks
+        jf_mutex_unlock(&call.lock)
+        return done + (<ThreadPool>call.pool).started()
+
     cdef int new_window(self, Call call) except -1:
         jf_mutex_lock(&call.lock)
         self.team_time = 0.0
@@ -1131,63 +1150,117 @@ cdef class CallerHelp:
         jf_mutex_unlock(&call.lock)
         return 0
 
-    cdef int choose_team(self, Call call) except -1:
-        """While the caller may run batches: the caller and n_jobs - 1 pool
-        threads (the team), or the pool threads alone, the caller only
-        feeding them (one thread fewer), when the threads run one at a time.
-
-        A thread waiting for the GIL is off the CPU: over the batches of a
-        window, CPU seconds / wall seconds, times the threads, is how many
-        ran at once on average.  Tasks holding the GIL read about one (the
-        threads take turns; the hand-offs count as CPU), GIL-free kernels
-        read about the number of threads, and tasks waiting for I/O, a
-        sleep or each other read near 0 (they gain from every thread: not
-        a reason to stand back).  In
-        [TEAM_MIN_BUSY, TEAM_MIN_CONCURRENCY) in two windows in a row, the
-        caller stands back for as many tasks as the call has run so far,
-        then the team is tried again; for good, as soon as a batch-less
-        slice of SIGNAL_POLL_SECONDS shows the pool threads stuck (tasks
-        waiting for a task that only the caller could run)."""
+    cdef int set_alone(self, Call call, bint alone) except -1:
+        """The caller runs every batch from now on (the pool threads finish
+        the ones they have), or the team of n_jobs threads again."""
         cdef ThreadPool pool = <ThreadPool>call.pool
-        cdef double wall, cpu, running
-        cdef int64_t batches, done
+        self.alone = alone
+        self.window_time = -1.0
+        self.new_window(call)
+        pool.set_limit(0 if alone else pool.n_threads - 1)
+        return 0
+
+    cdef int choose_team(self, Call call) except -1:
+        """Whether the caller runs batches with n_jobs - 1 pool threads
+        (the team) or alone, from the tasks per second of each.
+
+        Tasks that release the GIL for a long enough share of their time
+        run n_jobs at once.  Tasks that hold it run one at a time, and
+        those releasing it for a few microseconds at a time (a thin Python
+        function around a short GIL-free kernel) hand the GIL over between
+        threads so often that the hand-overs cost more than the threads
+        gain: the team is then slower than one thread.  Windows of at
+        least one batch's target duration measure each (alone: from when
+        no pool thread runs a batch any more); alone is chosen when it does
+        more tasks per second than the team, by ALONE_MARGIN.
+
+        Alone is tried only when the team's CPU seconds / wall seconds
+        over a window (how many threads ran at once, on average) is in
+        [TEAM_MIN_BUSY, ALONE_TRY_BELOW * n_jobs): tasks that wait for
+        I/O, a sleep or each other read near 0 and keep the team; GIL-free
+        kernels read about n_jobs and are never slowed by a trial.  A
+        choice holds for as long as the call has run so far, then is
+        measured again (a call whose tasks change speeds up within it).
+        Never alone again once a rescue thread ran (tasks waiting for
+        tasks that a thread alone may not reach)."""
+        cdef ThreadPool pool = <ThreadPool>call.pool
+        cdef double wall, cpu, running, rate, now
+        cdef int64_t batches, progress
+        cdef int n = pool.n_threads
+        if not self.alone_barred and pool.rescues() > self.rescues_before:
+            self.alone_barred = True
+            if self.alone:
+                self.trial = False
+                self.set_alone(call, False)
+        if self.alone_barred:
+            return 0
         jf_mutex_lock(&call.lock)
         wall = self.team_time
         cpu = self.team_cpu
         batches = self.team_batches
-        done = call.busy_tasks
         jf_mutex_unlock(&call.lock)
-        if self.solo:
-            if done >= self.solo_until:
-                self.solo = False
+        now = jf_clock_now()
+        if self.started == 0.0:
+            self.started = now
+            self.next_trial = now + TRIAL_AFTER_BATCHES * call.sizer.target
+        if self.window_time < 0.0:
+            if not self.alone or pool.active() == 0:
+                self.window_time = now
+                self.window_tasks = self.progress(call)
                 self.new_window(call)
             return 0
-        if self.solo_barred or batches < TEAM_WINDOW_BATCHES * pool.n_threads \
-                or wall <= 0.0 or cpu <= 0.0:
+        if now - self.window_time < call.sizer.target or \
+                (not self.alone and batches < TEAM_WINDOW_BATCHES * n):
+            return 0
+        progress = self.progress(call)
+        rate = (progress - self.window_tasks) / (now - self.window_time)
+        # Threads on a CPU at once, on average (the batches that straddle
+        # the window's ends aside).
+        running = cpu / (now - self.window_time)
+        self.window_time = now
+        self.window_tasks = progress
+        if self.alone:
+            if self.trial:
+                self.trial = False
+                if rate > ALONE_MARGIN * self.rate_team:
+                    self.rate_alone = rate
+                    self.mode_until = 2 * now - self.started
+                    self.alone_stretches += 1
+                else:
+                    self.set_alone(call, False)
+                    self.next_trial = 2 * now - self.started
+            elif now >= self.mode_until:
+                self.rate_alone = rate
+                self.set_alone(call, False)     # measure the team again
             return 0
         self.new_window(call)
-        if wall < batches * call.sizer.target * 0.25:
+        if wall <= 0.0 or cpu <= 0.0 or \
+                wall < batches * call.sizer.target * 0.25:
             # Short batches (growing at the start, shrinking at the end):
             # their fixed costs would be taken for lost concurrency.
             return 0
-        running = cpu / wall * pool.n_threads
-        if not TEAM_MIN_BUSY <= running < TEAM_MIN_CONCURRENCY:
-            self.low_windows = 0
+        self.rate_team = rate
+        if self.rate_alone > 0.0:
+            # Back from a stretch alone: still the quicker?
+            if self.rate_alone > ALONE_MARGIN * rate:
+                self.set_alone(call, True)
+                self.mode_until = 2 * now - self.started
+                self.alone_stretches += 1
+                return 0
+            self.rate_alone = -1.0
+            self.next_trial = 2 * now - self.started
             return 0
-        # Two windows in a row: a moment of contention does not do it.
-        self.low_windows += 1
-        if self.low_windows >= 2:
-            self.low_windows = 0
-            self.solo = True
-            self.solo_until = 2 * done
-            self.solo_stretches += 1
+        if now >= self.next_trial and \
+                TEAM_MIN_BUSY <= running < ALONE_TRY_BELOW * n:
+            self.set_alone(call, True)
+            self.trial = True
         return 0
 
     cdef int stop(self, Call call) except -1:
         """The list is complete (or failed): the pool threads' limit back."""
         self.in_list = False
         if self.helping:
-            self.helping = False
+            self.helping = self.alone = self.trial = False
             (<ThreadPool>call.pool).set_limit((<ThreadPool>call.pool).n_threads)
         return 0
 

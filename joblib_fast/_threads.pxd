@@ -1,5 +1,5 @@
 # Declarations of the worker threads (see _threads.pyx).
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 
 
 cdef extern from "jf_pool.h" nogil:
@@ -70,6 +70,8 @@ cdef extern from "jf_pool.h" nogil:
     int jf_queue_take(jf_pool_t *p, jf_queue_t *q, int most, void **item)
     int jf_queue_taken_done(jf_pool_t *p, jf_queue_t *q)
     void jf_queue_set_limit(jf_pool_t *p, jf_queue_t *q, int limit)
+    int jf_queue_count(jf_pool_t *p, jf_queue_t *q, int rescues)
+    int64_t jf_queue_started(jf_pool_t *p, jf_queue_t *q)
     int jf_queue_close(jf_pool_t *p, jf_queue_t *q)
     int jf_queue_wait_drained(jf_pool_t *p, jf_queue_t *q, double deadline)
 
@@ -120,6 +122,9 @@ cdef class Lease:
     cdef object take_item(self, int most)
     cdef int taken_done(self) except -1
     cdef int set_limit(self, int limit) except -1
+    cdef int active(self)
+    cdef int rescues(self)
+    cdef int64_t started(self)
     cdef int run_item(self, object item) except -1
     cdef int run_stolen(self, object item, Py_ssize_t a,
                         Py_ssize_t b) except -1

@@ -373,6 +373,28 @@ cdef class Lease:
         jf_queue_set_limit(self.workers.c, &self.q, limit)
         return 0
 
+    cdef int active(self):
+        """Pool threads running the lease's items now (0 when closed)."""
+        if self.workers is None or self.foreign():
+            return 0
+        return jf_queue_count(self.workers.c, &self.q, 0)
+
+    cdef int rescues(self):
+        """How often tasks of the lease waited for tasks that no thread
+        under its limit could reach, so far: a thread beyond it ran one (a
+        pool thread's rescue, see jf_queue_rescue), or the feeding thread
+        started one more (rescue_if_stuck)."""
+        if self.workers is None or self.foreign():
+            return self.rescued
+        return self.rescued + jf_queue_count(self.workers.c, &self.q, 1)
+
+    cdef int64_t started(self):
+        """Tasks started so far in the running pieces of the lease's items
+        (see jf_claim_t; 0 when closed)."""
+        if self.workers is None or self.foreign():
+            return 0
+        return jf_queue_started(self.workers.c, &self.q)
+
     cdef int run_item(self, object item) except -1:
         raise NotImplementedError
 

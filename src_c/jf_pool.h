@@ -86,6 +86,7 @@ typedef struct jf_job {
  * then never waits for a thread that could run the partner. */
 typedef struct jf_claim {
     int64_t word;                   /* atomic: next | end << 32, item-relative */
+    ptrdiff_t begin;                /* the piece's first task */
     int64_t seen;                   /* [lock] `next` when a look first saw it, or -1 */
     double seen_at;                 /* [lock] when that was */
     double seen_cpu;                /* [lock] the thread's CPU seconds then (< 0: unknown) */
@@ -107,6 +108,7 @@ typedef struct {
     int n_claims;                   /* [lock] how many */
     int feed_wanted;                /* [lock] the feeding thread runs an item
                                        itself: a rescue may feed in its place */
+    int rescues;                    /* [lock] rescues so far (jf_queue_rescue) */
     void *owner;                    /* the object the items belong to */
 } jf_queue_t;
 
@@ -188,6 +190,7 @@ static inline void jf_claim_init(jf_claim_t *c, ptrdiff_t begin, ptrdiff_t end,
 {
     memset(c, 0, sizeof(*c));
     c->word = jf_claim_pack(begin, end);
+    c->begin = begin;
     c->seen = -1;
     c->clock = jf_cpu_clock_self();
     c->thread = jf_thread_id();
@@ -332,13 +335,16 @@ static inline int jf_queue_rescue(jf_queue_t *q, double now, void **item,
     case 2:
         if (!jf_claim_split(pick, item, &span[0], &span[1])) return 0;
         q->job.active++;
+        q->rescues++;
         return JF_NEXT_STEAL;
     case 1:
         *item = jf_queue_pop(q);
+        q->rescues++;
         return JF_NEXT_ITEM;
     case 3:
         q->feed_wanted = 0;         /* the feed asks again if it fed some */
         q->job.active++;
+        q->rescues++;
         return JF_NEXT_FEED;
     default:
         return 0;
@@ -766,6 +772,30 @@ static inline int jf_queue_take(jf_pool_t *p, jf_queue_t *q, int most,
 static inline int jf_queue_taken_done(jf_pool_t *p, jf_queue_t *q)
 {
     return jf_queue_finish(p, q, &q->taken);
+}
+
+/* Tasks started so far in the queue's running pieces (a measure of
+ * progress finer than whole items). */
+static inline int64_t jf_queue_started(jf_pool_t *p, jf_queue_t *q)
+{
+    int64_t n = 0;
+    jf_claim_t *c;
+    jf_mutex_lock(&p->lock);
+    for (c = q->claims; c != NULL; c = c->next)
+        n += jf_claim_next_of(jf_int64_load(&c->word)) - c->begin;
+    jf_mutex_unlock(&p->lock);
+    return n;
+}
+
+/* Pool threads running the queue's items now (the feeding thread's
+ * taken items aside), or with `rescues`, the rescues so far. */
+static inline int jf_queue_count(jf_pool_t *p, jf_queue_t *q, int rescues)
+{
+    int n;
+    jf_mutex_lock(&p->lock);
+    n = rescues ? q->rescues : q->job.active;
+    jf_mutex_unlock(&p->lock);
+    return n;
 }
 
 /* At most `limit` pool threads run the queue's items at once from now on

@@ -3,7 +3,8 @@
 While it waits for a list of short tasks, the calling thread runs queued
 batches as one of the n_jobs workers (n_jobs - 1 pool threads then run the
 others), under the configuration a worker has; when the threads take turns
-(tasks holding the GIL), it stands back for a while.  Not with a
+(tasks holding the GIL, or handing it over every few microseconds), it
+runs them alone when that is quicker.  Not with a
 generator output, a timeout, a per-worker initializer or long tasks.
 """
 from __future__ import annotations
@@ -150,33 +151,66 @@ def test_errors_in_caller_run_batches_are_raised(k20us):
         delayed(abs)(-i) for i in range(100)) == list(range(100))
 
 
-def spin_holding_the_gil(n):
+def hand_over_often(k3us):
+    """A thin Python function around a 3 us GIL-free kernel: two threads
+    running it hand the GIL over at every task, which costs more than the
+    second thread gains."""
     total = 0
-    for i in range(n):
+    for i in range(60):
         total += i
-    return total
+    burn(k3us)
+    return threading.get_ident()
+
+
+@pytest.fixture(scope="module")
+def k3us():
+    return calibrate(3e-6)
 
 
 @pytest.mark.slow
-def test_gil_holding_tasks_make_the_caller_stand_back(calls):
-    # Pure-Python tasks hold the GIL: two threads never run at once, the
-    # measured concurrency stays near 1 and the caller stands back (one
-    # thread fewer runs tasks).
-    n = 2000  # about 50 us of bytecode
-    out = Parallel(n_jobs=2, backend="threading")(
-        delayed(spin_holding_the_gil)(n) for _ in range(20_000))
-    assert out == [spin_holding_the_gil(n)] * 20_000
+def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone(calls, k3us):
+    # The caller measures the team against itself alone and keeps the
+    # quicker: here alone, for long stretches (every task in the caller).
+    idents = Parallel(n_jobs=2, backend="threading")(
+        delayed(hand_over_often)(k3us) for _ in range(150_000))
     assert len(calls) == 1
-    assert calls[0].solo_stretches >= 1
+    assert calls[0].alone_stretches >= 1
+    me, longest, run = threading.get_ident(), 0, 0
+    for ident in idents:
+        run = run + 1 if ident == me else 0
+        longest = max(longest, run)
+    assert longest >= 20_000, longest
+
+
+@pytest.mark.slow
+def test_the_team_comes_back_when_the_tasks_become_gil_free(calls, k3us):
+    # The same tasks, then GIL-free ones: the choice is measured again
+    # within the call (after as long as the call has run), and the pool
+    # thread runs tasks again by the end.
+    k50us = calibrate(50e-6)
+    tasks = [delayed(hand_over_often)(k3us) for _ in range(100_000)]
+    tasks += [delayed(where)(k50us) for _ in range(20_000)]
+    idents = Parallel(n_jobs=2, backend="threading")(tasks)
+    assert calls[0].alone_stretches >= 1
+    assert in_caller(idents[-5000:]) < 5000
+
+
+def test_gil_free_kernels_keep_the_team(calls):
+    # 200 us GIL-free tasks: the threads run at once, no trial alone.
+    k = calibrate(200e-6)
+    idents = Parallel(n_jobs=2, backend="threading")(
+        delayed(where)(k) for _ in range(1500))
+    assert calls[0].alone_stretches == 0
+    assert 0 < in_caller(idents) < len(idents)
 
 
 def test_tasks_that_wait_keep_every_thread(calls):
     # Sleeping tasks are off the CPU like tasks waiting for the GIL, but
-    # they gain from every thread: the caller does not stand back.
+    # they gain from every thread: the caller never runs them alone.
     out = Parallel(n_jobs=4, backend="threading")(
         delayed(time.sleep)(0.002) for _ in range(1500))
     assert out == [None] * 1500
-    assert calls[0].solo_stretches == 0
+    assert calls[0].alone_stretches == 0
 
 
 SCRIPT = textwrap.dedent("""
