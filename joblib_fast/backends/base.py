@@ -246,11 +246,11 @@ class SequentialBackend(PoolProvider, ParallelBackendBase):
 # Seconds an auto batch lasts on threads.  Each batch the caller pulls
 # holds the GIL for the whole pull, and a worker leaving a GIL-free kernel
 # then sleeps until it ends: fewer, longer batches mean fewer of those
-# waits, shorter ones a shorter tail (kept short anyway: the last batches
-# of a call shrink).  `python benchmarks/bench.py --only nogil3us,nogil10us`
-# with ThreadingBackend.target_batch_duration set to each candidate checks
-# it.
-THREAD_TARGET_BATCH_SECONDS = 0.008
+# waits; shorter ones mean shorter waits, a shorter tail, and the caller's
+# choice between the team and running alone (CallerHelp) made sooner.
+# `python benchmarks/bench.py --only gil_sweep` with
+# ThreadingBackend.target_batch_duration set to each candidate checks it.
+THREAD_TARGET_BATCH_SECONDS = 0.004
 
 
 class ThreadingBackend(PoolProvider, ParallelBackendBase):
