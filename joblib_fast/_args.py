@@ -6,6 +6,7 @@ Used by ``parallel`` to check arguments when a ``Parallel`` is made, and by
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import sys
 from numbers import Integral, Real
@@ -48,8 +49,7 @@ def eval_pre_dispatch(value: Any, n_jobs: int) -> int:
         if value.strip() == "all":
             return sys.maxsize
         try:
-            number = _eval_expr(ast.parse(value.strip(), mode="eval").body,
-                                n_jobs)
+            number = _eval_expr(_parsed(value.strip()), n_jobs)
         except (SyntaxError, ValueError, ZeroDivisionError, OverflowError,
                 RecursionError, MemoryError) as exc:
             raise ValueError(
@@ -67,6 +67,14 @@ def eval_pre_dispatch(value: Any, n_jobs: int) -> int:
     if number == math.inf:
         raise ValueError(f"pre_dispatch must be finite, got {value!r}")
     return min(int(number), sys.maxsize)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> ast.AST:
+    """The expression's tree, parsed once per text (every call and every
+    Parallel() evaluates it; parsing costs more than a short call's
+    dispatch).  Read only."""
+    return ast.parse(text, mode="eval").body
 
 
 def _short(value: str) -> str:

@@ -25,6 +25,7 @@ import collections
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from . import _cpu
@@ -55,14 +56,34 @@ _fork_hook = False
 _unavailable = False              # threadpoolctl is not installed
 
 
+# The CPU count inner_limit divides, read again after this many seconds:
+# reading it (affinity, cgroup files) costs tens of microseconds, more than
+# a short threading call's dispatch, and it changes about never.
+CPU_COUNT_TTL = 1.0
+_cpus: tuple[float, int, int] | None = None   # (when, pid, count)
+
+
+def _cpu_count() -> int:
+    global _cpus
+    now, pid = time.monotonic(), os.getpid()
+    cached = _cpus
+    if cached is None or cached[1] != pid or now - cached[0] > CPU_COUNT_TTL:
+        cached = _cpus = (now, pid, _cpu.cpu_count())
+    return cached[2]
+
+
 def inner_limit(n_jobs: int, inner_max_num_threads: int | None = None) -> int:
     """Threads each native pool may use while ``n_jobs`` workers run."""
     if inner_max_num_threads is not None:
         return inner_max_num_threads
-    return max(1, _cpu.cpu_count() // max(n_jobs, 1))
+    return max(1, _cpu_count() // max(n_jobs, 1))
 
 
-def _pools_possible() -> bool:
+def pools_possible() -> bool:
+    """Whether a module that loads native thread pools is imported (else
+    there is nothing to cap, and the caller need not work out a limit)."""
+    if _unavailable:
+        return False
     modules = sys.modules
     return any(name in modules for name in POOL_MODULES)
 
@@ -158,7 +179,7 @@ def hold(limit: int) -> Hold | None:
     """Cap the native pools at ``limit`` threads until the returned
     object's ``release()`` (None: nothing to cap in this process)."""
     global _fork_hook
-    if _unavailable or not _pools_possible():
+    if not pools_possible():
         return None
     held = Hold(limit)
     with _LOCK:
@@ -192,7 +213,7 @@ def cap_loaded(limit: int) -> None:
     that loads them now would get (a worker process at start: a ``fork``
     worker inherited its parent's loaded OpenBLAS, sized before the
     variables were set; libraries it loads later read the variables)."""
-    if not _pools_possible():
+    if not pools_possible():
         return
     try:
         controller = _get_controller()

@@ -7,6 +7,7 @@ names.
 from __future__ import annotations
 
 import inspect
+import weakref
 from multiprocessing.context import BaseContext
 from numbers import Integral
 from typing import Any, Callable
@@ -71,8 +72,24 @@ def _backend_factory(name: str) -> Callable[..., ParallelBackendBase]:
         f"{sorted(set(BACKENDS) | set(_LAZY_BACKENDS) | set(EXTERNAL_BACKENDS))}")
 
 
+# factory -> {keyword: accepted}: inspect.signature costs more than the
+# dispatch of a short call, and every call makes its backend.  Weak keys:
+# a factory unregistered and dropped is not kept.
+_ACCEPTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _accepts_keyword(factory: Callable[..., Any], name: str) -> bool:
     """True when ``factory(name=...)`` would be accepted."""
+    try:
+        known = _ACCEPTS.setdefault(factory, {})
+    except TypeError:       # not weakly referable, or unhashable
+        known = {}
+    if name not in known:
+        known[name] = _signature_accepts(factory, name)
+    return known[name]
+
+
+def _signature_accepts(factory: Callable[..., Any], name: str) -> bool:
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):

@@ -270,7 +270,7 @@ class ThreadingBackend(PoolProvider, ParallelBackendBase):
     def native_threads_limit(self, n_jobs: int) -> int | None:
         # n_jobs threads each running a BLAS call of cpu_count() threads
         # would oversubscribe the cores.
-        if n_jobs <= 1:
+        if n_jobs <= 1 or not _native_threads.pools_possible():
             return None
         return _native_threads.inner_limit(n_jobs, self.inner_max_num_threads)
 

@@ -463,3 +463,39 @@ def test_effective_n_jobs_follows_cpu_count(fake_cgroup):
     with parallel_config(backend="threading"):
         assert effective_n_jobs(-1) == 2
         assert Parallel(n_jobs=-1)._effective_n_jobs() == 2
+
+
+# ------------------------------------------------- per-call fixed costs
+
+
+def test_a_call_reads_its_settings_once_not_per_call(monkeypatch):
+    # A short threading call costs about 100 us: re-reading the backend
+    # factory's signature, the pre_dispatch expression or the CPU count at
+    # every call cost as much again.  Each is worked out once.
+    import ast
+    import inspect
+
+    from joblib_fast import _cpu, _native_threads
+
+    counts = {"signature": 0, "parse": 0, "cpu_count": 0}
+
+    def counting(name, func):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return func(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(inspect, "signature",
+                        counting("signature", inspect.signature))
+    monkeypatch.setattr(ast, "parse", counting("parse", ast.parse))
+    monkeypatch.setattr(_cpu, "cpu_count",
+                        counting("cpu_count", _cpu.cpu_count))
+    monkeypatch.setattr(_native_threads, "_cpus", None)
+    monkeypatch.setattr(_native_threads, "pools_possible", lambda: True)
+    for _ in range(20):
+        assert joblib.Parallel(n_jobs=2, backend="threading",
+                               pre_dispatch="3*n_jobs + 1")(
+            joblib.delayed(square)(i) for i in range(4)) == [0, 1, 4, 9]
+    assert counts["signature"] <= 1, counts
+    assert counts["parse"] <= 1, counts
+    assert counts["cpu_count"] <= 1, counts
