@@ -23,7 +23,7 @@ def bench():
         yield importlib.import_module("bench")
     finally:  # bench.py puts its folder on sys.path itself
         sys.path[:] = saved
-        for name in ("bench", "bench_pfor"):
+        for name in ("bench", "bench_pfor", "bench_gil_sweep"):
             sys.modules.pop(name, None)
 
 
@@ -77,3 +77,22 @@ def test_plot_is_written(bench, tmp_path):
     path = tmp_path / "plot.png"
     bench.write_plot(rows, str(path), 2, {"load_at_start": "0.1"})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gil_sweep_says_which_cells_meet_the_target(bench, capsys):
+    sweep = sys.modules["bench_gil_sweep"]
+    grid = []
+    for us in sweep.DURATIONS_US:
+        for share in sweep.SHARES:
+            # Every cell met but one: 3 us at 100 % reads 0.9x the loop.
+            low = us == 3 and share == 1.0
+            grid.append({"cell": f"{us} {share}", "us": us, "share": share,
+                         "vs_loop": 0.9 if low else 1.5,
+                         "vs_threadpool": 1.0, "threadpool_vs_loop": 1.5})
+    wrapper = [{"cell": "3 us, wrapper", "vs_loop": 1.2,
+                "vs_threadpool": 0.8, "threadpool_vs_loop": 1.5}]
+    sweep.print_rows({"grid": grid, "wrapper": wrapper, "rounds": 9}, 2)
+    out = capsys.readouterr().out
+    assert "19 of 20 cells met" in out
+    assert "0.90/1.00" in out
+    assert "NOT met: 0.80 of ThreadPool" in out
