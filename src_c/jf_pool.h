@@ -892,28 +892,12 @@ static inline int jf_range_grab(jf_range_t *r, ptrdiff_t *a, ptrdiff_t *b)
     return 1;
 }
 
-/* Run chunks as `worker` until none is left or a body returns non-zero.
- * Returns 0, or the body's value; *won is 1 when that value is the one
- * the range reports (the first non-zero). */
-static inline int jf_range_work(jf_range_t *r, int worker, int *won)
-{
-    ptrdiff_t a, b;
-    int rc, zero;
-    *won = 0;
-    while (jf_range_grab(r, &a, &b)) {
-        rc = r->body(r->ctx, a, b, worker);
-        if (rc != 0) {
-            zero = 0;
-            *won = jf_int_cas(&r->rc, &zero, rc);
-            return rc;
-        }
-    }
-    return 0;
-}
-
-/* As jf_range_work, but return early (*paused = 1) after a chunk that
- * ends at or past the monotonic `deadline`: the caller then looks for
- * Ctrl-C and goes on, or stops the range (jf_range_stop). */
+/* Run chunks as `worker` until none is left or a body returns non-zero,
+ * or (deadline > 0) return early, *paused = 1, after a chunk that ends at
+ * or past the monotonic `deadline`: the caller then looks for Ctrl-C and
+ * goes on, or stops the range (jf_range_stop).  Returns 0, or the body's
+ * value; *won is 1 when that value is the one the range reports (the
+ * first non-zero). */
 static inline int jf_range_work_until(jf_range_t *r, int worker, int *won,
                                       double deadline, int *paused)
 {
@@ -928,12 +912,19 @@ static inline int jf_range_work_until(jf_range_t *r, int worker, int *won,
             *won = jf_int_cas(&r->rc, &zero, rc);
             return rc;
         }
-        if (jf_clock_now() >= deadline) {
+        if (deadline > 0.0 && jf_clock_now() >= deadline) {
             *paused = 1;
             return 0;
         }
     }
     return 0;
+}
+
+/* jf_range_work_until without a deadline. */
+static inline int jf_range_work(jf_range_t *r, int worker, int *won)
+{
+    int paused;
+    return jf_range_work_until(r, worker, won, 0.0, &paused);
 }
 
 /* Stop the range with `rc` as its result unless a body failed first: no

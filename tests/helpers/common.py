@@ -307,3 +307,26 @@ def doc_blocks(page, language="python", section=None):
         end = text.find("\n## ", start + 1)
         text = text[start:] if end < 0 else text[start:end]
     return re.findall(rf"```{language}\n(.*?)```", text, re.DOTALL)
+
+
+def assert_private_after_fork(a):
+    """``a`` (every element 7.0) is this process's own after a fork: a
+    write here after the fork is not seen by the child, and the child's
+    write is not seen here."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.read(r, 1)  # the parent wrote a[1] before this
+            seen = a[1]
+            a[0] = -1.0
+            os._exit(0 if seen == 7.0 else 3)
+        finally:
+            os._exit(4)
+    a[1] = 1.0
+    os.write(w, b"x")
+    _, status = os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child saw our write"
+    assert a[0] == 7.0, "we saw the child's write"

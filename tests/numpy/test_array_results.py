@@ -21,6 +21,7 @@ import pytest
 np = pytest.importorskip("numpy")
 
 from helpers import np_tasks
+from helpers.common import assert_private_after_fork
 from helpers.np_tasks import (
     BIG,
     SEGMENTS,
@@ -208,23 +209,7 @@ def test_shared_result_is_copy_on_write_after_fork():
     pytest.importorskip("numpy")
     a = Parallel(n_jobs=2)(delayed(np_tasks.big_array)(7) for _ in range(1))[0]
     assert a.nbytes > 1 << 20
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.read(r, 1)  # the parent wrote a[1] before this
-            seen = a[1]
-            a[0] = -1.0
-            os._exit(0 if seen == 7.0 else 3)
-        finally:
-            os._exit(4)
-    a[1] = 1.0
-    os.write(w, b"x")
-    _, status = os.waitpid(pid, 0)
-    os.close(r)
-    os.close(w)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child saw our write"
-    assert a[0] == 7.0, "we saw the child's write"
+    assert_private_after_fork(a)
 
 
 _INHERITED = []

@@ -19,6 +19,7 @@ import time
 import warnings
 
 import pytest
+from helpers.common import assert_private_after_fork
 
 from joblib_fast import Parallel, delayed
 from joblib_fast.backends import processes as proc_backend
@@ -370,20 +371,4 @@ def test_pickled_large_result_is_not_shared_with_a_forked_child():
     a = Parallel(n_jobs=2, return_shared=False)(
         delayed(_big)(7.0) for _ in range(1))[0]
     assert a.nbytes > wire.MMAP_BUFFER_MIN
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.read(r, 1)
-            seen = a[1]
-            a[0] = -1.0
-            os._exit(0 if seen == 7.0 else 3)
-        finally:
-            os._exit(4)
-    a[1] = 1.0
-    os.write(w, b"x")
-    _, status = os.waitpid(pid, 0)
-    os.close(r)
-    os.close(w)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child saw our write"
-    assert a[0] == 7.0, "we saw the child's write"
+    assert_private_after_fork(a)

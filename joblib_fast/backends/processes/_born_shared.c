@@ -469,8 +469,11 @@ static PyObject *py_find(PyObject *self, PyObject *arg)
     return out;
 }
 
-/* make_private(start): the segment at `start` was sent; True if done. */
-static PyObject *py_make_private(PyObject *self, PyObject *arg)
+/* The segment at `start` (`arg`) was sent: made private (its later
+ * writes here stay this process's own), or lent (nothing here refers to
+ * its arrays any more: it stays mapped as it is, to be reused as it is
+ * once the parent released it).  True if done. */
+static PyObject *mark_sent(PyObject *arg, int lend)
 {
     void *p = (void *)(uintptr_t)PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred())
@@ -479,36 +482,34 @@ static PyObject *py_make_private(PyObject *self, PyObject *arg)
     pthread_mutex_lock(&seg_lock);
     jf_seg_t *e = find_exact(p);
     if (e != NULL && e->state == SEG_SHARED) {
-        if (jf_segment_make_private(e->fd, e->addr, e->size, header) == 0) {
-            e->state = SEG_PRIVATE;
-            e->mapped_private = 1;
-            n_sent++;
+        if (lend) {
+            n_lent_mapped++;
             done = 1;
+        } else if (jf_segment_make_private(e->fd, e->addr, e->size,
+                                           header) == 0) {
+            e->mapped_private = 1;
+            done = 1;
+        }
+        if (done) {
+            e->state = SEG_PRIVATE;
+            n_sent++;
         }
     }
     pthread_mutex_unlock(&seg_lock);
     return PyBool_FromLong(done);
 }
 
-/* lend(start): the segment at `start` was sent and nothing in this
- * process refers to its arrays any more (the caller checked): it stays
- * mapped as it is, to be reused as it is once the parent released it. */
+/* make_private(start): see mark_sent. */
+static PyObject *py_make_private(PyObject *self, PyObject *arg)
+{
+    return mark_sent(arg, 0);
+}
+
+/* lend(start): the caller checked that nothing here refers to the
+ * segment's arrays; see mark_sent. */
 static PyObject *py_lend(PyObject *self, PyObject *arg)
 {
-    void *p = (void *)(uintptr_t)PyLong_AsUnsignedLongLong(arg);
-    if (PyErr_Occurred())
-        return NULL;
-    int done = 0;
-    pthread_mutex_lock(&seg_lock);
-    jf_seg_t *e = find_exact(p);
-    if (e != NULL && e->state == SEG_SHARED) {
-        e->state = SEG_PRIVATE;
-        n_sent++;
-        n_lent_mapped++;
-        done = 1;
-    }
-    pthread_mutex_unlock(&seg_lock);
-    return PyBool_FromLong(done);
+    return mark_sent(arg, 1);
 }
 
 static PyObject *py_trim(PyObject *self, PyObject *noargs)
