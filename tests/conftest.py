@@ -326,12 +326,15 @@ def process_helpers():
         yield None
         return
     from joblib_fast import Parallel, delayed
-    # multiprocessing keeps a folder (the forkserver's socket) until the
-    # interpreter exits, after pytest_unconfigure removed the session's
-    # private TMPDIR: make it outside, where its own exit hook removes it.
+    # multiprocessing keeps a folder (pymp-*: the forkserver's socket, and
+    # with spawn whatever asks for it later) until the interpreter exits,
+    # after pytest_unconfigure removed the session's private TMPDIR: make
+    # it now, outside, where its own exit hook removes it.
+    import multiprocessing.util
     saved = tempfile.tempdir
     tempfile.tempdir = os.path.dirname(_SESSION_TMP)
     try:
+        multiprocessing.util.get_temp_dir()
         Parallel(n_jobs=2, backend="loky")(delayed(abs)(-i) for i in range(2))
     finally:
         tempfile.tempdir = saved
