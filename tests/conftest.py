@@ -325,12 +325,13 @@ def process_helpers():
     except ImportError:
         yield None
         return
+    import multiprocessing.util
+
     from joblib_fast import Parallel, delayed
     # multiprocessing keeps a folder (pymp-*: the forkserver's socket, and
     # with spawn whatever asks for it later) until the interpreter exits,
     # after pytest_unconfigure removed the session's private TMPDIR: make
     # it now, outside, where its own exit hook removes it.
-    import multiprocessing.util
     saved = tempfile.tempdir
     tempfile.tempdir = os.path.dirname(_SESSION_TMP)
     try:
