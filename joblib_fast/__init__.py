@@ -22,9 +22,11 @@ keeps it so.  A module may import its own layer or any layer below it::
     _push                           a pool driven by push (joblib's submit)
     backends.native                 the pool contract (CallOptions, Pool)
     _core, _kernels                 compiled: dispatch core, test kernels
+    _native_threads                 native pools (BLAS) capped while
+                                    workers run
     _threads                        compiled: the worker threads, parallel_for
     _context                        thread-local settings, n_jobs rules
-    _cpu, _gc, _progress, _args, errors, _native_threads
+    _cpu, _gc, _progress, _args, errors
                                     leaves: no package imports but these
 
 Imports of the package itself are at module level; function-level imports

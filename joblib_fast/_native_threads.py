@@ -15,9 +15,17 @@ given, else ``max(1, cpu_count() // n_jobs)``):
   loaded OpenBLAS, whose pool the ``*_NUM_THREADS`` variables no longer
   size.
 
-threadpoolctl does the work; it is imported on first use, and only once a
-module that brings such libraries (NumPy, SciPy...) is loaded: a process
-without them has no pool to cap, and pays nothing.
+threadpoolctl finds the libraries; it is imported on first use, and only
+once a module that brings such libraries (NumPy, SciPy...) is loaded: a
+process without them has no pool to cap, and pays nothing.
+
+The libraries whose pool is process-wide and sized by one C function
+(OpenBLAS on pthreads, MKL: :data:`C_FUNCTIONS`) are capped in C
+(``src_c/jf_cap.h``, through ``_threads``): a ``parallel_for`` running on
+the pool holds the same count without the GIL, and neither kind of holder
+gives those libraries their sizes back while the other runs.  The others
+(OpenMP runtimes, whose setting is the calling thread's; BLIS) are set
+through threadpoolctl here.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import threading
 import time
 from typing import Any
 
-from . import _cpu
+from . import _cpu, _threads
 
 
 def _debug(message: str, exc_info: bool = False) -> None:
@@ -54,6 +62,18 @@ _controller: Any = None           # threadpoolctl controller, cached
 _modules_seen = -1                # len(sys.modules) when it was made
 _fork_hook = False
 _unavailable = False              # threadpoolctl is not installed
+_in_c: set = set()                # paths of the libraries capped in C
+
+# Libraries capped in C: threadpoolctl's name -> (set, get) symbols, each
+# ``void f(int)`` / ``int f(void)`` (OpenBLAS's may carry a prefix and a
+# suffix: the symbol affixes below).  OpenBLAS built on OpenMP is not
+# here: its size is each thread's OpenMP setting.
+C_FUNCTIONS = {
+    "openblas": ("openblas_set_num_threads", "openblas_get_num_threads"),
+    "mkl": ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
+}
+_AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_")
+            for suffix in ("", "64_", "_64")]
 
 
 # The CPU count inner_limit divides, read again after this many seconds:
@@ -88,15 +108,16 @@ def pools_possible() -> bool:
     return any(name in modules for name in POOL_MODULES)
 
 
-def _get_controller() -> Any:
+def _get_controller(rescan: bool = False) -> Any:
     """threadpoolctl's view of the loaded libraries; rescanned when modules
-    were imported since the last scan (a scan walks every loaded shared
-    library: too slow to do on every call)."""
+    were imported since the last scan, or ``rescan`` (a scan walks every
+    loaded shared library: too slow to do on every call).  A scan gives
+    the C cap the libraries it handles (:func:`_register_in_c`)."""
     global _controller, _modules_seen, _unavailable
     if _unavailable:
         return None
     count = len(sys.modules)
-    if _controller is None or count != _modules_seen:
+    if _controller is None or count != _modules_seen or rescan:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
@@ -106,7 +127,53 @@ def _get_controller() -> Any:
             return None
         _controller = ThreadpoolController()
         _modules_seen = len(sys.modules)
+        _register_in_c(_controller)
     return _controller
+
+
+def _c_functions(lib: Any) -> tuple[int, int] | None:
+    """The addresses of ``lib``'s set and get functions if the C cap
+    handles it, else None."""
+    names = C_FUNCTIONS.get(lib.internal_api)
+    if names is None or getattr(lib, "threading_layer", None) == "openmp":
+        return None
+    import ctypes
+    try:
+        dll = ctypes.CDLL(lib.filepath)
+    except OSError:
+        return None
+    affixes = _AFFIXES if lib.internal_api == "openblas" else [("", "")]
+    for prefix, suffix in affixes:
+        try:
+            found = [getattr(dll, f"{prefix}{name}{suffix}") for name in names]
+        except AttributeError:
+            continue
+        return tuple(ctypes.cast(f, ctypes.c_void_p).value for f in found)
+    return None
+
+
+def _register_in_c(controller: Any) -> None:
+    for lib in controller.lib_controllers:
+        if lib.filepath in _in_c:
+            continue
+        functions = _c_functions(lib)
+        if functions is not None and _threads.cap_register(*functions):
+            _in_c.add(lib.filepath)
+
+
+def _scan_for_parallel_for() -> None:
+    """``_threads``' scanner: the process loaded shared libraries since the
+    last look; any with a pool is registered in C."""
+    if not pools_possible():
+        return
+    with _LOCK:
+        try:
+            _get_controller(rescan=True)
+        except Exception:  # noqa: BLE001 - parallel_for runs anyway
+            _debug("looking for native thread pools failed", exc_info=True)
+
+
+_threads.set_cap_scanner(_scan_for_parallel_for)
 
 
 def _set_size(lib: Any, size: int) -> None:
@@ -143,7 +210,8 @@ def _apply() -> None:
             return
         # The sizes to give back when the last call ends.
         _originals = [(lib, size) for lib in controller.lib_controllers
-                      if (size := lib.get_num_threads()) is not None]
+                      if lib.filepath not in _in_c
+                      and (size := lib.get_num_threads()) is not None]
     for lib, size in _originals:
         target = min(want, size)
         if lib.get_num_threads() != target:
@@ -154,16 +222,19 @@ def _apply() -> None:
 class Hold:
     """One call's cap (see :func:`hold`); :meth:`release` is idempotent."""
 
-    __slots__ = ("limit", "pid")
+    __slots__ = ("limit", "pid", "token")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.pid = os.getpid()
+        self.token = 0
 
     def release(self) -> None:
         limit, self.limit = self.limit, 0
         if not limit or self.pid != os.getpid():
             return  # released already, or inherited by a forked child
+        token, self.token = self.token, 0
+        _threads.cap_release(token)
         with _LOCK:
             _HELD[limit] -= 1
             if _HELD[limit] <= 0:
@@ -189,9 +260,11 @@ def hold(limit: int) -> Hold | None:
             _fork_hook = True
         _HELD[limit] += 1
         try:
+            _get_controller()  # new libraries registered in C first
             _apply()
         except Exception:  # noqa: BLE001 - never fail the user's call
             _debug("capping native thread pools failed", exc_info=True)
+    held.token = _threads.cap_hold(limit)
     return held
 
 

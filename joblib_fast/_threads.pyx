@@ -66,6 +66,9 @@ cdef extern from "Python.h":
 cdef extern from "jf_platform.h" nogil:
     double jf_clock_now()
     long jf_process_id()
+    int64_t jf_int64_load_relaxed(int64_t *p)
+    int jf_int64_cas(int64_t *p, int64_t *expected, int64_t desired)
+    long long jf_loaded_images()
 
 
 cdef extern from *:
@@ -656,6 +659,7 @@ def _forget_pool_in_child():
     # the child it is neither (a parallel_for there uses the child's pool).
     jf_depth_forked()
     _local.in_worker = False
+    jf_cap_after_fork_child()
 
 
 _hooks_installed = False
@@ -670,6 +674,112 @@ def _install_hooks():
         atexit.register(_shutdown_at_exit)
         if hasattr(os, "register_at_fork"):  # no fork on Windows
             os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+# ---------------------------------------------- native thread pools' cap
+
+
+cdef extern from "jf_cap.h" nogil:
+    ctypedef void (*jf_cap_set_t)(int n)
+    ctypedef int (*jf_cap_get_t)()
+    ctypedef struct jf_cap_t:
+        int n_libs
+        int n_held
+        int applied
+        long holds
+    jf_cap_t jf_cap
+    int jf_cap_init()
+    int jf_cap_register(jf_cap_set_t set, jf_cap_get_t get)
+    int jf_cap_hold(int limit)
+    void jf_cap_release(int token)
+    void jf_cap_after_fork_child()
+
+
+if jf_cap_init() != 0:
+    raise MemoryError("the native thread pools' cap could not be set up")
+
+# Called (GIL held, no argument) when the process may have loaded a library
+# with a thread pool: it registers them (cap_register).  Set by
+# _native_threads, which knows how to find them.
+_cap_scanner = None
+cdef int _cap_scanning = 0            # a scanner is set
+cdef long long _cap_loads_seen = -2   # jf_loaded_images() at the last scan
+cdef int64_t _cap_next_check = 0      # microseconds of jf_clock_now
+# How often, at most, a parallel_for asks whether libraries were loaded
+# (one dl_iterate_phdr step): a library loaded just now is capped from the
+# next parallel_for this long after.
+cdef double CAP_CHECK_SECONDS = 0.01
+
+
+def set_cap_scanner(scanner):
+    """``scanner()`` registers the loaded libraries' pools; parallel_for
+    calls it when the process has loaded libraries since the last call."""
+    global _cap_scanner, _cap_scanning
+    _cap_scanner = scanner
+    _cap_scanning = scanner is not None
+
+
+def cap_register(size_t set_address, size_t get_address):
+    """Cap, from now on, the pool of a library whose ``void set(int)`` and
+    ``int get(void)`` functions are at these addresses (idempotent)."""
+    if not set_address or not get_address:
+        raise ValueError("cap_register: a function address is 0")
+    if jf_cap_register(<jf_cap_set_t><void *>set_address,
+                       <jf_cap_get_t><void *>get_address) != 0:
+        return False  # the table is full: that library is not capped
+    _install_hooks()
+    return True
+
+
+def cap_hold(int limit):
+    """Hold a cap of ``limit`` threads; the token to give cap_release (0:
+    nothing registered to cap)."""
+    with nogil:
+        token = jf_cap_hold(limit)
+    return token
+
+
+def cap_release(int token):
+    with nogil:
+        jf_cap_release(token)
+
+
+def cap_state():
+    """The cap's state: libraries registered, holders, the limit applied
+    (0: none), holds taken since the start."""
+    return {"libraries": jf_int_load(&jf_cap.n_libs),
+            "holders": jf_cap.n_held, "applied": jf_cap.applied,
+            "holds": jf_cap.holds}
+
+
+def _cap_loads_changed():
+    """Record that the scanner ran for what is loaded now."""
+    global _cap_loads_seen
+    _cap_loads_seen = jf_loaded_images()
+
+
+cdef void _cap_refresh() noexcept nogil:
+    """Run the scanner if the process loaded libraries since it last ran
+    (asked at most every CAP_CHECK_SECONDS, by one thread at a time)."""
+    cdef int64_t now, due
+    cdef long long loads
+    if not _cap_scanning:
+        return
+    now = <int64_t>(jf_clock_now() * 1e6)
+    due = jf_int64_load_relaxed(&_cap_next_check)
+    if now < due or not jf_int64_cas(&_cap_next_check, &due,
+                                     now + <int64_t>(CAP_CHECK_SECONDS * 1e6)):
+        return
+    loads = jf_loaded_images()
+    if loads == _cap_loads_seen:
+        return
+    with gil:
+        try:
+            if _cap_scanner is not None:
+                _cap_scanner()
+        except BaseException:
+            _log_error("looking for native thread pools failed")
+        _cap_loads_changed()
 
 
 # ------------------------------------------------------------ parallel_for
@@ -781,7 +891,7 @@ cdef int _work_watching_signals(jf_range_t *r, PyThreadState *saved,
 cdef int _parallel_for(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain,
                        jf_pfor_body_t body, void *ctx,
                        int n_workers) noexcept nogil:
-    cdef int n, rc, won = 0
+    cdef int n, rc, won = 0, cap_token
     cdef bint listed
     cdef jf_pool_t *pool
     cdef jf_range_t r
@@ -819,6 +929,10 @@ cdef int _parallel_for(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain,
         elif rc != 0:
             _drop_stray_error()
         return rc
+    # n threads run the bodies: the libraries they call get a share of
+    # the cores each, as in a threading call.
+    _cap_refresh()
+    cap_token = jf_cap_hold(_cap() // n)
     if jf_holds_gil():
         saved = PyEval_SaveThread()
     jf_range_init(&r, start, stop, grain, n, <jf_body_t>body, ctx)
@@ -832,6 +946,7 @@ cdef int _parallel_for(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t grain,
     if listed:
         jf_range_finish(pool, &r, _spin_seconds)
     jf_depth_add(-1)
+    jf_cap_release(cap_token)
     if saved != NULL:
         PyEval_RestoreThread(saved)
     rc = jf_int_load(&r.rc)

@@ -16,13 +16,20 @@
  *                               (its own, or another's while it runs)
  *   atomics                     GCC/Clang __atomic builtins (MinGW too),
  *                               Interlocked* for MSVC
- *   thread-local storage, yield, spin-pause, process id, thread start
+ *   thread-local storage, yield, spin-pause, process id, thread start,
+ *   a count of the shared libraries loaded
  *
  * Functions returning int give 0 or an errno value; JF_TIMEDOUT is what a
  * timed wait returns once its deadline has passed.
  */
 #ifndef JF_PLATFORM_H
 #define JF_PLATFORM_H
+
+/* dl_iterate_phdr (jf_loaded_images) is a GNU extension in glibc: this
+ * takes effect when no system header came before (Python.h defines it). */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#  define _GNU_SOURCE 1
+#endif
 
 #include <errno.h>
 #include <stddef.h>
@@ -556,6 +563,36 @@ static inline long jf_process_id(void)
     return (long)getpid();
 #endif
 }
+
+/* ------------------------------------------------- loaded libraries */
+
+/* A number that changes when the process loads a shared library (glibc,
+ * FreeBSD: dl_iterate_phdr's load counter; macOS: the image count), -1
+ * where there is no cheap way to tell.  One step of the loader's list:
+ * tens of nanoseconds. */
+#if defined(__linux__) || defined(__FreeBSD__)
+#  include <link.h>
+#endif
+#if (defined(__linux__) && (!defined(__GLIBC__) || defined(__USE_GNU))) || \
+    defined(__FreeBSD__)
+static int jf_loads_cb(struct dl_phdr_info *info, size_t size, void *out)
+{
+    (void)size;
+    *(long long *)out = (long long)info->dlpi_adds;
+    return 1;  /* the counter is the same in every entry: stop */
+}
+static inline long long jf_loaded_images(void)
+{
+    long long adds = -1;
+    dl_iterate_phdr(jf_loads_cb, &adds);
+    return adds;
+}
+#elif defined(JF_DARWIN)
+#  include <mach-o/dyld.h>
+static inline long long jf_loaded_images(void) { return (long long)_dyld_image_count(); }
+#else
+static inline long long jf_loaded_images(void) { return -1; }
+#endif
 
 /* ------------------------------------------------------------ threads */
 

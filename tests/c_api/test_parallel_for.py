@@ -604,3 +604,99 @@ def test_ctrl_c_stops_a_long_loop_called_with_the_gil(built):
     word, visited, n = proc.stdout.split()
     assert word == "interrupted"
     assert int(visited) < int(n)
+
+
+# ------------------------------------------- native thread pools (BLAS)
+# While a parallel_for runs on n threads, the process-wide pools of the
+# libraries its bodies may call (OpenBLAS, MKL) are capped at cpu_count()
+# // n, in C, sharing one count with the threading backend's calls.
+
+BIG = 4  # the BLAS pool's size around each test: a cap shows below it
+
+
+@pytest.fixture
+def blas_pool():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from helpers.blas_tasks import blas_threads
+    with threadpoolctl.threadpool_limits(limits=BIG, user_api="blas"):
+        assert blas_threads() == BIG
+        yield blas_threads
+        assert blas_threads() == BIG
+
+
+def _pfor_limit(consumer):
+    return max(1, cpu_count() // consumer.max_workers(-1))
+
+
+@pytest.mark.parametrize("gil", (False, True))
+def test_bodies_on_pool_threads_see_the_blas_cap(consumer, blas_pool, gil):
+    seen = []
+
+    def call():
+        seen.clear()
+        rc, helper_ran = consumer.on_helpers(
+            lambda: seen.append(blas_pool()), spin=2_000, gil=gil)
+        assert rc == 0
+        return None, helper_ran
+
+    _until_a_helper_ran(call)
+    assert seen and set(seen) == {min(BIG, _pfor_limit(consumer))}
+    assert blas_pool() == BIG   # given back when the call returned
+    assert _threads.cap_state()["holders"] == 0
+
+
+def test_a_threading_call_and_a_parallel_for_share_one_count(consumer,
+                                                            blas_pool):
+    # A threading call's hold outlives a parallel_for's: the parallel_for
+    # ending must not give the pool its size back while the call runs.
+    from joblib_fast import _native_threads
+    held = _native_threads.hold(1)
+    try:
+        assert blas_pool() == 1
+        consumer.visit(0, 10_000, 1, -1, spin=10)
+        assert blas_pool() == 1
+    finally:
+        held.release()
+    assert blas_pool() == BIG
+
+
+def test_pool_given_back_when_a_body_raises(consumer, blas_pool):
+    with pytest.raises(KeyError):
+        _until_a_helper_ran(
+            lambda: (None, consumer.on_helpers(_raise_in_helper)[1]))
+    assert blas_pool() == BIG
+    assert _threads.cap_state()["holders"] == 0
+
+
+def test_library_loaded_after_the_first_call_is_capped(built):
+    # NumPy (and its OpenBLAS) loaded after a first parallel_for, the
+    # next ones called without the GIL: the loaded library is found (the
+    # dynamic loader's count changed) and capped.
+    code = textwrap.dedent("""
+        import sys, time
+        sys.path.insert(0, sys.argv[1])
+        import pfor_consumer
+        from joblib_fast import _threads
+        assert "numpy" not in sys.modules
+        pfor_consumer.visit(0, 1000, 1, -1)
+        assert _threads.cap_state()["libraries"] == 0
+        import numpy, threadpoolctl
+        threadpoolctl.threadpool_limits(limits=4, user_api="blas")
+        seen = []
+        def size():
+            seen.append(threadpoolctl.threadpool_info()[0]["num_threads"])
+        for _ in range(200):
+            time.sleep(0.02)    # past the check interval
+            seen.clear()
+            if pfor_consumer.on_helpers(size, spin=2_000)[1]:
+                break
+        print(_threads.cap_state()["libraries"], sorted(set(seen)))
+        print(threadpoolctl.threadpool_info()[0]["num_threads"])
+    """)
+    proc = python_outside_the_tree(code, built[0])
+    assert proc.returncode == 0, proc.stderr
+    registered, seen = proc.stdout.splitlines()[0].split(" ", 1)
+    limit = max(1, cpu_count() // built[1]["pfor_consumer"].max_workers(-1))
+    assert int(registered) >= 1
+    assert seen == str([min(4, limit)])
+    assert proc.stdout.splitlines()[1] == "4"

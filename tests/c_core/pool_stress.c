@@ -33,10 +33,12 @@
  * failed check and exits 1.  Bounded: a wait for threads gives up (and
  * fails) after WAIT_LIMIT seconds.
  */
+/* The core's headers first: jf_platform.h picks feature macros. */
+#include "jf_pool.h"
+#include "jf_cap.h"
+
 #include <stdio.h>
 #include <string.h>
-
-#include "jf_pool.h"
 
 #define POOL_THREADS 3
 #define CALLERS 3
@@ -611,6 +613,58 @@ static void check_platform(void)
     tls_thread_no = 0;
 }
 
+/* ------------------------------------------------ the pools' cap (jf_cap.h)
+ * Two stand-in libraries: "big" (8 threads) and "small" (2: the cap only
+ * lowers).  Callers hold random limits at once: while one holds limit k,
+ * big's size is at most k; once all have let go both have their sizes.
+ * "small" is registered while holds run. */
+
+static int big_size = 8, small_size = 2;   /* atomic */
+static void big_set(int n) { jf_int_store(&big_size, n); }
+static int big_get(void) { return jf_int_load(&big_size); }
+static void small_set(int n) { jf_int_store(&small_size, n); }
+static int small_get(void) { return jf_int_load(&small_size); }
+
+static void cap_caller(void *arg)
+{
+    unsigned rnd = *(unsigned *)arg;
+    int i, limit, token;
+    for (i = 0; i < 2000; i++) {
+        limit = 1 + (int)(next_random(&rnd) % 4);
+        token = jf_cap_hold(limit);
+        CHECK(token == limit);
+        CHECK(big_get() <= limit && small_get() <= 2);
+        if (next_random(&rnd) % 8 == 0) jf_yield();
+        jf_cap_release(token);
+    }
+}
+
+static void cap_stress(void)
+{
+    jf_thread_t threads[CALLERS];
+    unsigned seeds[CALLERS];
+    int k, token;
+    CHECK(jf_cap_init() == 0);
+    CHECK(jf_cap_hold(1) == 0);              /* nothing registered: free */
+    CHECK(jf_cap_register(big_set, big_get) == 0);
+    CHECK(jf_cap_register(big_set, big_get) == 0);   /* idempotent */
+    token = jf_cap_hold(3);
+    CHECK(big_get() == 3);
+    CHECK(jf_cap_register(small_set, small_get) == 0);  /* joins capped */
+    CHECK(small_get() == 2);
+    for (k = 0; k < CALLERS; k++) {
+        seeds[k] = 977u * (unsigned)(k + 1);
+        CHECK(jf_thread_start(&threads[k], cap_caller, &seeds[k]) == 0);
+    }
+    for (k = 0; k < CALLERS; k++) CHECK(jf_thread_join(threads[k]) == 0);
+    CHECK(big_get() == 3);                   /* the first hold remains */
+    jf_cap_release(token);
+    CHECK(big_get() == 8 && small_get() == 2 && jf_cap.n_held == 0);
+    jf_cap_release(token);                   /* a second release: no-op */
+    CHECK(big_get() == 8 && jf_cap.n_held == 0);
+    CHECK(jf_cap.holds == 1 + CALLERS * 2000);
+}
+
 int main(int argc, char **argv)
 {
     int rounds = argc > 1 ? atoi(argv[1]) : 200, i;
@@ -678,6 +732,7 @@ int main(int argc, char **argv)
     CHECK(s.owner[0] == tls_thread_no && s.owner[1] == 0);
     free(s.counts);
     jf_pool_free(pool);
+    cap_stress();
 
     /* How much the pool threads ran beside the callers depends on the
      * machine's load: said, not checked (check_wake_ups makes sure that
@@ -686,10 +741,12 @@ int main(int argc, char **argv)
     jf_mutex_destroy(&steal_lock);
     printf("pool_stress: %d callers x %d rounds on %d threads (%d started): "
            "%d queues, %d items and %d chunks run by pool threads, %d steal "
-           "rounds (%d pieces taken), %d failing ranges, %d stopped: ok\n",
+           "rounds (%d pieces taken), %d failing ranges, %d stopped; %ld cap "
+           "holds: ok\n",
            CALLERS, 2 * (rounds / 2 + 1), POOL_THREADS, n_started, n_queues,
            jf_int_load(&items_by_pool), jf_int_load(&chunks_by_helpers),
            n_steal_rounds, jf_int_load(&steals_seen),
-           jf_int_load(&failures_seen), jf_int_load(&stops_seen));
+           jf_int_load(&failures_seen), jf_int_load(&stops_seen),
+           jf_cap.holds);
     return 0;
 }

@@ -17,7 +17,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(processes.__file__))
 WORKER_ALLOWED = {
     "wire", "pickling", "arrays", "arrays_in", "arrays_out", "rss",
     "..._context", "..base",
-    # a leaf: the worker caps the BLAS/OpenMP pools it inherited
+    # the worker caps the BLAS/OpenMP pools it inherited
     "_native_threads",
 }
 PARENT_SIDE = {"pool", "registry", "context", "__init__"}

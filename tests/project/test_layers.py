@@ -17,9 +17,10 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 # longest prefix wins (``backends.processes.worker`` is in the processes
 # layer).
 LAYERS = [
-    ("_cpu", "_gc", "_progress", "_args", "errors", "_native_threads"),
+    ("_cpu", "_gc", "_progress", "_args", "errors"),
     ("_context",),
     ("_threads",),
+    ("_native_threads",),
     ("_core", "_kernels"),
     ("backends.native",),
     ("_push",),
