@@ -14,7 +14,11 @@ a triangular load of 1 us on average) run four ways in one process run:
 
 A fifth load calls short loops back to back (200 calls of 100 us each, as
 an iterative method does): per call, serial, parallel_for and prange.  Then
-the cost of a call of an empty body.
+the cost of a call of an empty body.  Last, a body that calls BLAS (one
+200 x 200 ``dgemm`` per index, pfor_blas.pyx, where SciPy is installed):
+the serial loop with BLAS at its default thread count against
+parallel_for, whose n_jobs threads each get cpu_count() // n_jobs BLAS
+threads while it runs.
 
 The kernels (pfor_kernels.pyx) are compiled at the start, in a temporary
 folder, against the installed joblib_fast: the build recipe of
@@ -45,7 +49,7 @@ SETUP = textwrap.dedent("""
 
     flags = {flags!r}
     setup(ext_modules=cythonize([Extension(
-        "pfor_kernels", ["pfor_kernels.pyx"],
+        "{module}", ["{module}.pyx"],
         include_dirs=[joblib_fast.get_include()],
         extra_compile_args=["-O2"] + flags, extra_link_args=flags)],
         language_level=3, quiet=True),
@@ -56,23 +60,54 @@ SETUP = textwrap.dedent("""
 TARGET_SECONDS = 0.04
 
 
-def build(folder: str):
-    """Compile the kernels in `folder`; with OpenMP when it builds."""
-    shutil.copy(os.path.join(HERE, "pfor_kernels.pyx"), folder)
+def build(folder: str, module: str = "pfor_kernels",
+          flag_choices=(["-fopenmp"], [])):
+    """Compile benchmarks/<module>.pyx in `folder` and import it; with the
+    first flags that build (OpenMP when it builds)."""
+    shutil.copy(os.path.join(HERE, f"{module}.pyx"), folder)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     errors = []
-    for flags in (["-fopenmp"], []):
+    for flags in flag_choices:
         with open(os.path.join(folder, "setup.py"), "w") as f:
-            f.write(SETUP.format(flags=flags))
+            f.write(SETUP.format(flags=flags, module=module))
         proc = subprocess.run([sys.executable, "setup.py"], cwd=folder,
                               env=env, capture_output=True, text=True,
                               check=False)
         if proc.returncode == 0:
-            sys.path.insert(0, folder)
-            return importlib.import_module("pfor_kernels"), flags
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            return importlib.import_module(module), flags
         errors.append(proc.stderr[-2000:])
-    raise RuntimeError("building benchmarks/pfor_kernels.pyx failed:\n"
+    raise RuntimeError(f"building benchmarks/{module}.pyx failed:\n"
                        + "\n".join(errors))
+
+
+# The BLAS body: matrices of this size, this many per measurement.
+GEMM_N = 200
+GEMM_COUNT = 64
+
+
+def blas_rows(folder: str, n_jobs: int, repeats: int) -> list[dict]:
+    """The "BLAS body" load (no row, and a note, without SciPy)."""
+    try:
+        import numpy as np
+        import scipy.linalg  # noqa: F401 - its cython_blas is the kernel's
+    except ImportError:
+        print("note: NumPy or SciPy is not installed: no BLAS body row")
+        return []
+    blas, _ = build(folder, "pfor_blas", ([],))
+    n = GEMM_N
+    a = np.random.default_rng(0).random(n * n)
+    c = np.zeros(GEMM_COUNT * n * n)
+
+    def timed(fn, *args):
+        t0 = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - t0
+
+    peers = {"serial": partial(timed, blas.serial, a, c, n, GEMM_COUNT),
+             "pfor": partial(timed, blas.pfor, a, c, n, GEMM_COUNT, n_jobs)}
+    return measure("BLAS body", GEMM_COUNT, peers, repeats, n_jobs)
 
 
 def calibrate(kernels, seconds_per_index: float) -> int:
@@ -185,6 +220,7 @@ def run(n_jobs: int = 2, quick: bool = False) -> list[dict]:
                              "seconds": statistics.median(times[p]),
                              "best_seconds": min(times[p]),
                              "speedup": None, "vs_ideal": None})
+        rows += blas_rows(folder, n_jobs, repeats)
         for row in rows:
             row["openmp"] = bool(flags)
         return rows
@@ -210,6 +246,9 @@ TARGETS = {
                                  lambda row, rows: row["vs_ideal"] <= 1.3),
     ("empty body", "pfor"): ("target <= 10 us",
                              lambda row, rows: row["seconds"] <= 10e-6),
+    # n_jobs threads of BLAS at its default size would oversubscribe.
+    ("BLAS body", "pfor"): ("target >= 1.0x (BLAS capped)",
+                            lambda row, rows: row["speedup"] >= 1.0),
 }
 
 
