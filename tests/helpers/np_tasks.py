@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,18 +147,26 @@ SHM = "/dev/shm"
 # How large results travel in this run (shm.MECHANISM: the platform's
 # choice, or the one JOBLIB_FAST_PORTABLE forces), and what their mappings
 # look like in /proc/self/maps: memfd files by name, POSIX shared memory by
-# its (deleted) name, None: pickled (no result mapping).
+# its (deleted) name (named segments: ``joblib_fast_<pid>_r<hex>``, already
+# unlinked), None: pickled (no result mapping).
 SEGMENTS = _shm.MECHANISM
 SHARED = 1 if SEGMENTS else 0   # result mappings per large result
-RESULT_MAPS = {"posix_shm": "/dev/shm/jf"}.get(
+RESULT_MAPS = {"posix_shm": "/dev/shm/jf",
+               "named": "/dev/shm/joblib_fast_"}.get(
     SEGMENTS, "memfd:joblib_fast_result")
+NAMED_MAP = re.compile(r"/dev/shm/joblib_fast_\d+_r[0-9a-f]+ \(deleted\)$")
+
+
+def _is_result_line(line: str) -> bool:
+    if SEGMENTS == "named":
+        return NAMED_MAP.search(line.rstrip("\n")) is not None
+    return RESULT_MAPS in line
 
 
 def made_by_this_tree(name: str) -> bool:
     """A ``joblib_fast_<pid>_...`` entry made by this process or one of
     its children (or a name without a pid): another test run on the
     machine has its own in the same /dev/shm."""
-    import re
 
     import psutil
     found = re.match(r"joblib_fast_(\d+)_", name)
@@ -196,7 +205,7 @@ def result_maps() -> int:
 
 def is_result_data_map(line: str) -> bool:
     """A /proc/<pid>/maps line of a result's data mapping."""
-    return RESULT_MAPS in line and line.split()[1].endswith("p")
+    return _is_result_line(line) and line.split()[1].endswith("p")
 
 
 def par(**kwargs):
@@ -226,7 +235,7 @@ def is_shared_result(a) -> bool:
     addr = a.__array_interface__["data"][0]
     with open("/proc/self/maps") as f:
         for line in f:
-            if RESULT_MAPS in line:
+            if _is_result_line(line):
                 low, high = (int(x, 16) for x in line.split()[0].split("-"))
                 if low <= addr < high:
                     return True
@@ -243,3 +252,79 @@ def dead_pid() -> int:
 def big_array(i, n=300_000):
     import numpy as np
     return np.full(n, i, dtype=np.float64)
+
+
+# ------------------------------------------- named result segments
+# (tests/processes/test_named_segments.py)
+
+def named_segments(pid=None) -> set:
+    """Names of named result segments in /dev/shm (``pid``'s only)."""
+    pid_pattern = str(pid) if pid else r"\d+"
+    pattern = re.compile(rf"joblib_fast_{pid_pattern}_r[0-9a-f]+$")
+    try:
+        return {n for n in os.listdir(SHM) if pattern.match(n)}
+    except FileNotFoundError:
+        return set()
+
+
+_KEPT = {}
+
+
+def keep(n, value):
+    """Return a large array and keep it here (by pid) for later tasks."""
+    a = np.full(n, float(value))
+    _KEPT[os.getpid()] = a
+    return os.getpid(), a
+
+
+def kept_sum():
+    a = _KEPT.get(os.getpid())
+    return os.getpid(), None if a is None else float(a.sum())
+
+
+def bump_kept():
+    a = _KEPT.get(os.getpid())
+    if a is not None:
+        a += 100.0
+    return os.getpid()
+
+
+class _DieWhilePickled:
+    """Pickled after a large array of the same reply: its segment exists
+    then.  Records this worker's segment names in ``path``, then kills the
+    worker (``block``: waits instead, after creating ``path + '.ready'``)."""
+
+    def __init__(self, path, block=False):
+        self.path, self.block = path, block
+
+    def __reduce__(self):
+        with open(self.path, "w") as f:
+            f.write("\n".join(sorted(named_segments(os.getpid()))))
+        if self.block:
+            open(self.path + ".ready", "w").close()
+            time.sleep(60)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return (str, ())
+
+
+def big_then_die(n, path):
+    return [np.ones(n), _DieWhilePickled(path)]
+
+
+def big_then_block(n, path):
+    return [np.ones(n), _DieWhilePickled(path, block=True)]
+
+
+def fail_when_ready(path, seconds=30.0):
+    """Raise once ``path`` exists (or after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise ValueError("the other task is held up")
+
+
+def stop_parent_then_big(parent, n):
+    """Stop the parent (it cannot open this reply's segment), then return
+    a large array."""
+    os.kill(parent, signal.SIGSTOP)
+    return np.ones(n)

@@ -1,7 +1,8 @@
 """Each OS mechanism of the process backend behind its interface, every
 implementation that can run here exercised whatever this platform
 chose (``backends/processes/platform.py``): the wire (descriptors or
-``Connection``), result segments (memfd, POSIX shared memory), process
+``Connection``), result segments (memfd, POSIX shared memory; named
+segments in ``test_named_segments.py``), process
 control (/proc or psutil), the deletion of dumps the OS refuses to delete,
 and the worker cap of platforms that cap waits.
 
@@ -84,6 +85,22 @@ def test_reply_round_trip_on_each_wire(wire_kind):
         b.close()
 
 
+def test_reply_with_segment_names_on_each_wire(wire_kind):
+    a, b = _pipe()
+    try:
+        names = ["joblib_fast_1_rabc", "joblib_fast_1_rdef"]
+        wire.send_reply(wire.endpoint(a), None, 4, wire.OK, 0.25, b"data",
+                        [b"xyz", b""], names)
+        frame, buffers, got = wire.recv_reply(wire.endpoint(b), None)
+        (key, status, _), data = wire.split_reply(frame)
+        assert (key, status, bytes(data)) == (4, wire.OK, b"data")
+        assert not wire.reply_retires(frame)
+        assert [bytes(x) for x in buffers] == [b"xyz", b""] and got == names
+    finally:
+        a.close()
+        b.close()
+
+
 def test_endpoint_of_the_connection_wire_is_the_connection():
     before = wire.WIRE
     a, b = _pipe()
@@ -101,8 +118,9 @@ def test_endpoint_of_the_connection_wire_is_the_connection():
 # ------------------------------------------------------------ segments
 
 
-@pytest.fixture(params=sorted(shm.MECHANISMS))
+@pytest.fixture(params=sorted(set(shm.MECHANISMS) - {"named"}))
 def segment_kind(request):
+    """The mechanisms whose segments are descriptors."""
     return request.param
 
 
@@ -149,8 +167,9 @@ def test_platform_choices_are_consistent():
     chosen = platform.describe()
     assert chosen["wire"] in wire.WIRES and wire.WIRE == chosen["wire"]
     assert chosen["control"] in tree.IMPLEMENTATIONS
-    # Segments travel as descriptors: never chosen without the fd wire.
-    assert shm.MECHANISM is None or chosen["wire"] == "fd"
+    # Descriptors of segments need the fd wire; names go on any wire.
+    assert shm.MECHANISM in (None, "named") or chosen["wire"] == "fd"
+    assert (shm.MECHANISM == "named") == (chosen["profile"] == "windows")
     assert shm.SUPPORTED == (shm.MECHANISM is not None)
     if shm.MECHANISM != "memfd":
         assert shm.born_shared() is None

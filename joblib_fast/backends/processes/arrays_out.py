@@ -2,8 +2,10 @@
 
 A result array larger than ``max_nbytes`` travels as a shared-memory
 segment (``shm``): its descriptor goes with the reply (``SCM_RIGHTS``, see
-``wire``) and the parent maps it privately (copy-on-write) and closes it:
-the caller gets an ordinary writable ndarray on that memory.
+``wire``), or where descriptors cannot pass its name (``"named"``
+segments, held by the worker until the parent opened them), and the
+parent maps it privately (copy-on-write) and closes it: the caller gets
+an ordinary writable ndarray on that memory.
 
 * Born shared: in a worker that has NumPy loaded, the NumPy allocator of
   ``shm.born_shared()`` makes every array larger than the batch's
@@ -13,9 +15,11 @@ the caller gets an ordinary writable ndarray on that memory.
   whatever the worker writes later (an array it kept) stays its own.
 * Otherwise the array is written once into a new segment.
 
-No name ever exists in a file system, so nothing can be left behind: the
-memory is freed when the array is garbage-collected, and by the kernel
-when a reply is dropped (an aborted call, a dead worker, a killed parent).
+With descriptors no name ever exists in a file system, so nothing can be
+left behind: the memory is freed when the array is garbage-collected, and
+by the kernel when a reply is dropped (an aborted call, a dead worker, a
+killed parent).  Named segments are let go by whichever side holds them
+last (``shm_named``).
 
 Arrays backed by a user's ``numpy.memmap`` come back by reference (file
 name and offset), pieces of the call's own memmapped inputs as copies
@@ -62,8 +66,11 @@ class ResultPacker:
 
     One per worker, used by its main thread only: ``threshold`` is set for
     each reply, the reply pickled with ``pickling.dumps(data, packer)``;
-    ``fds`` then holds the descriptors to send with it (the caller closes
-    them once sent, or calls :meth:`discard` if pickling failed).
+    ``fds`` then holds the segments to send with it (descriptors or named
+    segments, ``shm.on_wire``; the caller passes them to
+    :meth:`hand_over` once sent, or calls :meth:`discard` if pickling
+    failed).  Named segments are held until the parent has opened them:
+    :meth:`sweep` lets go of those, :meth:`close` of all at exit.
     """
 
     def __init__(self) -> None:
@@ -78,6 +85,32 @@ class ResultPacker:
         # and the arrays of the reply on each.
         self._sending: dict[int, int] = {}
         self._arrays: dict[int, list] = {}
+        # Named segments sent and not yet known to be opened by the parent.
+        self.held: list = []
+
+    def hand_over(self, handles: list) -> None:
+        """The reply carrying ``handles`` was sent (or failed to be)."""
+        for handle in handles:
+            if not shm.sent(handle):
+                self.held.append(handle)
+
+    def sweep(self) -> None:
+        """Let go of the named segments the parent has opened."""
+        if self.held:
+            kept = []
+            for segment in self.held:
+                if segment.opened():
+                    segment.close()
+                else:
+                    kept.append(segment)
+            self.held = kept
+
+    def close(self) -> None:
+        """At exit: let go of every named segment still held (the parent
+        will not open them any more)."""
+        held, self.held = self.held, []
+        for segment in held:
+            segment.close()
 
     def expect(self, threshold: int) -> None:
         """A batch is about to run with this reply threshold: its large
@@ -170,22 +203,29 @@ class ResultPacker:
 
     def _share(self, a) -> int | None:
         try:
-            fd = shm.new_segment(a.nbytes)
+            handle = shm.new_segment(a.nbytes)
         except OSError:  # out of descriptors: send it in the message
             return None
         try:
-            shm.write_segment(fd, a)
-        except OSError:
-            os.close(fd)
-            return None
-        self.fds.append(fd)
+            shm.write_segment(handle, a)
+        except BaseException as exc:
+            shm.drop(handle)
+            if isinstance(exc, OSError):
+                return None
+            raise
+        self.fds.append(handle)
         return len(self.fds) - 1
 
     def discard(self) -> None:
         fds, self.fds = self.fds, []
         self._sending, self._arrays = {}, {}
-        for fd in fds:
-            os.close(fd)
+        for handle in fds:
+            shm.drop(handle)
+
+
+def on_wire(handles: list) -> list:
+    """What a reply carries for these segments: descriptors or names."""
+    return [shm.on_wire(h) for h in handles]
 
 
 def only_in(data, arrays: list) -> bool:
@@ -269,17 +309,21 @@ class ReplyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _map_shared(fds: list[int], owners, index, dtype, shape, order):
-    """Map the descriptor of one result array (and close it)."""
+def _map_shared(fds: list, owners, index, dtype, shape, order):
+    """Map the segment of one result array (and close its descriptor, or
+    hand over its name)."""
     import numpy as np
     fd, fds[index] = fds[index], -1
     count = 1
     for n in shape:
         count *= n
-    try:
-        owner = shm.attach_private(fd, count * dtype.itemsize)
-    finally:
-        os.close(fd)
+    if isinstance(fd, str):
+        owner = shm.attach_named(fd, count * dtype.itemsize)
+    else:
+        try:
+            owner = shm.attach_private(fd, count * dtype.itemsize)
+        finally:
+            os.close(fd)
     return np.asarray(owner).view(dtype)[:count].reshape(shape, order=order)
 
 
@@ -305,13 +349,16 @@ def _map_segment(fds: list[int], owners, index, size, data_offset, offset,
 _MAPPERS = {"_shared_result": _map_shared, "_segment_result": _map_segment}
 
 
-def loads_reply(blob, buffers, fds: list[int]):
-    """Unpickle a reply; every descriptor is closed when this returns."""
+def loads_reply(blob, buffers, fds: list):
+    """Unpickle a reply; every descriptor is closed, and every named
+    segment mapped or released, when this returns."""
     if not fds:
         return pickle.loads(blob, buffers=buffers)
     try:
         return ReplyUnpickler(io.BytesIO(blob), buffers, fds).load()
     finally:
         for fd in fds:
-            if fd >= 0:
+            if isinstance(fd, str):
+                shm.release_named(fd)
+            elif fd >= 0:
                 os.close(fd)

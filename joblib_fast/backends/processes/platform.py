@@ -4,7 +4,7 @@
 part               Linux              macOS / BSD             Windows
 =================  =================  ======================  ================
 ``WIRE``           ``"fd"``           ``"fd"``                ``"connection"``
-``SEGMENTS``       ``"memfd"``        ``"posix_shm"``         ``None``
+``SEGMENTS``       ``"memfd"``        ``"posix_shm"``         ``"named"``
 ``CONTROL``        ``"proc"``         ``"psutil"``            ``"psutil"``
 ``SHM_FOLDER``     ``/dev/shm``       None                    None
 ``POSIX_MMAP``     True               True                    False
@@ -18,8 +18,12 @@ part               Linux              macOS / BSD             Windows
   ``recv_bytes_into`` (a named pipe on Windows), no descriptor passing.
 * ``SEGMENTS`` (results in shared memory, ``shm``): ``"memfd"``:
   ``memfd_create``; ``"posix_shm"``: ``shm_open`` then ``shm_unlink`` at
-  once (a descriptor with no name left), filled through ``mmap``; None:
-  large results are pickled.  Segments need the ``"fd"`` wire.
+  once (a descriptor with no name left), filled through ``mmap``; these
+  two need the ``"fd"`` wire.  ``"named"``: a segment with a name that
+  the reply carries, held by the worker until the parent has mapped it
+  (``shm_named``; on Windows a pagefile-backed section, in the forced
+  profile on Linux a POSIX ``shm_open`` name); any wire.  None: large
+  results are pickled.
 * ``CONTROL`` (``tree``: liveness, process trees, kill): ``"proc"``: the
   ``/proc`` file system and signals; ``"psutil"``: psutil (a dependency
   where this is chosen), never ``os.kill(pid, 0)``.
@@ -35,9 +39,10 @@ part               Linux              macOS / BSD             Windows
 The test suite runs the portable paths on Linux with the environment
 variable ``JOBLIB_FAST_PORTABLE`` (not a user setting): ``windows`` (or
 ``1``) takes every Windows choice that can run here (the connection wire,
-pickled results, psutil, no /dev/shm, ``access=`` mappings, dumps mapped
-per task, the worker cap), ``posix`` the
-macOS ones.  Read here only, at import.
+named result segments through POSIX names, psutil, no /dev/shm for
+dumps, ``access=`` mappings, dumps mapped per task, the worker cap),
+``posix`` the macOS ones.  The Windows calls themselves (sections by
+``tagname``, ``ACCESS_COPY`` views) have not run on Windows.  Read here only, at import.
 """
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ def _segments() -> str | None:
         return "memfd" if hasattr(os, "memfd_create") else None
     if PROFILE == "posix":
         return "posix_shm"
-    return None
+    return "named"
 
 
 SEGMENTS = _segments()

@@ -37,7 +37,7 @@ from ...errors import (
     TerminatedWorkerError,
     abandons_running_tasks,
 )
-from . import platform, wire
+from . import platform, shm, wire
 from .arrays_in import ArrayExchange
 from .arrays_out import loads_reply
 from .context import WORKER_NAME, fork_server_pid, install
@@ -507,6 +507,7 @@ class ProcessPool:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join()
+            _forget_segments(w)
             try:
                 w.process.close()
             except ValueError:
@@ -574,6 +575,7 @@ class ProcessPool:
         kill(descendants(pids) + pids)
         for w in busy:
             w.process.join(SHUTDOWN_GRACE)
+            _forget_segments(w)
             try:
                 w.process.close()
             except ValueError:  # still running: reaped by the OS later
@@ -642,6 +644,7 @@ class ProcessPool:
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join()
+            _forget_segments(w)
             try:
                 w.process.close()
             except ValueError:
@@ -650,6 +653,13 @@ class ProcessPool:
             self._timer.cancel()
             self._timer = None
         self.arrays.cleanup()
+
+
+def _forget_segments(worker: _Worker) -> None:
+    """A worker killed before it could let go of the named result
+    segments it held: its parent drops them (``shm.forget_worker``)."""
+    if not worker.process.is_alive():
+        shm.forget_worker(worker.pid)
 
 
 class ProcessLease:

@@ -3,9 +3,20 @@
 ``arrays_out`` sees only this interface::
 
     SUPPORTED                      segments can be made and passed here
-    new_segment(nbytes) -> fd      worker: a fresh segment to copy a
-                                   result into (raises OSError)
-    write_segment(fd, a)           worker: copy array ``a`` into it
+    new_segment(nbytes) -> handle  worker: a fresh segment to copy a
+                                   result into (raises OSError): a
+                                   descriptor, or a named segment
+    write_segment(handle, a)       worker: copy array ``a`` into it
+    on_wire(handle) -> fd | name   worker: what the reply carries
+    sent(handle) -> bool           worker: the reply is sent; True: close
+                                   it now (descriptors), False: hold it
+                                   until the parent opened it (named)
+    drop(handle)                   worker: a segment that was not sent
+    attach_named(name, size)       parent: :func:`attach_private` for a
+                                   named segment (then its worker may let
+                                   it go); release_named(name) for one it
+                                   will not map
+    forget_worker(pid)             parent: the worker ``pid`` died
     attach_private(fd, size)       parent: a private writable mapping of a
                                    received segment (an object with
                                    ``__array_interface__``), unmapped when
@@ -18,8 +29,8 @@
                                    (``_born_shared.c``; its OS half is
                                    ``segment_memfd.h``: memfd only)
 
-The descriptors themselves travel with the reply (``wire``: SCM_RIGHTS).
-The mechanism is ``platform.SEGMENTS``:
+Descriptors travel with the reply (``wire``: SCM_RIGHTS), names as a
+frame of it.  The mechanism is ``platform.SEGMENTS``:
 
 * ``"memfd"`` (Linux): anonymous memory files (``memfd_create``), filled
   with ``write``; the born-shared allocator's OS half is
@@ -29,9 +40,13 @@ The mechanism is ``platform.SEGMENTS``:
   one ``ftruncate`` and filled through ``mmap`` (macOS refuses ``write``
   and a second ``ftruncate`` on these).  No born-shared allocator: results
   are copied into a segment once.
-* None (Windows: its wire passes no descriptors): results are pickled.
+* ``"named"`` (Windows: its wire passes no descriptors): a segment with
+  a name, which the reply carries; the worker holds it until the parent
+  has mapped it (``shm_named``: Windows sections, or POSIX ``shm_open``
+  names where the tests force the Windows profile on Linux).
+* None (no mechanism runs here): results are pickled.
 
-Either way the parent maps a segment with libc's ``mmap``.
+Descriptors are mapped by the parent with libc's ``mmap``.
 """
 from __future__ import annotations
 
@@ -41,7 +56,7 @@ import os
 import weakref
 from typing import Any
 
-from . import platform
+from . import platform, shm_named
 from .arrays import chunks, write_array
 
 # The name a segment shows in /proc/<pid>/maps ("memfd:joblib_fast_result";
@@ -92,16 +107,40 @@ def _posix_segment(nbytes: int) -> int:
     return fd
 
 
-def new_segment(nbytes: int) -> int:
-    """A descriptor of a new, empty segment for ``nbytes`` (the caller
-    fills it with :func:`write_segment` and closes it once sent)."""
+def new_segment(nbytes: int) -> Any:
+    """A new, empty segment for ``nbytes``: a descriptor, or a named
+    segment (the caller fills it with :func:`write_segment`, then
+    :func:`sent` or :func:`drop`)."""
     return MECHANISMS[MECHANISM][0](nbytes)
 
 
-def write_segment(fd: int, a) -> None:
+def write_segment(handle, a) -> None:
     """Copy ``a``'s bytes (``arrays.memory_order``) into the segment
-    ``fd`` from :func:`new_segment`."""
-    MECHANISMS[MECHANISM][1](fd, a)
+    ``handle`` from :func:`new_segment`."""
+    MECHANISMS[MECHANISM][1](handle, a)
+
+
+def on_wire(handle) -> int | str:
+    """What a reply carries for ``handle``: a descriptor, or a name."""
+    return handle if isinstance(handle, int) else handle.name
+
+
+def sent(handle) -> bool:
+    """The reply carrying ``handle`` was sent (or failed to be): a
+    descriptor is closed (True); a named segment is kept (False) until
+    ``handle.opened()`` or the worker's exit, then ``handle.close()``."""
+    if isinstance(handle, int):
+        os.close(handle)
+        return True
+    return False
+
+
+def drop(handle) -> None:
+    """A segment that no reply carried: closed (and its name unlinked)."""
+    if isinstance(handle, int):
+        os.close(handle)
+    else:
+        handle.close()
 
 
 def _write_mapped(fd: int, a) -> None:
@@ -121,8 +160,14 @@ def _write_mapped(fd: int, a) -> None:
         mm.close()
 
 
+def _write_named(segment, a) -> None:
+    segment.fill(a)
+
+
 # (new segment, fill it) of each mechanism that runs here.
 MECHANISMS = {"posix_shm": (_posix_segment, _write_mapped)}
+if shm_named.AVAILABLE:
+    MECHANISMS["named"] = (shm_named.create, _write_named)
 if hasattr(os, "memfd_create"):
     MECHANISMS["memfd"] = (_memfd_segment, write_array)
 if _posix_shm() is None:  # pragma: no cover - a POSIX without shm_open
@@ -148,11 +193,11 @@ class _PrivateMapping:
 
     __slots__ = ("__array_interface__", "__weakref__")
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, offset: int = 0) -> None:
         libc = _libc()
         length = max(size, 1)
         addr = libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE,
-                         mmap.MAP_PRIVATE, fd, 0)
+                         mmap.MAP_PRIVATE, fd, offset)
         if addr is None or addr == _MAP_FAILED:
             import ctypes
             err = ctypes.get_errno()
@@ -170,6 +215,25 @@ def attach_private(fd: int, size: int) -> Any:
     """Map ``size`` bytes of the segment ``fd`` privately (see
     :class:`_PrivateMapping`); ``fd`` may be closed right after."""
     return _PrivateMapping(fd, size)
+
+
+def attach_named(name: str, size: int) -> Any:
+    """Map ``size`` bytes of the named segment ``name`` privately (an
+    object with ``__array_interface__``); its name is gone (POSIX) and
+    its worker told it may let go (``shm_named``)."""
+    return shm_named.attach(name, size, _PrivateMapping)
+
+
+def release_named(name: str) -> None:
+    """A named segment of a reply that will not be mapped: let go."""
+    shm_named.release(name)
+
+
+def forget_worker(pid: int) -> None:
+    """The worker ``pid`` is dead: the named segments it made and no
+    parent opened are dropped (POSIX names; nothing elsewhere)."""
+    if MECHANISM == "named":
+        shm_named.forget(pid)
 
 
 class _LentMapping:

@@ -21,7 +21,10 @@ worker -> parent   reply: ``REPLY_HEAD (key, status, duration, n_buffers,
     ``SEND_ERROR``: ``data = (index in batch or -1, message)`` when the
     batch could not be unpickled or a result could not be pickled;
     ``RETIRE`` or'ed into the status: the worker asks to be replaced
-    (it grew past its memory limit); it serves on until its pipe closes.
+    (it grew past its memory limit); it serves on until its pipe closes;
+    ``NAMES`` or'ed into the status: the ``n_fds`` segments are named
+    ones (``shm_named``), their names in one frame after the buffers
+    (ASCII, newline-separated) rather than descriptors.
 The parent closes a worker's pipe to stop it.
 
 
@@ -48,7 +51,7 @@ the same messages through ``Connection.send_bytes`` and reads them with
 ``recv_bytes`` / ``recv_bytes_into``: the head frame, then, when there are
 buffers, one frame of their sizes (``<n Q``) so that each is read into a
 buffer of its final size, then the buffer frames.  It passes no
-descriptors: a reply announces none (``shm`` makes no segment there).
+descriptors: its large results travel as named segments (``NAMES``).
 Callers hold an :func:`endpoint` of the connection and never see which.
 """
 from __future__ import annotations
@@ -67,7 +70,8 @@ from . import platform
 PROTOCOL = 5
 UNIFORM, GENERAL = 0, 1                 # task kinds
 OK, TASK_ERROR, SEND_ERROR = 0, 1, 2    # reply statuses
-RETIRE = 0x80                           # reply status flag
+RETIRE = 0x80                           # reply status flags
+NAMES = 0x40
 TASK_HEAD = struct.Struct("<qBqI")
 # out_threshold meaning "no result through shared memory" (no array has
 # more bytes than this).
@@ -261,6 +265,10 @@ def _conn_recv_frame(conn) -> bytes:
     return conn.recv_bytes()
 
 
+def _conn_send_frame(conn, data: bytes) -> None:
+    conn.send_bytes(data)
+
+
 def _conn_recv_buffers(conn, count: int) -> list:
     if not count:
         return []
@@ -279,10 +287,12 @@ def _conn_recv_buffers(conn, count: int) -> list:
     return out
 
 
-# (send a message, read a head frame, read n buffer frames) of each wire.
+# (send a message, read a head frame, read n buffer frames, send one
+# frame) of each wire.
 WIRES = {
-    "fd": (send_message, recv_frame, _fd_recv_buffers),
-    "connection": (_conn_send_message, _conn_recv_frame, _conn_recv_buffers),
+    "fd": (send_message, recv_frame, _fd_recv_buffers, send_frame),
+    "connection": (_conn_send_message, _conn_recv_frame, _conn_recv_buffers,
+                   _conn_send_frame),
 }
 
 
@@ -290,8 +300,8 @@ def select(name: str) -> None:
     """Use the wire ``name`` in this process (``platform.WIRE`` at
     import; tests switch to exercise both on one pipe, both ends in this
     process, before any worker starts)."""
-    global WIRE, _send_message, _recv_frame, _recv_buffers
-    _send_message, _recv_frame, _recv_buffers = WIRES[name]
+    global WIRE, _send_message, _recv_frame, _recv_buffers, _send_frame
+    _send_message, _recv_frame, _recv_buffers, _send_frame = WIRES[name]
     WIRE = name
 
 
@@ -335,15 +345,21 @@ def task_payload(frame, buffers):
 def send_reply(fd: int, sock_for_fds, key: int, status: int,
                duration: float, blob, buffers, fds,
                retire: bool = False) -> None:
-    """Worker side: send one reply; ``sock_for_fds()`` gives the socket
-    that passes descriptors (called only when there are some)."""
+    """Worker side: send one reply; ``fds``: descriptors, or names of
+    named segments; ``sock_for_fds()`` gives the socket that passes
+    descriptors (called only when there are some)."""
     if retire:
         status |= RETIRE
+    names = bool(fds) and isinstance(fds[0], str)
+    if names:
+        status |= NAMES
     head = REPLY_HEAD.pack(key, status, duration, len(buffers), len(fds))
-    if not fds:
+    if not fds or names:
         _send_message(fd, head, blob, buffers)
+        if names:
+            _send_frame(fd, "\n".join(fds).encode("ascii"))
         return
-    if WIRE != "fd":  # pragma: no cover - shm makes no segment there
+    if WIRE != "fd":  # pragma: no cover - shm makes no descriptor there
         raise OSError("this wire passes no descriptors")
     send_message(fd, head, blob)
     send_fds(sock_for_fds(), fds)
@@ -353,9 +369,17 @@ def send_reply(fd: int, sock_for_fds, key: int, status: int,
 
 def recv_reply(fd: int, sock_for_fds):
     """Parent side: read one whole reply, (head frame, buffers,
-    descriptors); received descriptors are closed if reading fails."""
+    descriptors or segment names); received descriptors are closed if
+    reading fails (names come last: once read, nothing can fail)."""
     frame = _recv_frame(fd)
-    n_buffers, n_fds = REPLY_HEAD.unpack_from(frame)[3:]
+    status, _, n_buffers, n_fds = REPLY_HEAD.unpack_from(frame)[1:]
+    if status & NAMES:
+        buffers = _recv_buffers(fd, n_buffers)
+        names = _recv_frame(fd).decode("ascii").split("\n")
+        if len(names) != n_fds:
+            raise OSError(f"protocol error: {len(names)} segment names "
+                          f"where {n_fds} were announced")
+        return frame, buffers, names
     fds = recv_fds(sock_for_fds(), n_fds) if n_fds else []
     try:
         buffers = _recv_buffers(fd, n_buffers)
@@ -366,10 +390,10 @@ def recv_reply(fd: int, sock_for_fds):
 
 
 def split_reply(frame):
-    """(key, status, duration) of a reply (``RETIRE`` masked out), and
-    its pickled data."""
+    """(key, status, duration) of a reply (``RETIRE`` and ``NAMES``
+    masked out), and its pickled data."""
     key, status, duration = REPLY_HEAD.unpack_from(frame)[:3]
-    return ((key, status & ~RETIRE, duration),
+    return ((key, status & ~(RETIRE | NAMES), duration),
             memoryview(frame)[REPLY_HEAD.size:])
 
 

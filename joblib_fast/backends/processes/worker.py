@@ -25,7 +25,7 @@ from ..._context import DEFAULT_CONFIG, set_config
 from ..base import ThreadingBackend
 from . import wire
 from .arrays_in import MAP_CHECK_SECONDS, worker_idle
-from .arrays_out import KEEP_IDLE_SECONDS, ResultPacker
+from .arrays_out import KEEP_IDLE_SECONDS, ResultPacker, on_wire
 from .pickling import dumps, dumps_any, dumps_exception, find_unpicklable
 from .rss import memory_guard
 from .wire import OK, SEND_ERROR, TASK_ERROR, UNIFORM
@@ -123,9 +123,22 @@ class _Replier:
             fds = []
         try:
             wire.send_reply(self.fd, self._socket, key, status, duration,
-                            blob, buffers, fds, retire)
+                            blob, buffers, on_wire(fds), retire)
         finally:
-            wire.close_fds(fds)
+            if fds:
+                self._packer.hand_over(fds)
+
+    def holds(self) -> bool:
+        """Named result segments are held until the parent opens them."""
+        return self._packer is not None and bool(self._packer.held)
+
+    def sweep(self) -> None:
+        if self._packer is not None:
+            self._packer.sweep()
+
+    def close(self) -> None:
+        if self._packer is not None:
+            self._packer.close()
 
 
 def _unpicklable_result(status: int, data, exc: BaseException):
@@ -143,15 +156,18 @@ def _next_message(inbox: queue.SimpleQueue, replier: _Replier):
     """The next message of the inbox; while waiting for it, the mappings of
     input dumps that were removed are let go (checked every
     ``MAP_CHECK_SECONDS`` while any is kept), and so is the memory of
-    freed large arrays kept for reuse once idle for ``KEEP_IDLE_SECONDS``."""
+    freed large arrays kept for reuse once idle for ``KEEP_IDLE_SECONDS``,
+    and the named result segments the parent has opened (checked as
+    often)."""
     waited = 0.0
     while True:
         keeps = replier.keeps_memory()
-        if not worker_idle() and not keeps:
+        if not worker_idle() and not keeps and not replier.holds():
             return inbox.get()
         try:
             return inbox.get(timeout=MAP_CHECK_SECONDS)
         except queue.Empty:
+            replier.sweep()
             waited += MAP_CHECK_SECONDS
             if keeps and waited >= KEEP_IDLE_SECONDS:
                 replier.let_go()
@@ -178,6 +194,7 @@ def _serve(inbox: queue.SimpleQueue, replier: _Replier, guard=None) -> None:
                      f"{type(exc).__name__}: {exc}"), 0.0)
             continue
         del frame, buffers
+        replier.sweep()
         replier.expect(threshold)
         status, data = _run(kind, payload)
         del payload
@@ -226,5 +243,9 @@ def main(conn, env: dict, inherited=(), initializer: bytes | None = None,
         # The parent closed our pipe: it stopped the pool (a failed call,
         # a dead sibling) or is gone.  Nothing for the user's stderr.
         pass
+    finally:
+        # The parent reads no more replies: the named segments it did not
+        # open are let go (their names too).
+        replier.close()
     conn.close()
     sys.exit(0)
