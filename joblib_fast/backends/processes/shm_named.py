@@ -66,8 +66,10 @@ def name_prefix(pid: int) -> str:
 
 
 def _new_name() -> str:
-    # 28 characters at most with POSIX's leading slash (macOS allows 30).
-    return f"{name_prefix(os.getpid())}{os.urandom(3).hex()}"
+    # 48 random bits: on Windows a name taken already opens that section
+    # instead of failing (POSIX's O_EXCL tries another).  macOS's 30
+    # characters do not apply: it uses "posix_shm" segments.
+    return f"{name_prefix(os.getpid())}{os.urandom(6).hex()}"
 
 
 def _fill(buf, a) -> None:
@@ -215,9 +217,8 @@ class _WinSegment:
     __slots__ = ("_mm", "name", "size")
 
     def __init__(self, nbytes: int) -> None:
-        # A fresh random name: CreateFileMapping would open an existing
-        # section of that name rather than fail (48 random bits make that
-        # as likely as a collision of two of them).
+        # A fresh random name (_new_name): CreateFileMapping would open an
+        # existing section of that name rather than fail.
         name = _new_name()
         self._mm = mmap.mmap(-1, HEADER + nbytes, tagname=name)
         _HEAD.pack_into(self._mm, 0, MAGIC, nbytes, 0)
