@@ -85,6 +85,7 @@ def build(folder: str, module: str = "pfor_kernels",
 # The BLAS body: matrices of this size, this many per measurement.
 GEMM_N = 200
 GEMM_COUNT = 64
+GEMM_CALLS = 8      # timed calls in a row of each peer, per round
 
 
 def blas_rows(folder: str, n_jobs: int, repeats: int) -> list[dict]:
@@ -100,14 +101,24 @@ def blas_rows(folder: str, n_jobs: int, repeats: int) -> list[dict]:
     a = np.random.default_rng(0).random(n * n)
     c = np.zeros(GEMM_COUNT * n * n)
 
-    def timed(fn, *args):
-        t0 = time.perf_counter()
-        fn(*args)
-        return time.perf_counter() - t0
+    def warm(fn, *args):
+        # OpenBLAS's threads spin for a while after a multithreaded call
+        # before they sleep: a peer run right after the serial loop would
+        # share the cores with them.  Each peer runs warm, several calls
+        # in a row (the first two not timed): its median call.
+        for _ in range(2):
+            fn(*args)
+        times = []
+        for _ in range(GEMM_CALLS):
+            t0 = time.perf_counter()
+            fn(*args)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
-    peers = {"serial": partial(timed, blas.serial, a, c, n, GEMM_COUNT),
-             "pfor": partial(timed, blas.pfor, a, c, n, GEMM_COUNT, n_jobs)}
-    return measure("BLAS body", GEMM_COUNT, peers, repeats, n_jobs)
+    peers = {"serial": partial(warm, blas.serial, a, c, n, GEMM_COUNT),
+             "pfor": partial(warm, blas.pfor, a, c, n, GEMM_COUNT, n_jobs)}
+    return measure("BLAS body", GEMM_COUNT, peers, max(repeats // 3, 3),
+                   n_jobs)
 
 
 def calibrate(kernels, seconds_per_index: float) -> int:
