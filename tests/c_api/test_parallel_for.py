@@ -700,3 +700,37 @@ def test_library_loaded_after_the_first_call_is_capped(built):
     assert int(registered) >= 1
     assert seen == str([min(4, limit)])
     assert proc.stdout.splitlines()[1] == "4"
+
+
+INTERRUPT_BLAS = """
+import os, signal, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import numpy, threadpoolctl
+import pfor_consumer
+threadpoolctl.threadpool_limits(limits=4, user_api="blas")
+
+def size():
+    return threadpoolctl.threadpool_info()[0]["num_threads"]
+
+seen = []
+def interrupt():
+    seen.append(size())           # while the loop runs
+    os.kill(os.getpid(), signal.SIGINT)
+
+spin = 20_000
+t = time.perf_counter()
+pfor_consumer.spin_with_the_gil(200, spin)
+n = int(8.0 / ((time.perf_counter() - t) / 200))
+threading.Timer(0.3, interrupt).start()
+try:
+    pfor_consumer.spin_with_the_gil(n, spin)
+except KeyboardInterrupt:
+    print("interrupted", seen[0], size())
+"""
+
+
+def test_blas_pool_given_back_after_ctrl_c(built):
+    proc = python_outside_the_tree(INTERRUPT_BLAS, built[0])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    limit = max(1, cpu_count() // built[1]["pfor_consumer"].max_workers(-1))
+    assert proc.stdout.split() == ["interrupted", str(min(4, limit)), "4"]
