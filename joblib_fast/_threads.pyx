@@ -703,7 +703,7 @@ if jf_cap_init() != 0:
 # _native_threads, which knows how to find them.
 _cap_scanner = None
 cdef int _cap_scanning = 0            # a scanner is set
-cdef long long _cap_loads_seen = -2   # jf_loaded_images() at the last scan
+cdef int64_t _cap_loads_seen = -2     # jf_loaded_images() at the last scan
 cdef int64_t _cap_next_check = 0      # microseconds of jf_clock_now
 # How often, at most, a parallel_for asks whether libraries were loaded
 # (one dl_iterate_phdr step): a library loaded just now is capped from the
@@ -752,17 +752,17 @@ def cap_state():
             "holds": jf_cap.holds}
 
 
-def _cap_loads_changed():
-    """Record that the scanner ran for what is loaded now."""
-    global _cap_loads_seen
-    _cap_loads_seen = jf_loaded_images()
+cdef void _cap_scanned(int64_t loads) noexcept nogil:
+    """Record the loader's count the scanner ran for."""
+    cdef int64_t seen = jf_int64_load_relaxed(&_cap_loads_seen)
+    while not jf_int64_cas(&_cap_loads_seen, &seen, loads):
+        pass
 
 
 cdef void _cap_refresh() noexcept nogil:
     """Run the scanner if the process loaded libraries since it last ran
     (asked at most every CAP_CHECK_SECONDS, by one thread at a time)."""
-    cdef int64_t now, due
-    cdef long long loads
+    cdef int64_t now, due, loads
     if not _cap_scanning:
         return
     now = <int64_t>(jf_clock_now() * 1e6)
@@ -771,7 +771,7 @@ cdef void _cap_refresh() noexcept nogil:
                                      now + <int64_t>(CAP_CHECK_SECONDS * 1e6)):
         return
     loads = jf_loaded_images()
-    if loads == _cap_loads_seen:
+    if loads == jf_int64_load_relaxed(&_cap_loads_seen):
         return
     with gil:
         try:
@@ -779,7 +779,9 @@ cdef void _cap_refresh() noexcept nogil:
                 _cap_scanner()
         except BaseException:
             _log_error("looking for native thread pools failed")
-        _cap_loads_changed()
+    # What was loaded before the scan was seen by it (a library loaded
+    # during the scan is looked for at the next check).
+    _cap_scanned(loads)
 
 
 # ------------------------------------------------------------ parallel_for
