@@ -162,6 +162,27 @@ def test_fork_workers_cap_what_they_loaded():
     assert {size for size, _ in out} == {3}
 
 
+def test_a_child_forked_during_a_call_gets_the_sizes_back():
+    """The calls holding the cap do not exist in a forked child: its
+    libraries get their own sizes back (in C, for OpenBLAS)."""
+    from helpers.common import in_forked_child
+
+    from joblib_fast import _native_threads, _threads
+    held = _native_threads.hold(1)
+    try:
+        assert blas_threads() == 1
+
+        def child():
+            assert blas_threads() == BIG
+            assert _threads.cap_state()["holders"] == 0
+
+        assert in_forked_child(child, timeout=NO_HANG) == 0
+        assert blas_threads() == 1    # the parent's call still holds it
+    finally:
+        held.release()
+    assert blas_threads() == BIG
+
+
 def test_import_does_not_load_threadpoolctl():
     code = ("import sys, joblib_fast; "
             "print('threadpoolctl' in sys.modules)")
