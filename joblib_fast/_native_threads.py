@@ -20,7 +20,7 @@ once a module that brings such libraries (NumPy, SciPy...) is loaded: a
 process without them has no pool to cap, and pays nothing.
 
 The libraries whose pool is process-wide and sized by one C function
-(OpenBLAS on pthreads, MKL: :data:`C_FUNCTIONS`) are capped in C
+(OpenBLAS on its own threads, MKL: :data:`C_FUNCTIONS`) are capped in C
 (``src_c/jf_cap.h``, through ``_threads``): a ``parallel_for`` running on
 the pool holds the same count without the GIL, and neither kind of holder
 gives those libraries their sizes back while the other runs.  The others
@@ -139,6 +139,8 @@ def _c_functions(lib: Any) -> tuple[int, int] | None:
         return None
     import ctypes
     try:
+        # Loaded already: this only counts one more reference, never let
+        # go, so the library (and the addresses given to C) stays loaded.
         dll = ctypes.CDLL(lib.filepath)
     except OSError:
         return None
