@@ -61,6 +61,7 @@ cdef extern from "Python.h":
     int PyException_SetTraceback(PyObject *exc, PyObject *tb)
     PyObject *PyObject_Type(PyObject *o)
     void Py_XDECREF(PyObject *o)
+    void PyErr_SetInterrupt()
 
 
 cdef extern from "jf_platform.h" nogil:
@@ -777,6 +778,10 @@ cdef void _cap_refresh() noexcept nogil:
         try:
             if _cap_scanner is not None:
                 _cap_scanner()
+        except KeyboardInterrupt:
+            # Ctrl-C during the scan: raised again as a signal, for the
+            # caller's own check (or Python's next one) to raise.
+            PyErr_SetInterrupt()
         except BaseException:
             _log_error("looking for native thread pools failed")
     # What was loaded before the scan was seen by it (a library loaded

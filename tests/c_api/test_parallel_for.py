@@ -734,3 +734,33 @@ def test_blas_pool_given_back_after_ctrl_c(built):
     assert proc.returncode == 0, proc.stderr[-3000:]
     limit = max(1, cpu_count() // built[1]["pfor_consumer"].max_workers(-1))
     assert proc.stdout.split() == ["interrupted", str(min(4, limit)), "4"]
+
+
+SCAN_INTERRUPTED = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import pfor_consumer
+from joblib_fast import _threads
+
+def scanner():
+    raise KeyboardInterrupt
+
+pfor_consumer.visit(0, 1000, 1, -1)       # the loader's count recorded
+_threads.set_cap_scanner(scanner)
+time.sleep(0.05)                          # past the check interval
+assert "_sqlite3" not in sys.modules
+import _sqlite3                           # a shared library loaded: a scan
+try:
+    pfor_consumer.visit(0, 1000, 1, -1)
+    time.sleep(1.0)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_ctrl_c_during_a_library_scan_is_raised(built):
+    # A scan is Python code run from C: a KeyboardInterrupt there is not
+    # lost, it is raised again in the caller.
+    proc = python_outside_the_tree(SCAN_INTERRUPTED, built[0])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["interrupted"]
