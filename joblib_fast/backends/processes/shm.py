@@ -64,19 +64,6 @@ from .arrays import chunks, write_array
 SEGMENT_NAME = "joblib_fast_result"
 
 
-def _posix_shm() -> Any:
-    """CPython's own binding of shm_open/shm_unlink (the one
-    ``multiprocessing.shared_memory`` uses), or None.  Not ctypes:
-    ``shm_open`` is variadic, which ctypes cannot call on macOS arm64."""
-    try:
-        import _posixshmem
-    except ImportError:
-        return None
-    return _posixshmem
-
-
-
-
 def _memfd_segment(nbytes: int) -> int:
     return os.memfd_create(SEGMENT_NAME, os.MFD_CLOEXEC)
 
@@ -84,20 +71,11 @@ def _memfd_segment(nbytes: int) -> int:
 def _posix_segment(nbytes: int) -> int:
     """``shm_open`` + ``shm_unlink`` at once, sized to ``nbytes`` (its
     one ``ftruncate``)."""
-    posixshm = _posix_shm()
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-    for _ in range(100):
-        # 30 characters at most: macOS's PSHMNAMLEN.
-        name = f"/jf{os.getpid()}_{os.urandom(6).hex()}"
-        try:
-            fd = posixshm.shm_open(name, flags, 0o600)
-        except FileExistsError:
-            continue
-        break
-    else:  # pragma: no cover - 100 random names taken
-        raise FileExistsError("no free shared-memory name")
+    # 30 characters at most: macOS's PSHMNAMLEN.
+    name, fd = shm_named.open_new(
+        lambda: f"/jf{os.getpid()}_{os.urandom(6).hex()}")
     try:
-        posixshm.shm_unlink(name)
+        shm_named.posixshmem().shm_unlink(name)
         os.set_inheritable(fd, False)
         if nbytes:
             os.ftruncate(fd, nbytes)
@@ -170,7 +148,7 @@ if shm_named.AVAILABLE:
     MECHANISMS["named"] = (shm_named.create, _write_named)
 if hasattr(os, "memfd_create"):
     MECHANISMS["memfd"] = (_memfd_segment, write_array)
-if _posix_shm() is None:  # pragma: no cover - a POSIX without shm_open
+if shm_named.posixshmem() is None:  # pragma: no cover - no shm_open
     del MECHANISMS["posix_shm"]
 
 # The mechanism of this process: platform.SEGMENTS where it runs.

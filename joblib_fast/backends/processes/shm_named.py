@@ -95,12 +95,31 @@ def _check_head(head, size: int, name: str) -> None:
 # ------------------------------------------------------------------ POSIX
 
 
-def _posixshmem() -> Any:
+def posixshmem() -> Any:
+    """CPython's own binding of shm_open/shm_unlink (the one
+    ``multiprocessing.shared_memory`` uses), or None.  Not ctypes:
+    ``shm_open`` is variadic, which ctypes cannot call on macOS arm64."""
     try:
         import _posixshmem
     except ImportError:
         return None
     return _posixshmem
+
+
+def open_new(new_name: Callable[[], str]) -> tuple[str, int]:
+    """``shm_open`` of a name from ``new_name()`` (with its leading
+    slash) that no segment has: created exclusively, another name tried
+    while one is taken.  (name, descriptor)."""
+    shm = posixshmem()
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+    for _ in range(100):
+        name = new_name()
+        try:
+            return name, shm.shm_open(name, flags, 0o600)
+        except FileExistsError:
+            continue
+    raise FileExistsError(  # pragma: no cover - 100 random names taken
+        "no free shared-memory name")
 
 
 class _PosixSegment:
@@ -110,17 +129,8 @@ class _PosixSegment:
     __slots__ = ("_fd", "_head", "name", "size")
 
     def __init__(self, nbytes: int) -> None:
-        shm = _posixshmem()
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
-        for _ in range(100):
-            name = _new_name()
-            try:
-                fd = shm.shm_open("/" + name, flags, 0o600)
-            except FileExistsError:
-                continue
-            break
-        else:  # pragma: no cover - 100 random names taken
-            raise FileExistsError("no free shared-memory name")
+        path, fd = open_new(lambda: "/" + _new_name())
+        name = path[1:]
         try:
             os.set_inheritable(fd, False)
             os.ftruncate(fd, HEADER + nbytes)
@@ -157,14 +167,14 @@ class _PosixSegment:
 
 def _unlink(name: str) -> None:
     try:
-        _posixshmem().shm_unlink("/" + name)
+        posixshmem().shm_unlink("/" + name)
     except FileNotFoundError:
         pass
 
 
 def _posix_attach(name: str, size: int,
                   map_private: Callable[[int, int, int], Any]) -> Any:
-    shm = _posixshmem()
+    shm = posixshmem()
     fd = shm.shm_open("/" + name, os.O_RDWR, 0)
     try:
         head = mmap.mmap(fd, HEADER)
@@ -182,7 +192,7 @@ def _posix_attach(name: str, size: int,
 
 def _posix_release(name: str) -> None:
     try:
-        fd = _posixshmem().shm_open("/" + name, os.O_RDWR, 0)
+        fd = posixshmem().shm_open("/" + name, os.O_RDWR, 0)
     except FileNotFoundError:
         return
     try:
@@ -276,7 +286,7 @@ IMPLEMENTATIONS = {
 }
 IMPLEMENTATION = "windows" if sys.platform == "win32" else "posix"
 # Whether named segments can be made here.
-AVAILABLE = IMPLEMENTATION == "windows" or _posixshmem() is not None
+AVAILABLE = IMPLEMENTATION == "windows" or posixshmem() is not None
 
 
 def create(nbytes: int):
