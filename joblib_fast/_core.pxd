@@ -101,6 +101,7 @@ cdef class CallerHelp:
     # (< 0: not yet); the current window's start (time < 0: none yet).
     cdef double rate_team
     cdef double rate_alone
+    cdef double margin               # alone kept when this much quicker
     cdef double window_time
     cdef int64_t window_tasks
     cdef readonly int alone_stretches  # times it chose to run alone

@@ -84,12 +84,18 @@ cdef double HELP_MAX_TASK_SECONDS = 0.01
 # one).  Alone is kept when it beats the team by ALONE_MARGIN: a window of
 # either can catch the machine busy elsewhere, and a wrong choice alone
 # costs half the speed for as long as the call has run.
+# A team that ran under TEAM_ONE_CPU CPUs at once did no more than one
+# thread could (tasks holding the GIL): alone is kept when it is at least
+# as quick (ALONE_MARGIN_ONE_CPU), as the team's second thread only adds
+# GIL hand-overs and takes a core other work could use.
 # `python benchmarks/bench.py --only gil_sweep` checks them.
-cdef int TEAM_WINDOW_BATCHES = 2
+cdef int TEAM_WINDOW_BATCHES = 1
 cdef double TEAM_MIN_BUSY = 0.5
 cdef double ALONE_TRY_BELOW = 0.9
-cdef double TRIAL_AFTER_BATCHES = 4.0
+cdef double TRIAL_AFTER_BATCHES = 2.0
 cdef double ALONE_MARGIN = 1.2
+cdef double TEAM_ONE_CPU = 1.2
+cdef double ALONE_MARGIN_ONE_CPU = 1.0
 
 cdef object _NO_ITEM = object()
 
@@ -1074,6 +1080,7 @@ cdef class CallerHelp:
         self.may_help = may_help
         self.rate_team = -1.0
         self.rate_alone = -1.0
+        self.margin = ALONE_MARGIN
         self.window_time = -1.0
 
     cdef bint short_tasks(self, Call call):
@@ -1159,6 +1166,12 @@ cdef class CallerHelp:
         self.window_time = -1.0
         self.new_window(call)
         pool.set_limit(0 if alone else pool.n_threads - 1)
+        if not alone and not call.sizer.fixed:
+            # The caller ends a window only between its batches, and a
+            # batch sized at one thread's speed lasts longer in a team
+            # that turns out slower: shorter ones (they grow back twofold
+            # per batch) keep the measure near a batch's target duration.
+            call.sizer.size = max(1, call.sizer.size // 4)
         return 0
 
     cdef int choose_team(self, Call call) except -1:
@@ -1172,8 +1185,12 @@ cdef class CallerHelp:
         threads so often that the hand-overs cost more than the threads
         gain: the team is then slower than one thread.  Windows of at
         least one batch's target duration measure each (alone: from when
-        no pool thread runs a batch any more); alone is chosen when it does
-        more tasks per second than the team, by ALONE_MARGIN.
+        no pool thread runs a batch any more; the team: from when one
+        does); alone is chosen when it does more tasks per second than the
+        team, by ALONE_MARGIN, or by ALONE_MARGIN_ONE_CPU when the team
+        ran on about one CPU (TEAM_ONE_CPU).  The measure of the team
+        against a rate alone needs a single batch to end in its window
+        (the first also reads how many threads ran at once).
 
         Alone is tried only when the team's CPU seconds / wall seconds
         over a window (how many threads ran at once, on average) is in
@@ -1205,13 +1222,21 @@ cdef class CallerHelp:
             self.started = now
             self.next_trial = now + TRIAL_AFTER_BATCHES * call.sizer.target
         if self.window_time < 0.0:
-            if not self.alone or pool.active() == 0:
+            # A window of either starts once the other's threads are out
+            # of the measure: alone, when no pool thread runs a batch any
+            # more; the team, when a pool thread runs one.
+            if (pool.active() == 0) == self.alone:
                 self.window_time = now
                 self.window_tasks = self.progress(call)
                 self.new_window(call)
             return 0
-        if now - self.window_time < call.sizer.target or \
-                (not self.alone and batches < TEAM_WINDOW_BATCHES * n):
+        if now - self.window_time < call.sizer.target:
+            return 0
+        if not self.alone and batches < (
+                1 if self.rate_alone > 0.0 else TEAM_WINDOW_BATCHES * n):
+            # The first measure of the team also reads how many threads
+            # ran at once, known as batches end; a measure against a rate
+            # alone needs only the tasks' progress.
             return 0
         progress = self.progress(call)
         rate = (progress - self.window_tasks) / (now - self.window_time)
@@ -1223,7 +1248,7 @@ cdef class CallerHelp:
         if self.alone:
             if self.trial:
                 self.trial = False
-                if rate > ALONE_MARGIN * self.rate_team:
+                if rate > self.margin * self.rate_team:
                     self.rate_alone = rate
                     self.mode_until = 2 * now - self.started
                     self.alone_stretches += 1
@@ -1243,7 +1268,7 @@ cdef class CallerHelp:
         self.rate_team = rate
         if self.rate_alone > 0.0:
             # Back from a stretch alone: still the quicker?
-            if self.rate_alone > ALONE_MARGIN * rate:
+            if self.rate_alone > self.margin * rate:
                 self.set_alone(call, True)
                 self.mode_until = 2 * now - self.started
                 self.alone_stretches += 1
@@ -1253,6 +1278,8 @@ cdef class CallerHelp:
             return 0
         if now >= self.next_trial and \
                 TEAM_MIN_BUSY <= running < ALONE_TRY_BELOW * n:
+            self.margin = ALONE_MARGIN_ONE_CPU if running < TEAM_ONE_CPU \
+                else ALONE_MARGIN
             self.set_alone(call, True)
             self.trial = True
         return 0
