@@ -38,6 +38,7 @@ import importlib
 import os
 
 from ._core import delayed
+from ._run import CallStats
 from .backends.base import ParallelBackendBase
 from .config import (
     cpu_count,
@@ -87,6 +88,7 @@ def register_joblib_backend(name: str = "joblib_fast",
 
 __all__ = [
     "Parallel",
+    "CallStats",
     "delayed",
     "parallel_config",
     "parallel_backend",

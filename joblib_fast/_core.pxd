@@ -101,7 +101,6 @@ cdef class CallerHelp:
     # (< 0: not yet); the current window's start (time < 0: none yet).
     cdef double rate_team
     cdef double rate_alone
-    cdef double margin               # alone kept when this much quicker
     cdef double window_time
     cdef int64_t window_tasks
     cdef readonly int alone_stretches  # times it chose to run alone
@@ -134,6 +133,10 @@ cdef class Call:
     cdef int aborted                 # [lock] no new task may start
     cdef double busy_time            # [lock] worker seconds spent in tasks
     cdef int64_t busy_tasks          # [lock] tasks those seconds cover
+    # [lock] tasks the calling thread ran itself (see CallerHelp), and
+    # that thread (the one that made the Call)
+    cdef readonly int64_t caller_tasks
+    cdef unsigned long caller_thread
     # [lock] signal `progress` once n_done reaches this (the caller's need)
     cdef int64_t wake_at
     cdef int64_t seen_done           # caller only: completions already handled

@@ -47,6 +47,7 @@ from .errors import ParallelTimeoutError, TaskError, abandons_running_tasks
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject, PyObject_Call, PyTypeObject
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
@@ -84,18 +85,12 @@ cdef double HELP_MAX_TASK_SECONDS = 0.01
 # one).  Alone is kept when it beats the team by ALONE_MARGIN: a window of
 # either can catch the machine busy elsewhere, and a wrong choice alone
 # costs half the speed for as long as the call has run.
-# A team that ran under TEAM_ONE_CPU CPUs at once did no more than one
-# thread could (tasks holding the GIL): alone is kept when it is at least
-# as quick (ALONE_MARGIN_ONE_CPU), as the team's second thread only adds
-# GIL hand-overs and takes a core other work could use.
 # `python benchmarks/bench.py --only gil_sweep` checks them.
 cdef int TEAM_WINDOW_BATCHES = 1
 cdef double TEAM_MIN_BUSY = 0.5
 cdef double ALONE_TRY_BELOW = 0.9
 cdef double TRIAL_AFTER_BATCHES = 2.0
 cdef double ALONE_MARGIN = 1.2
-cdef double TEAM_ONE_CPU = 1.2
-cdef double ALONE_MARGIN_ONE_CPU = 1.0
 
 cdef object _NO_ITEM = object()
 
@@ -382,6 +377,7 @@ cdef class Call:
         if pre_dispatch < 1:
             raise ValueError("pre_dispatch must be at least 1")
         self.sizer = BatchSizer(batch_size, target_duration, n_workers)
+        self.caller_thread = PyThread_get_thread_ident()
         self.pool = pool
         self.thread_pool = isinstance(pool, ThreadPool)
         self.iterator = iter(iterable)
@@ -461,6 +457,8 @@ cdef class Call:
             self.helper.team_time += duration
             self.helper.team_cpu += cpu
             self.helper.team_batches += 1
+            if PyThread_get_thread_ident() == self.caller_thread:
+                self.caller_tasks += ran
         batch.ran += ran
         if jf_parts_add(&batch.parts, -1) == 0:
             if batch.failed or batch.ran != len(batch.tasks):
@@ -1080,7 +1078,6 @@ cdef class CallerHelp:
         self.may_help = may_help
         self.rate_team = -1.0
         self.rate_alone = -1.0
-        self.margin = ALONE_MARGIN
         self.window_time = -1.0
 
     cdef bint short_tasks(self, Call call):
@@ -1187,8 +1184,7 @@ cdef class CallerHelp:
         least one batch's target duration measure each (alone: from when
         no pool thread runs a batch any more; the team: from when one
         does); alone is chosen when it does more tasks per second than the
-        team, by ALONE_MARGIN, or by ALONE_MARGIN_ONE_CPU when the team
-        ran on about one CPU (TEAM_ONE_CPU).  The measure of the team
+        team, by ALONE_MARGIN.  The measure of the team
         against a rate alone needs a single batch to end in its window
         (the first also reads how many threads ran at once).
 
@@ -1248,7 +1244,7 @@ cdef class CallerHelp:
         if self.alone:
             if self.trial:
                 self.trial = False
-                if rate > self.margin * self.rate_team:
+                if rate > ALONE_MARGIN * self.rate_team:
                     self.rate_alone = rate
                     self.mode_until = 2 * now - self.started
                     self.alone_stretches += 1
@@ -1268,7 +1264,7 @@ cdef class CallerHelp:
         self.rate_team = rate
         if self.rate_alone > 0.0:
             # Back from a stretch alone: still the quicker?
-            if self.rate_alone > self.margin * rate:
+            if self.rate_alone > ALONE_MARGIN * rate:
                 self.set_alone(call, True)
                 self.mode_until = 2 * now - self.started
                 self.alone_stretches += 1
@@ -1278,8 +1274,6 @@ cdef class CallerHelp:
             return 0
         if now >= self.next_trial and \
                 TEAM_MIN_BUSY <= running < ALONE_TRY_BELOW * n:
-            self.margin = ALONE_MARGIN_ONE_CPU if running < TEAM_ONE_CPU \
-                else ALONE_MARGIN
             self.set_alone(call, True)
             self.trial = True
         return 0

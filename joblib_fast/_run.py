@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import _gc, _native_threads
@@ -31,6 +32,35 @@ from ._core import Call, forget_delayed, iter_sequential, run_sequential
 from .backends.base import warn_timeout_unsupported
 from .backends.native import CallOptions, Pool, PoolProvider
 from .errors import abandons_running_tasks
+
+
+@dataclass(frozen=True)
+class CallStats:
+    """How a call of :class:`Parallel` ran, for seeing why it was as
+    quick as it was (:attr:`Parallel.last_call_stats`).
+
+    Attributes
+    ----------
+    n_tasks : int
+        Tasks dispatched (a joblib-style custom backend's batches count
+        one each).
+    n_batches : int
+        Batches they were dispatched in.
+    caller_tasks : int
+        Tasks the calling thread ran itself.  Only the threading backend
+        with a list output has the caller run tasks (beside ``n_jobs - 1``
+        pool threads, or alone); 0 otherwise.
+    alone_stretches : int
+        Times the calling thread chose to run every task itself because
+        it measured one thread doing more than the team of ``n_jobs``
+        threads (tasks holding the GIL, or handing it over every few
+        microseconds).  0 for tasks that run ``n_jobs`` at once.
+    """
+
+    n_tasks: int
+    n_batches: int
+    caller_tasks: int
+    alone_stretches: int
 
 
 class Runner:
@@ -44,6 +74,8 @@ class Runner:
         self.pool: Pool | None = None   # kept while managed
         self.running = False
         self.generator_call: Call | None = None  # a return_as generator
+        # The last call that ended (None: it ran in the caller, or none)
+        self.last_stats: CallStats | None = None
 
     # ------------------------------------------------------------ block
 
@@ -80,6 +112,7 @@ class Runner:
             raise RuntimeError(
                 message + " (nested or concurrent calls need their own "
                 "Parallel instance)")
+        self.last_stats = None
         if self.provider.sequential:
             return self._run_inline(iterable, return_as, reporter, None,
                                     options.batch_size, options.timeout)
@@ -224,6 +257,10 @@ class _End:
             if self.call is not None:
                 self.call.abort()   # a generator closed early: stop feeding
                 self.call.close_input()   # and let go of the input now
+                call = self.call
+                runner.last_stats = CallStats(
+                    call.n_tasks, call.n_batches, call.caller_tasks,
+                    call.alone_stretches)
             if runner.generator_call is self.call:
                 runner.generator_call = None
             pool.end_call(error)

@@ -15,7 +15,7 @@ from . import _context, _progress
 from . import config as _config
 from ._args import VALID_RETURN_AS, eval_pre_dispatch, memstr_to_bytes
 from ._core import delayed
-from ._run import Runner
+from ._run import CallStats, Runner
 from .backends.base import ParallelBackendBase, check_backend_keywords
 from .backends.native import CallOptions, PoolProvider
 from .backends.user import UserBackendProvider
@@ -222,6 +222,25 @@ class Parallel:
 
     def __exit__(self, *exc: Any) -> None:
         self._runner.exit()
+
+    @property
+    def last_call_stats(self) -> CallStats | None:
+        """How this instance's last call ran, once it ended (a
+        ``return_as`` generator's: once consumed or closed): a
+        :class:`~joblib_fast.CallStats`, or None when the call ran in the
+        calling thread (``n_jobs=1``, the sequential backend) or none has
+        ended.  An addition to joblib's API.
+
+        >>> from joblib_fast import Parallel, delayed
+        >>> def held(n):                  # pure Python: holds the GIL
+        ...     return sum(range(n))
+        >>> parallel = Parallel(n_jobs=2, backend="threading")
+        >>> out = parallel(delayed(held)(10) for _ in range(1000))
+        >>> stats = parallel.last_call_stats
+        >>> stats.n_tasks, stats.caller_tasks <= stats.n_tasks
+        (1000, True)
+        """
+        return self._runner.last_stats
 
     def _effective_n_jobs(self) -> int:
         """Workers a call would use (joblib has this private method too,

@@ -18,9 +18,8 @@ import pytest
 from helpers.common import interrupt_script
 from joblib_fast._kernels import burn, calibrate
 
-import joblib_fast._run as run_module
 from joblib_fast import Parallel, _threads, delayed, parallel_config
-from joblib_fast._core import Call, in_worker_thread
+from joblib_fast._core import in_worker_thread
 
 N_SHORT = 3000
 NO_HANG = 30.0
@@ -39,20 +38,6 @@ def where(k):
 def in_caller(idents):
     me = threading.get_ident()
     return sum(ident == me for ident in idents)
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """The Call objects the runner makes during the test."""
-    made = []
-
-    def make(*args, **kwargs):
-        call = Call(*args, **kwargs)
-        made.append(call)
-        return call
-
-    monkeypatch.setattr(run_module, "Call", make)
-    return made
 
 
 @pytest.mark.parametrize("n_jobs", [2, 3])
@@ -161,13 +146,14 @@ def hand_over_often(i):
 
 
 @pytest.mark.slow
-def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone(calls):
+def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone():
     # The caller measures the team against itself alone and keeps the
     # quicker: here alone, for long stretches (every task in the caller).
-    idents = Parallel(n_jobs=2, backend="threading")(
-        delayed(hand_over_often)(i) for i in range(120_000))
-    assert len(calls) == 1
-    assert calls[0].alone_stretches >= 1
+    parallel = Parallel(n_jobs=2, backend="threading")
+    idents = parallel(delayed(hand_over_often)(i) for i in range(120_000))
+    stats = parallel.last_call_stats
+    assert stats.alone_stretches >= 1
+    assert stats.caller_tasks == in_caller(idents)
     me, longest, run = threading.get_ident(), 0, 0
     for ident in idents:
         run = run + 1 if ident == me else 0
@@ -176,34 +162,36 @@ def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone(calls):
 
 
 @pytest.mark.slow
-def test_the_team_comes_back_when_the_tasks_become_gil_free(calls):
+def test_the_team_comes_back_when_the_tasks_become_gil_free():
     # The same tasks, then GIL-free ones: the choice is measured again
     # within the call (after as long as the call has run), and the pool
     # thread runs tasks again by the end.
     k50us = calibrate(50e-6)
     tasks = [delayed(hand_over_often)(i) for i in range(100_000)]
     tasks += [delayed(where)(k50us) for _ in range(20_000)]
-    idents = Parallel(n_jobs=2, backend="threading")(tasks)
-    assert calls[0].alone_stretches >= 1
+    parallel = Parallel(n_jobs=2, backend="threading")
+    idents = parallel(tasks)
+    assert parallel.last_call_stats.alone_stretches >= 1
     assert in_caller(idents[-5000:]) < 5000
 
 
-def test_gil_free_kernels_keep_the_team(calls):
+def test_gil_free_kernels_keep_the_team():
     # 200 us GIL-free tasks: the threads run at once, no trial alone.
     k = calibrate(200e-6)
-    idents = Parallel(n_jobs=2, backend="threading")(
-        delayed(where)(k) for _ in range(1500))
-    assert calls[0].alone_stretches == 0
+    parallel = Parallel(n_jobs=2, backend="threading")
+    idents = parallel(delayed(where)(k) for _ in range(1500))
+    assert parallel.last_call_stats.alone_stretches == 0
+    assert parallel.last_call_stats.caller_tasks == in_caller(idents)
     assert 0 < in_caller(idents) < len(idents)
 
 
-def test_tasks_that_wait_keep_every_thread(calls):
+def test_tasks_that_wait_keep_every_thread():
     # Sleeping tasks are off the CPU like tasks waiting for the GIL, but
     # they gain from every thread: the caller never runs them alone.
-    out = Parallel(n_jobs=4, backend="threading")(
-        delayed(time.sleep)(0.002) for _ in range(1500))
+    parallel = Parallel(n_jobs=4, backend="threading")
+    out = parallel(delayed(time.sleep)(0.002) for _ in range(1500))
     assert out == [None] * 1500
-    assert calls[0].alone_stretches == 0
+    assert parallel.last_call_stats.alone_stretches == 0
 
 
 SCRIPT = textwrap.dedent("""
