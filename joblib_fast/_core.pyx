@@ -1182,8 +1182,8 @@ cdef class CallerHelp:
         threads so often that the hand-overs cost more than the threads
         gain: the team is then slower than one thread.  Windows of at
         least one batch's target duration measure each (alone: from when
-        no pool thread runs a batch any more; the team: from when one
-        does); alone is chosen when it does more tasks per second than the
+        no pool thread runs a batch any more; the team: from when a batch
+        has ended since the switch); alone is chosen when it does more tasks per second than the
         team, by ALONE_MARGIN.  The measure of the team
         against a rate alone needs a single batch to end in its window
         (the first also reads how many threads ran at once).
@@ -1218,10 +1218,13 @@ cdef class CallerHelp:
             self.started = now
             self.next_trial = now + TRIAL_AFTER_BATCHES * call.sizer.target
         if self.window_time < 0.0:
-            # A window of either starts once the other's threads are out
-            # of the measure: alone, when no pool thread runs a batch any
-            # more; the team, when a pool thread runs one.
-            if (pool.active() == 0) == self.alone:
+            # A window of either starts once the switch is behind it:
+            # alone, when no pool thread runs a batch any more; the team,
+            # once a batch has ended since (the pool threads woken by then;
+            # read with the counts above, not under the pool's lock: the
+            # caller comes here on every wake-up while it waits).
+            if (self.alone and pool.active() == 0) or \
+                    (not self.alone and batches > 0):
                 self.window_time = now
                 self.window_tasks = self.progress(call)
                 self.new_window(call)
