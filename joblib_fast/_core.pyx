@@ -1183,10 +1183,10 @@ cdef class CallerHelp:
         gain: the team is then slower than one thread.  Windows of at
         least one batch's target duration measure each (alone: from when
         no pool thread runs a batch any more; the team: from when a batch
-        has ended since the switch); alone is chosen when it does more tasks per second than the
-        team, by ALONE_MARGIN.  The measure of the team
-        against a rate alone needs a single batch to end in its window
-        (the first also reads how many threads ran at once).
+        has ended since the switch); alone is chosen when it does more
+        tasks per second than the team, by ALONE_MARGIN.  The measure of
+        the team against a rate alone needs a single batch to end in its
+        window (the first also reads how many threads ran at once).
 
         Alone is tried only when the team's CPU seconds / wall seconds
         over a window (how many threads ran at once, on average) is in
