@@ -157,6 +157,21 @@ RESULT_MAPS = {"posix_shm": "/dev/shm/jf",
 NAMED_MAP = re.compile(r"/dev/shm/joblib_fast_\d+_r[0-9a-f]+ \(deleted\)$")
 
 
+def descriptors() -> tuple[int, int]:
+    """This process's open descriptors: (how many, how many are result
+    segments: memfd segments by name, POSIX shared memory by path).  Other
+    tests' pools open and close descriptors meanwhile: compare segments
+    exactly, the total only as "no more than before"."""
+    targets = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:  # the one listdir used, closed since
+            pass
+    return len(targets), sum(_shm.SEGMENT_NAME in t or t.startswith(SHM + "/")
+                             for t in targets)
+
+
 def _is_result_line(line: str) -> bool:
     if SEGMENTS == "named":
         return NAMED_MAP.search(line.rstrip("\n")) is not None

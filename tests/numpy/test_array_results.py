@@ -126,10 +126,12 @@ def test_failed_reply_closes_its_shared_segments():
     ours_end, peer = multiprocessing.Pipe()
     try:
         replier = worker._Replier(ours_end)
-        fds = len(os.listdir("/proc/self/fd"))
+        opened, segments = np_tasks.descriptors()
         replier.reply(7, wire.OK, [np.ones(BIG), threading.Lock()], 0.0,
                       threshold=1000)
-        assert len(os.listdir("/proc/self/fd")) == fds
+        after, segments_after = np_tasks.descriptors()
+        assert segments_after == segments
+        assert after <= opened
         frame = wire.recv_frame(peer.fileno())
         key, status, _, _, n_fds = wire.REPLY_HEAD.unpack_from(frame)
         assert (key, status, n_fds) == (7, wire.SEND_ERROR, 0)

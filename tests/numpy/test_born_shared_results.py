@@ -15,12 +15,11 @@ import pytest
 
 np = pytest.importorskip("numpy")
 
-from helpers import born_tasks
+from helpers import born_tasks, np_tasks
 from helpers.np_tasks import SEGMENTS, is_shared_result, result_maps
 
 from joblib_fast import Parallel, delayed
 from joblib_fast.backends.processes import TerminatedWorkerError
-from joblib_fast.backends.processes.shm import SEGMENT_NAME
 
 pytestmark = [pytest.mark.usefixtures("process_helpers"),
               pytest.mark.skipif(
@@ -279,23 +278,13 @@ def _pid_and(func):
 
 
 def test_worker_killed_mid_reply_leaks_nothing_in_the_parent():
-    def fds():
-        """This process's descriptors: (how many, how many are segments)."""
-        targets = []
-        for name in os.listdir("/proc/self/fd"):
-            try:
-                targets.append(os.readlink(f"/proc/self/fd/{name}"))
-            except OSError:  # the one listdir used, closed since
-                pass
-        return len(targets), sum(SEGMENT_NAME in t for t in targets)
-
-    maps, (opened, segments) = result_maps(), fds()
+    maps, (opened, segments) = result_maps(), np_tasks.descriptors()
     with pytest.raises(TerminatedWorkerError, match="exit code 3"):
         with par() as p:
             p(delayed(born_tasks.ones)(10) for _ in range(2))
             p([delayed(born_tasks.die_mid_reply)(N)])
     assert result_maps() == maps
-    after, segments_after = fds()
+    after, segments_after = np_tasks.descriptors()
     assert segments_after == segments     # none received and kept
     # No more than before (another test's pool may close one meanwhile).
     assert after <= opened
