@@ -104,6 +104,7 @@ cdef class CallerHelp:
     cdef double window_time
     cdef int64_t window_tasks
     cdef readonly int alone_stretches  # times it chose to run alone
+    cdef readonly int alone_trials   # times it tried running alone
     cdef bint spare_pieces           # running pieces had tasks to spare
     # [call.lock] batch wall and CPU seconds, batches, since the team's
     # window began (see choose_team)

@@ -43,6 +43,7 @@ class Call:
     n_done: int
     batch_size: int
     alone_stretches: int
+    alone_trials: int
     caller_tasks: int
     def __init__(self, pool: Any, iterable: Iterable[Task], *, pre_dispatch: int,
                  batch_size: int = ..., target_duration: float = ...,

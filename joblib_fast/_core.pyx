@@ -80,15 +80,18 @@ cdef double HELP_MAX_TASK_SECONDS = 0.01
 # n_jobs at once on average (tasks holding the GIL read a little under one,
 # tasks that wait near none): a wider range tries more calls (each trial
 # costs a batch at one thread's speed when the team was right), a narrower
-# one misses tasks whose GIL hand-overs burn CPU.  No trial before the call
-# has run TRIAL_AFTER_BATCHES batch durations (short calls gain nothing from
-# one).  Alone is kept when it beats the team by ALONE_MARGIN: a window of
-# either can catch the machine busy elsewhere, and a wrong choice alone
-# costs half the speed for as long as the call has run.
-# `python benchmarks/bench.py --only gil_sweep` checks them.
+# one misses tasks whose GIL hand-overs burn CPU.  Tasks mostly GIL-free
+# read 1.75-1.9 on 2 cores once past the first batches, under 0.9 * n_jobs
+# as often as not: at 0.9, 10 us kernels tried alone in most calls, each
+# trial leaving the pool thread idle for 7-10 ms of a 55 ms call.  No trial
+# before the call has run TRIAL_AFTER_BATCHES batch durations (short calls
+# gain nothing from one).  Alone is kept when it beats the team by
+# ALONE_MARGIN: a window of either can catch the machine busy elsewhere,
+# and a wrong choice alone costs half the speed for as long as the call
+# has run.  `python benchmarks/bench.py --only gil_sweep` checks them.
 cdef int TEAM_WINDOW_BATCHES = 1
 cdef double TEAM_MIN_BUSY = 0.5
-cdef double ALONE_TRY_BELOW = 0.9
+cdef double ALONE_TRY_BELOW = 0.8
 cdef double TRIAL_AFTER_BATCHES = 2.0
 cdef double ALONE_MARGIN = 1.2
 
@@ -620,6 +623,12 @@ cdef class Call:
         """Times the caller chose to run every batch itself
         (CallerHelp.choose_team)."""
         return self.helper.alone_stretches
+
+    @property
+    def alone_trials(self):
+        """Times the caller ran alone to compare with the team
+        (CallerHelp.choose_team), kept or not."""
+        return self.helper.alone_trials
 
     cdef Py_ssize_t _auto_size(self):
         cdef double per_task = -1.0
@@ -1279,6 +1288,7 @@ cdef class CallerHelp:
                 TEAM_MIN_BUSY <= running < ALONE_TRY_BELOW * n:
             self.set_alone(call, True)
             self.trial = True
+            self.alone_trials += 1
         return 0
 
     cdef int stop(self, Call call) except -1:

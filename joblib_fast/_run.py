@@ -55,12 +55,18 @@ class CallStats:
         it measured one thread doing more than the team of ``n_jobs``
         threads (tasks holding the GIL, or handing it over every few
         microseconds).  0 for tasks that run ``n_jobs`` at once.
+    alone_trials : int
+        Times the calling thread ran every task itself for a while to
+        compare with the team (kept or not): tried only when fewer than
+        0.8 * ``n_jobs`` threads ran at once on average; each trial that
+        the team wins costs about a batch at one thread's speed.
     """
 
     n_tasks: int
     n_batches: int
     caller_tasks: int
     alone_stretches: int
+    alone_trials: int
 
 
 class Runner:
@@ -260,7 +266,7 @@ class _End:
                 call = self.call
                 runner.last_stats = CallStats(
                     call.n_tasks, call.n_batches, call.caller_tasks,
-                    call.alone_stretches)
+                    call.alone_stretches, call.alone_trials)
             if runner.generator_call is self.call:
                 runner.generator_call = None
             pool.end_call(error)

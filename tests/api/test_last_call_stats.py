@@ -1,6 +1,6 @@
 """``Parallel.last_call_stats``: how the last call ran (tasks, batches,
-tasks the calling thread ran itself, times it chose to run alone), set
-when the call ends, whatever the backend and the output."""
+tasks the calling thread ran itself, times it tried and chose to run
+alone), set when the call ends, whatever the backend and the output."""
 from __future__ import annotations
 
 import threading
@@ -55,6 +55,7 @@ def test_processes_never_run_tasks_in_the_caller():
         stats = parallel.last_call_stats
     assert stats.n_tasks == 200
     assert stats.caller_tasks == 0 and stats.alone_stretches == 0
+    assert stats.alone_trials == 0
 
 
 def test_a_failed_call_reports_what_it_dispatched():

@@ -153,6 +153,8 @@ def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone():
     idents = parallel(delayed(hand_over_often)(i) for i in range(120_000))
     stats = parallel.last_call_stats
     assert stats.alone_stretches >= 1
+    # The first stretch alone follows a trial, whatever came after it.
+    assert stats.alone_trials >= 1
     assert stats.caller_tasks == in_caller(idents)
     me, longest, run = threading.get_ident(), 0, 0
     for ident in idents:
@@ -191,6 +193,8 @@ def test_tasks_that_wait_keep_every_thread():
     parallel = Parallel(n_jobs=4, backend="threading")
     out = parallel(delayed(time.sleep)(0.002) for _ in range(1500))
     assert out == [None] * 1500
+    # Not even tried: the threads read as near none on a CPU at once.
+    assert parallel.last_call_stats.alone_trials == 0
     assert parallel.last_call_stats.alone_stretches == 0
 
 
