@@ -102,6 +102,7 @@ cdef class CallerHelp:
     cdef double rate_team
     cdef double rate_alone
     cdef double window_time
+    cdef double check_at             # the caller looks again from then on
     cdef int64_t window_tasks
     cdef readonly int alone_stretches  # times it chose to run alone
     cdef readonly int alone_trials   # times it tried running alone
@@ -118,6 +119,7 @@ cdef class CallerHelp:
     cdef int new_window(self, Call call) except -1
     cdef int set_alone(self, Call call, bint alone) except -1
     cdef int choose_team(self, Call call) except -1
+    cdef int choose_team_now(self, Call call) except -1
     cdef int stop(self, Call call) except -1
 
 

@@ -50,6 +50,7 @@ from cpython.object cimport PyObject, PyObject_Call, PyTypeObject
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.stdint cimport int64_t
+from libc.math cimport INFINITY
 from libc.stdlib cimport free, malloc
 
 # in_worker_thread is re-exported: tests and users ask the core for it.
@@ -94,6 +95,12 @@ cdef double TEAM_MIN_BUSY = 0.5
 cdef double ALONE_TRY_BELOW = 0.8
 cdef double TRIAL_AFTER_BATCHES = 2.0
 cdef double ALONE_MARGIN = 1.2
+# The caller running a batch looks at its choice every this many + 1 tasks
+# once one may be due (CallerHelp.check_at): a choice waits for no batch to
+# end, a batch sized at one mode's speed lasting up to 5x longer in the
+# other (3 us tasks holding the GIL 60 %: 9.7 ms in the team for 2 ms
+# alone); a clock read per 64 tasks otherwise.
+cdef Py_ssize_t CHOOSE_EVERY_MASK = 63
 
 cdef object _NO_ITEM = object()
 
@@ -305,7 +312,12 @@ cdef class Batch:
         cdef Py_ssize_t error_index = -1
         cdef int track = call.track_start
         cdef double t0, cpu0 = 0.0
-        if call.helper.may_help:
+        cdef CallerHelp helper = call.helper
+        # The caller looks at its choice between the team and alone within
+        # its batches too (choose_team), when one may be due.
+        cdef bint chooses = helper.helping and \
+            PyThread_get_thread_ident() == call.caller_thread
+        if helper.may_help:
             cpu0 = jf_thread_cpu_now()
         t0 = jf_clock_now()
         # One try around the loop, and the task's parts read from the tuple
@@ -322,13 +334,16 @@ cdef class Batch:
                                    _item_of(<PyObject *>t, 1),
                                    _item_of(<PyObject *>t, 2))
                 ran += 1
+                if chooses and (ran & CHOOSE_EVERY_MASK) == 0 and \
+                        jf_clock_now() >= helper.check_at:
+                    helper.choose_team(call)
         except BaseException as exc:
             error = exc
             error_index = self.start + i
             self.failed = 1
         started[0] = 0.0
         t0 = jf_clock_now() - t0
-        if call.helper.may_help:
+        if helper.may_help:
             cpu0 = jf_thread_cpu_now() - cpu0
         if linked:
             # Before the part ends: no thread takes tasks of it any more.
@@ -1172,6 +1187,11 @@ cdef class CallerHelp:
         self.window_time = -1.0
         self.new_window(call)
         pool.set_limit(0 if alone else pool.n_threads - 1)
+        if not alone and self.rate_alone > 0.0:
+            # The team measured again against a known rate alone: from
+            # the switch on, from the tasks' progress (no batch need end).
+            self.window_time = jf_clock_now()
+            self.window_tasks = self.progress(call)
         if not alone and not call.sizer.fixed:
             # The caller ends a window only between its batches, and a
             # batch sized at one thread's speed lasts longer in a team
@@ -1181,6 +1201,18 @@ cdef class CallerHelp:
         return 0
 
     cdef int choose_team(self, Call call) except -1:
+        """choose_team_now, then when the caller looks again (its next
+        batch, or within a batch at check_at)."""
+        self.choose_team_now(call)
+        if self.alone_barred:
+            self.check_at = INFINITY
+        elif self.window_time < 0.0:
+            self.check_at = 0.0     # a window to start: as soon as may be
+        else:
+            self.check_at = self.window_time + call.sizer.target
+        return 0
+
+    cdef int choose_team_now(self, Call call) except -1:
         """Whether the caller runs batches with n_jobs - 1 pool threads
         (the team) or alone, from the tasks per second of each.
 
@@ -1192,10 +1224,11 @@ cdef class CallerHelp:
         gain: the team is then slower than one thread.  Windows of at
         least one batch's target duration measure each (alone: from when
         no pool thread runs a batch any more; the team: from when a batch
-        has ended since the switch); alone is chosen when it does more
-        tasks per second than the team, by ALONE_MARGIN.  The measure of
-        the team against a rate alone needs a single batch to end in its
-        window (the first also reads how many threads ran at once).
+        has ended since the switch, or, measured again against a rate
+        alone, from the switch, by the tasks started); alone is chosen
+        when it does more tasks per second than the team, by ALONE_MARGIN.
+        The caller comes here between its batches and, from check_at on,
+        every CHOOSE_EVERY_MASK + 1 tasks within them (Batch.run_piece).
 
         Alone is tried only when the team's CPU seconds / wall seconds
         over a window (how many threads ran at once, on average) is in
@@ -1240,8 +1273,8 @@ cdef class CallerHelp:
             return 0
         if now - self.window_time < call.sizer.target:
             return 0
-        if not self.alone and batches < (
-                1 if self.rate_alone > 0.0 else TEAM_WINDOW_BATCHES * n):
+        if not self.alone and self.rate_alone <= 0.0 and \
+                batches < TEAM_WINDOW_BATCHES * n:
             # The first measure of the team also reads how many threads
             # ran at once, known as batches end; a measure against a rate
             # alone needs only the tasks' progress.
@@ -1268,14 +1301,9 @@ cdef class CallerHelp:
                 self.set_alone(call, False)     # measure the team again
             return 0
         self.new_window(call)
-        if wall <= 0.0 or cpu <= 0.0 or \
-                wall < batches * call.sizer.target * 0.25:
-            # Short batches (growing at the start, shrinking at the end):
-            # their fixed costs would be taken for lost concurrency.
-            return 0
-        self.rate_team = rate
         if self.rate_alone > 0.0:
             # Back from a stretch alone: still the quicker?
+            self.rate_team = rate
             if self.rate_alone > ALONE_MARGIN * rate:
                 self.set_alone(call, True)
                 self.mode_until = 2 * now - self.started
@@ -1284,6 +1312,12 @@ cdef class CallerHelp:
             self.rate_alone = -1.0
             self.next_trial = 2 * now - self.started
             return 0
+        if wall <= 0.0 or cpu <= 0.0 or \
+                wall < batches * call.sizer.target * 0.25:
+            # Short batches (growing at the start, shrinking at the end):
+            # their fixed costs would be taken for lost concurrency.
+            return 0
+        self.rate_team = rate
         if now >= self.next_trial and \
                 TEAM_MIN_BUSY <= running < ALONE_TRY_BELOW * n:
             self.set_alone(call, True)
