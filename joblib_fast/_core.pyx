@@ -101,6 +101,10 @@ cdef double ALONE_MARGIN = 1.2
 # other (3 us tasks holding the GIL 60 %: 9.7 ms in the team for 2 ms
 # alone); a clock read per 64 tasks otherwise.
 cdef Py_ssize_t CHOOSE_EVERY_MASK = 63
+# A window alone lasts this share of a batch duration: the caller's rate
+# alone is steady over fewer tasks than a team's (no GIL hand-overs), and a
+# trial the team wins costs the window at one thread's speed.
+cdef double ALONE_WINDOW_SHARE = 0.5
 
 cdef object _NO_ITEM = object()
 
@@ -1209,7 +1213,8 @@ cdef class CallerHelp:
         elif self.window_time < 0.0:
             self.check_at = 0.0     # a window to start: as soon as may be
         else:
-            self.check_at = self.window_time + call.sizer.target
+            self.check_at = self.window_time + call.sizer.target * (
+                ALONE_WINDOW_SHARE if self.alone else 1.0)
         return 0
 
     cdef int choose_team_now(self, Call call) except -1:
@@ -1271,7 +1276,8 @@ cdef class CallerHelp:
                 self.window_tasks = self.progress(call)
                 self.new_window(call)
             return 0
-        if now - self.window_time < call.sizer.target:
+        if now - self.window_time < call.sizer.target * (
+                ALONE_WINDOW_SHARE if self.alone else 1.0):
             return 0
         if not self.alone and self.rate_alone <= 0.0 and \
                 batches < TEAM_WINDOW_BATCHES * n:
