@@ -1143,9 +1143,17 @@ cdef class CallerHelp:
         if not self.helping:
             return 0
         self.choose_team(call)
-        # At most n_jobs at once: pool threads that took batches before
-        # the limit went down finish them first.
-        item = pool.take_item(pool.n_threads)
+        item = None
+        if self.alone and pool.active() > 0:
+            # Alone, the pool threads' unstarted tasks are the caller's:
+            # a pool thread stops after its current task, not a batch
+            # later (a trial's window starts once none runs).
+            item = pool.take_stolen(pool.n_threads, &a, &b, &spare, True)
+            stolen = item is not None
+        if item is None:
+            # At most n_jobs at once: pool threads that took batches
+            # before the limit went down finish them first.
+            item = pool.take_item(pool.n_threads)
         if item is None:
             # Nothing queued: the unstarted tasks of a batch whose thread
             # waits (for a task behind it, maybe) are the caller's to run.

@@ -59,8 +59,8 @@ cdef extern from "jf_pool.h" nogil:
     int jf_queue_rescue_wanted(jf_pool_t *p, jf_queue_t *q)
     void jf_queue_want_feed(jf_pool_t *p, jf_queue_t *q, int wanted)
     int jf_queue_take_stolen(jf_pool_t *p, jf_queue_t *q, int most,
-                             void **owner, Py_ssize_t *a, Py_ssize_t *b,
-                             int *spare)
+                             double after, void **owner, Py_ssize_t *a,
+                             Py_ssize_t *b, int *spare)
 
     void jf_queue_init(jf_queue_t *q, int limit, void *owner)
     void jf_queue_free(jf_queue_t *q)
@@ -131,7 +131,7 @@ cdef class Lease:
     cdef int claim_add(self, jf_claim_t *c) except -1
     cdef int claim_remove(self, jf_claim_t *c) except -1
     cdef object take_stolen(self, int most, Py_ssize_t *a, Py_ssize_t *b,
-                            int *spare)
+                            int *spare, bint any_piece=*)
     cdef int rescue_if_stuck(self) except -1
     cdef int want_feed(self, bint wanted) except -1
     cdef int feed(self) except -1

@@ -421,14 +421,16 @@ cdef class Lease:
         return 0
 
     cdef object take_stolen(self, int most, Py_ssize_t *a, Py_ssize_t *b,
-                            int *spare):
+                            int *spare, bint any_piece=False):
         """The feeding thread takes the unstarted tasks [*a, *b) of a
-        stalled piece, as take_item takes an item (then taken_done); the
-        item, or None.  *spare: whether any piece has tasks to spare."""
+        stalled piece (`any_piece`: of a running piece, stalled or not),
+        as take_item takes an item (then taken_done); the item, or None.
+        *spare: whether any piece has tasks to spare."""
         cdef void *owner = NULL
         spare[0] = 0
         if self.workers is None or self.foreign() or \
                 not jf_queue_take_stolen(self.workers.c, &self.q, most,
+                                         0.0 if any_piece else JF_STEAL_AFTER,
                                          &owner, a, b, spare):
             return None
         return <object>owner

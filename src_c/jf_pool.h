@@ -267,15 +267,16 @@ static inline int jf_queue_has_spare(jf_queue_t *q)
 }
 
 /* Take the unstarted tasks of a piece of `q` that has started none for
- * JF_STEAL_AFTER seconds (lock held; see jf_claim_split). */
-static inline int jf_queue_steal(jf_queue_t *q, double now, void **owner,
-                                 ptrdiff_t *a, ptrdiff_t *b)
+ * `after` seconds (JF_STEAL_AFTER; 0: any piece) (lock held; see
+ * jf_claim_split). */
+static inline int jf_queue_steal(jf_queue_t *q, double now, double after,
+                                 void **owner, ptrdiff_t *a, ptrdiff_t *b)
 {
     jf_claim_t *c;
     double cpu;
     for (c = q->claims; c != NULL; c = c->next) {
         int64_t w = jf_int64_load(&c->word);
-        if (jf_claim_look(c, now, &cpu) >= JF_STEAL_AFTER
+        if (jf_claim_look(c, now, &cpu) >= after
                 && jf_claim_next_of(w) < jf_claim_end_of(w)
                 && jf_claim_split(c, owner, a, b))
             return 1;
@@ -409,19 +410,20 @@ static inline int jf_queue_rescue_wanted(jf_pool_t *p, jf_queue_t *q)
     return wanted;
 }
 
-/* The thread feeding `q` takes the unstarted tasks of a stalled piece to
- * run them itself, as jf_queue_take takes an item (then
- * jf_queue_taken_done); unless `most` items run already.  *spare: whether
- * `q` has running pieces at all (worth looking again soon). */
+/* The thread feeding `q` takes the unstarted tasks of a piece stalled
+ * for `after` seconds (0: of any running piece) to run them itself, as
+ * jf_queue_take takes an item (then jf_queue_taken_done); unless `most`
+ * items run already.  *spare: whether `q` has running pieces at all
+ * (worth looking again soon). */
 static inline int jf_queue_take_stolen(jf_pool_t *p, jf_queue_t *q, int most,
-                                       void **owner, ptrdiff_t *a, ptrdiff_t *b,
-                                       int *spare)
+                                       double after, void **owner,
+                                       ptrdiff_t *a, ptrdiff_t *b, int *spare)
 {
     int got = 0;
     jf_mutex_lock(&p->lock);
     *spare = jf_queue_has_spare(q);
     if (*spare && q->job.active + q->taken < most
-            && jf_queue_steal(q, jf_clock_now(), owner, a, b)) {
+            && jf_queue_steal(q, jf_clock_now(), after, owner, a, b)) {
         q->taken++;
         got = 1;
     }
@@ -648,7 +650,8 @@ static inline int jf_pool_next(jf_pool_t *p, jf_job_t **job, void **item,
             now = jf_clock_now();
             if (spare == NULL) {
                 kind = jf_queue_rescue(q, now, item, span);
-            } else if (jf_queue_steal(q, now, item, &span[0], &span[1])) {
+            } else if (jf_queue_steal(q, now, JF_STEAL_AFTER, item, &span[0],
+                                      &span[1])) {
                 q->job.active++;
                 kind = JF_NEXT_STEAL;
             }

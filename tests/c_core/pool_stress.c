@@ -16,7 +16,8 @@
  *   steals   items whose tasks meet in pairs (a task waits for the next
  *            one, queued behind it in its own item): the waiting thread's
  *            unstarted tasks must be taken by an idle pool thread or the
- *            caller (jf_queue_steal, after timed looks), every task once;
+ *            caller (jf_queue_steal: after timed looks, or at once),
+ *            every task once;
  *   ranges   parallel_for ranges of random sizes, grains and worker
  *            counts, some with a failing body: every index once (at most
  *            once after a failure), chunks of at least the grain, each
@@ -287,9 +288,13 @@ static void steal_round(unsigned *rnd)
     int i, k, spare;
     void *owner;
     ptrdiff_t a, b;
+    double after;
     CHECK(s != NULL);
     jf_mutex_lock(&steal_lock);
     s->n_items = 1 + (int)(next_random(rnd) % 3);
+    /* Half the rounds take from any running piece at once, as a caller
+     * running alone does; the others only from a stalled one. */
+    after = (next_random(rnd) % 2) ? JF_STEAL_AFTER : 0.0;
     /* Two pool threads at once: one may wait in a task while the other
      * takes its partner. */
     jf_queue_init(&s->q, 2, &steal_tag);
@@ -302,8 +307,9 @@ static void steal_round(unsigned *rnd)
     jf_queue_close(pool, &s->q);
     for (;;) {
         /* The caller helps as the Cython layer's does: unstarted tasks
-         * of a stalled piece first, never more than 3 items at once. */
-        if (jf_queue_take_stolen(pool, &s->q, 3, &owner, &a, &b, &spare)) {
+         * of a running piece first, never more than 3 items at once. */
+        if (jf_queue_take_stolen(pool, &s->q, 3, after, &owner, &a, &b,
+                                 &spare)) {
             jf_int_add(&s->stolen, 1);
             run_piece((steal_item_t *)owner, a, b, 0, &s->q);
             jf_queue_taken_done(pool, &s->q);
