@@ -100,7 +100,9 @@ cdef class CallerHelp:
     # Tasks per second of the team and of the caller alone, last measured
     # (< 0: not yet); the current window's start (time < 0: none yet).
     cdef double rate_team
+    cdef double rate_team_before     # the team's window before that one
     cdef double rate_alone
+    cdef double alone_lost           # the rate alone when it last lost
     cdef double window_time
     cdef double check_at             # the caller looks again from then on
     cdef int64_t window_tasks

@@ -1105,7 +1105,9 @@ cdef class CallerHelp:
     def __init__(self, bint may_help):
         self.may_help = may_help
         self.rate_team = -1.0
+        self.rate_team_before = -1.0
         self.rate_alone = -1.0
+        self.alone_lost = -1.0
         self.window_time = -1.0
 
     cdef bint short_tasks(self, Call call):
@@ -1238,8 +1240,12 @@ cdef class CallerHelp:
         least one batch's target duration measure each (alone: from when
         no pool thread runs a batch any more; the team: from when a batch
         has ended since the switch, or, measured again against a rate
-        alone, from the switch, by the tasks started); alone is chosen
-        when it does more tasks per second than the team, by ALONE_MARGIN.
+        alone, from the switch, by the tasks started); a trial alone is
+        kept when it does more tasks per second than the team did in
+        either of its last two windows, by ALONE_MARGIN (one window can
+        catch the machine busy elsewhere, or the first batches: that sent
+        3 us GIL-free kernels alone for the rest of a call); no trial
+        before the team has two.
         The caller comes here between its batches and, from check_at on,
         every CHOOSE_EVERY_MASK + 1 tasks within them (Batch.run_piece).
 
@@ -1247,9 +1253,13 @@ cdef class CallerHelp:
         over a window (how many threads ran at once, on average) is in
         [TEAM_MIN_BUSY, ALONE_TRY_BELOW * n_jobs): tasks that wait for
         I/O, a sleep or each other read near 0 and keep the team; GIL-free
-        kernels read about n_jobs and are never slowed by a trial.  A
-        choice holds for as long as the call has run so far, then is
-        measured again (a call whose tasks change speeds up within it).
+        kernels of 10 us and more read about n_jobs and are not slowed by
+        a trial.  Once alone has lost to the team in a call, it is tried
+        again only when the team does fewer tasks per second than alone
+        did then (3 us GIL-free kernels read 1.1-1.8 threads at once while
+        the team does 1.5-2x the tasks of one thread: each trial cost 4-5
+        ms).  A choice holds for as long as the call has run so far, then
+        is measured again (a call whose tasks change speeds up within it).
         Never alone again once a rescue thread ran (tasks waiting for
         tasks that a thread alone may not reach)."""
         cdef ThreadPool pool = <ThreadPool>call.pool
@@ -1303,13 +1313,15 @@ cdef class CallerHelp:
         if self.alone:
             if self.trial:
                 self.trial = False
-                if rate > ALONE_MARGIN * self.rate_team:
+                if rate > ALONE_MARGIN * max(self.rate_team,
+                                             self.rate_team_before):
                     self.rate_alone = rate
                     self.mode_until = 2 * now - self.started
                     self.alone_stretches += 1
                 else:
                     self.set_alone(call, False)
                     self.next_trial = 2 * now - self.started
+                    self.alone_lost = rate
             elif now >= self.mode_until:
                 self.rate_alone = rate
                 self.set_alone(call, False)     # measure the team again
@@ -1317,12 +1329,14 @@ cdef class CallerHelp:
         self.new_window(call)
         if self.rate_alone > 0.0:
             # Back from a stretch alone: still the quicker?
+            self.rate_team_before = self.rate_team
             self.rate_team = rate
             if self.rate_alone > ALONE_MARGIN * rate:
                 self.set_alone(call, True)
                 self.mode_until = 2 * now - self.started
                 self.alone_stretches += 1
                 return 0
+            self.alone_lost = self.rate_alone
             self.rate_alone = -1.0
             self.next_trial = 2 * now - self.started
             return 0
@@ -1331,9 +1345,11 @@ cdef class CallerHelp:
             # Short batches (growing at the start, shrinking at the end):
             # their fixed costs would be taken for lost concurrency.
             return 0
+        self.rate_team_before = self.rate_team
         self.rate_team = rate
-        if now >= self.next_trial and \
-                TEAM_MIN_BUSY <= running < ALONE_TRY_BELOW * n:
+        if now >= self.next_trial and self.rate_team_before > 0.0 and \
+                TEAM_MIN_BUSY <= running < ALONE_TRY_BELOW * n and \
+                (self.alone_lost < 0.0 or rate < self.alone_lost):
             self.set_alone(call, True)
             self.trial = True
             self.alone_trials += 1
