@@ -80,7 +80,7 @@ cdef double HELP_MAX_TASK_SECONDS = 0.01
 # alone only when the threads ran between TEAM_MIN_BUSY and ALONE_TRY_BELOW *
 # n_jobs at once on average (tasks holding the GIL read a little under one,
 # tasks that wait near none): a wider range tries more calls (each trial
-# costs a batch at one thread's speed when the team was right), a narrower
+# costs a window at one thread's speed when the team was right), a narrower
 # one misses tasks whose GIL hand-overs burn CPU.  Tasks mostly GIL-free
 # read 1.75-1.9 on 2 cores once past the first batches, under 0.9 * n_jobs
 # as often as not: at 0.9, 10 us kernels tried alone in most calls, each
@@ -1207,10 +1207,10 @@ cdef class CallerHelp:
             self.window_time = jf_clock_now()
             self.window_tasks = self.progress(call)
         if not alone and not call.sizer.fixed:
-            # The caller ends a window only between its batches, and a
-            # batch sized at one thread's speed lasts longer in a team
-            # that turns out slower: shorter ones (they grow back twofold
-            # per batch) keep the measure near a batch's target duration.
+            # A batch sized at one thread's speed lasts longer in a team
+            # that turns out slower, and the team's first window waits
+            # for a batch to end: shorter ones (they grow back twofold
+            # per batch) keep it near a batch's target duration.
             call.sizer.size = max(1, call.sizer.size // 4)
         return 0
 
@@ -1236,18 +1236,19 @@ cdef class CallerHelp:
         those releasing it for a few microseconds at a time (a thin Python
         function around a short GIL-free kernel) hand the GIL over between
         threads so often that the hand-overs cost more than the threads
-        gain: the team is then slower than one thread.  Windows of at
-        least one batch's target duration measure each (alone: from when
-        no pool thread runs a batch any more; the team: from when a batch
+        gain: the team is then slower than one thread.  Windows measure
+        each: alone, half a batch's target duration from when no pool
+        thread runs a piece any more (the caller takes their unstarted
+        tasks, see run); the team, one batch duration from when a batch
         has ended since the switch, or, measured again against a rate
-        alone, from the switch, by the tasks started); a trial alone is
+        alone, from the switch, by the tasks started.  A trial alone is
         kept when it does more tasks per second than the team did in
         either of its last two windows, by ALONE_MARGIN (one window can
         catch the machine busy elsewhere, or the first batches: that sent
         3 us GIL-free kernels alone for the rest of a call); no trial
-        before the team has two.
-        The caller comes here between its batches and, from check_at on,
-        every CHOOSE_EVERY_MASK + 1 tasks within them (Batch.run_piece).
+        before the team has two.  The caller comes here between its
+        batches and, from check_at on, every CHOOSE_EVERY_MASK + 1 tasks
+        within them (Batch.run_piece).
 
         Alone is tried only when the team's CPU seconds / wall seconds
         over a window (how many threads ran at once, on average) is in

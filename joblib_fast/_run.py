@@ -59,7 +59,7 @@ class CallStats:
         Times the calling thread ran every task itself for a while to
         compare with the team (kept or not): tried only when fewer than
         0.8 * ``n_jobs`` threads ran at once on average; each trial that
-        the team wins costs about a batch at one thread's speed.
+        the team wins costs a few milliseconds at one thread's speed.
     """
 
     n_tasks: int

@@ -267,8 +267,8 @@ static inline int jf_queue_has_spare(jf_queue_t *q)
 }
 
 /* Take the unstarted tasks of a piece of `q` that has started none for
- * `after` seconds (JF_STEAL_AFTER; 0: any piece) (lock held; see
- * jf_claim_split). */
+ * `after` seconds (JF_STEAL_AFTER, or 0: any running piece; lock held;
+ * see jf_claim_split). */
 static inline int jf_queue_steal(jf_queue_t *q, double now, double after,
                                  void **owner, ptrdiff_t *a, ptrdiff_t *b)
 {
