@@ -122,6 +122,7 @@ cdef class CallerHelp:
     cdef int set_alone(self, Call call, bint alone) except -1
     cdef int choose_team(self, Call call) except -1
     cdef int choose_team_now(self, Call call) except -1
+    cdef double window_length(self, Call call)
     cdef int stop(self, Call call) except -1
 
 

@@ -81,12 +81,10 @@ cdef double HELP_MAX_TASK_SECONDS = 0.01
 # n_jobs at once on average (tasks holding the GIL read a little under one,
 # tasks that wait near none): a wider range tries more calls (each trial
 # costs a window at one thread's speed when the team was right), a narrower
-# one misses tasks whose GIL hand-overs burn CPU.  Tasks mostly GIL-free
-# read 1.75-1.9 on 2 cores once past the first batches, under 0.9 * n_jobs
-# as often as not: at 0.9, 10 us kernels tried alone in most calls, each
-# trial leaving the pool thread idle for 7-10 ms of a 55 ms call.  No trial
-# before the call has run TRIAL_AFTER_BATCHES batch durations (short calls
-# gain nothing from one).  Alone is kept when it beats the team by
+# one misses tasks whose GIL hand-overs burn CPU.  Short GIL-free kernels
+# read a little under n_jobs (each thread waits for the GIL between tasks),
+# so the bound sits well below it.  No trial before the call has run
+# TRIAL_AFTER_BATCHES batch durations (short calls gain nothing from one).  Alone is kept when it beats the team by
 # ALONE_MARGIN: a window of either can catch the machine busy elsewhere,
 # and a wrong choice alone costs half the speed for as long as the call
 # has run.  `python benchmarks/bench.py --only gil_sweep` checks them.
@@ -96,10 +94,9 @@ cdef double ALONE_TRY_BELOW = 0.8
 cdef double TRIAL_AFTER_BATCHES = 2.0
 cdef double ALONE_MARGIN = 1.2
 # The caller running a batch looks at its choice every this many + 1 tasks
-# once one may be due (CallerHelp.check_at): a choice waits for no batch to
-# end, a batch sized at one mode's speed lasting up to 5x longer in the
-# other (3 us tasks holding the GIL 60 %: 9.7 ms in the team for 2 ms
-# alone); a clock read per 64 tasks otherwise.
+# once one may be due (CallerHelp.check_at): a choice then waits for no
+# batch to end, and a batch sized at one mode's speed can last several
+# times longer in the other; it costs a clock read per 64 tasks otherwise.
 cdef Py_ssize_t CHOOSE_EVERY_MASK = 63
 # A window alone lasts this share of a batch duration: the caller's rate
 # alone is steady over fewer tasks than a team's (no GIL hand-overs), and a
@@ -1223,9 +1220,13 @@ cdef class CallerHelp:
         elif self.window_time < 0.0:
             self.check_at = 0.0     # a window to start: as soon as may be
         else:
-            self.check_at = self.window_time + call.sizer.target * (
-                ALONE_WINDOW_SHARE if self.alone else 1.0)
+            self.check_at = self.window_time + self.window_length(call)
         return 0
+
+    cdef double window_length(self, Call call):
+        """Seconds a window of the current mode lasts at least."""
+        return call.sizer.target * (
+            ALONE_WINDOW_SHARE if self.alone else 1.0)
 
     cdef int choose_team_now(self, Call call) except -1:
         """Whether the caller runs batches with n_jobs - 1 pool threads
@@ -1244,8 +1245,8 @@ cdef class CallerHelp:
         alone, from the switch, by the tasks started.  A trial alone is
         kept when it does more tasks per second than the team did in
         either of its last two windows, by ALONE_MARGIN (one window can
-        catch the machine busy elsewhere, or the first batches: that sent
-        3 us GIL-free kernels alone for the rest of a call); no trial
+        catch the machine busy elsewhere, or the team's first batches, and
+        a wrong choice alone lasts as long as the call has run); no trial
         before the team has two.  The caller comes here between its
         batches and, from check_at on, every CHOOSE_EVERY_MASK + 1 tasks
         within them (Batch.run_piece).
@@ -1257,9 +1258,9 @@ cdef class CallerHelp:
         kernels of 10 us and more read about n_jobs and are not slowed by
         a trial.  Once alone has lost to the team in a call, it is tried
         again only when the team does fewer tasks per second than alone
-        did then (3 us GIL-free kernels read 1.1-1.8 threads at once while
-        the team does 1.5-2x the tasks of one thread: each trial cost 4-5
-        ms).  A choice holds for as long as the call has run so far, then
+        did then: short GIL-free kernels read well under n_jobs threads
+        at once while the team still does far more than one thread, and
+        each trial costs a window at one thread's speed.  A choice holds for as long as the call has run so far, then
         is measured again (a call whose tasks change speeds up within it).
         Never alone again once a rescue thread ran (tasks waiting for
         tasks that a thread alone may not reach)."""
@@ -1295,8 +1296,7 @@ cdef class CallerHelp:
                 self.window_tasks = self.progress(call)
                 self.new_window(call)
             return 0
-        if now - self.window_time < call.sizer.target * (
-                ALONE_WINDOW_SHARE if self.alone else 1.0):
+        if now - self.window_time < self.window_length(call):
             return 0
         if not self.alone and self.rate_alone <= 0.0 and \
                 batches < TEAM_WINDOW_BATCHES * n:
