@@ -193,8 +193,6 @@ def test_tasks_that_wait_keep_every_thread():
     parallel = Parallel(n_jobs=4, backend="threading")
     out = parallel(delayed(time.sleep)(0.002) for _ in range(1500))
     assert out == [None] * 1500
-    # Not even tried: the threads read as near none on a CPU at once.
-    assert parallel.last_call_stats.alone_trials == 0
     assert parallel.last_call_stats.alone_stretches == 0
 
 
