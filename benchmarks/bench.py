@@ -824,11 +824,19 @@ def machine_info() -> dict[str, Any]:
     import joblib_fast
     # The copy actually imported (PYTHONPATH), and its git state.
     here = os.path.dirname(os.path.abspath(joblib_fast.__file__))
+    commit = ""
     try:
-        commit = subprocess.run(
-            ["git", "-C", here, "describe", "--always", "--dirty"],
+        # Only a source checkout (the package at its repository's top): an
+        # installed copy may sit inside some other repository (pyenv's).
+        top = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--show-toplevel"],
             capture_output=True, text=True, timeout=10,
             check=False).stdout.strip()
+        if top and os.path.samefile(top, os.path.dirname(here)):
+            commit = subprocess.run(
+                ["git", "-C", here, "describe", "--always", "--dirty"],
+                capture_output=True, text=True, timeout=10,
+                check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     model = ""
@@ -845,7 +853,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "joblib_fast": f"{joblib_fast.__version__} from {here} "
-                       f"(git {commit or '?'})",
+                       + (f"(git {commit})" if commit else "(installed)"),
         "joblib": importlib.import_module("joblib").__version__,
         "numpy": importlib.import_module("numpy").__version__,
         "mpire": _version("mpire"),
