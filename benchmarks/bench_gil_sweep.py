@@ -12,9 +12,12 @@ rest.  Three ways run the same tasks in one process:
     joblib_fast Parallel(n_jobs, backend="threading")(
                     delayed(task)(*a) for a in args)
 
-Rounds alternate the three in a shuffled order (a noisy neighbour hits
-each alike); the medians are reported, as joblib_fast's speed against the
-loop and against ThreadPool (> 1: joblib_fast quicker).  A second table is
+A fourth run only consumes the ``delayed`` generator (no task runs): its
+cost against the loop bounds what any dispatch can reach for tasks that
+hold the GIL throughout.  Rounds alternate the four in a shuffled order
+(a noisy neighbour hits each alike); the medians are reported, as
+joblib_fast's speed against the loop and against ThreadPool (> 1:
+joblib_fast quicker).  A second table is
 the thin wrapper of the threads issue: ``def task(k): return burn(int(k))``
 around a 3, 10 or 30 us kernel, and the kernel passed to delayed directly.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections import deque
 from multiprocessing.pool import ThreadPool
 
 from joblib_fast import Parallel, _kernels, delayed
@@ -71,7 +75,7 @@ def calibrate_spin(seconds: float) -> int:
     return max(1, int(m * seconds / _best_of(spin, m)))
 
 
-def _medians(runs: dict, rounds: int) -> dict:
+def _times(runs: dict, rounds: int) -> dict:
     times: dict = {name: [] for name in runs}
     order = list(runs)
     for _ in range(rounds):
@@ -80,7 +84,7 @@ def _medians(runs: dict, rounds: int) -> dict:
             t0 = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) for name, v in times.items()}
+    return times
 
 
 def _cell(label: str, func, args: list, tp, par, rounds: int,
@@ -88,18 +92,27 @@ def _cell(label: str, func, args: list, tp, par, rounds: int,
     if star:
         runs = {"loop": lambda: [func(*a) for a in args],
                 "ThreadPool": lambda: tp.starmap(func, args),
-                "joblib_fast": lambda: par(delayed(func)(*a) for a in args)}
+                "joblib_fast": lambda: par(delayed(func)(*a) for a in args),
+                # The tasks' generator alone, no task run: what any
+                # dispatcher pays on top of the loop under the GIL.
+                "generator": lambda: deque(
+                    (delayed(func)(*a) for a in args), maxlen=0)}
     else:
         runs = {"loop": lambda: [func(a) for a in args],
                 "ThreadPool": lambda: tp.map(func, args),
-                "joblib_fast": lambda: par(delayed(func)(a) for a in args)}
-    m = _medians(runs, rounds)
+                "joblib_fast": lambda: par(delayed(func)(a) for a in args),
+                "generator": lambda: deque(
+                    (delayed(func)(a) for a in args), maxlen=0)}
+    times = _times(runs, rounds)
+    m = {name: statistics.median(v) for name, v in times.items()}
     return {"cell": label, "tasks": len(args),
             "loop_s": m["loop"], "threadpool_s": m["ThreadPool"],
             "joblib_fast_s": m["joblib_fast"],
             "vs_loop": m["loop"] / m["joblib_fast"],
             "vs_threadpool": m["ThreadPool"] / m["joblib_fast"],
-            "threadpool_vs_loop": m["loop"] / m["ThreadPool"]}
+            "threadpool_vs_loop": m["loop"] / m["ThreadPool"],
+            # Fastest rounds: noise from the machine only slows a run.
+            "generator_share": min(times["generator"]) / min(times["loop"])}
 
 
 def run(n_jobs: int, quick: bool) -> dict:
@@ -134,6 +147,11 @@ def _mark(row: dict) -> str:
         else "NOT met"
 
 
+def _generator_share(grid: list, us: int) -> float:
+    return statistics.median(r["generator_share"] for r in grid
+                             if r["us"] == us)
+
+
 def print_rows(result: dict, n_jobs: int) -> None:
     grid = result["grid"]
     print()
@@ -149,6 +167,12 @@ def print_rows(result: dict, n_jobs: int) -> None:
     met = sum(_mark(r) == "met" for r in grid)
     print(f"target (>= {TARGET} of both in every cell): {met} of "
           f"{len(grid)} cells met")
+    print("the delayed generator alone (no task run) against the loop, by "
+          "task duration: " + ", ".join(
+              f"{us} us {_generator_share(grid, us):.1%}"
+              for us in DURATIONS_US))
+    print(f"  (tasks holding the GIL throughout run one at a time whatever "
+          f"the dispatch: at most 1 / (1 + that share) of the loop)")
     print()
     print("thin wrapper around a nogil kernel vs the kernel passed directly:")
     for r in result["wrapper"]:

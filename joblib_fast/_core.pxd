@@ -62,6 +62,9 @@ cdef class Batch:
     cdef int failed                  # a task raised: no piece starts another
     cdef Py_ssize_t ran              # [call.lock] tasks run to the end
     cdef list pieces                 # [call.lock] stolen Pieces, or None
+    # Batch.run has begun (GIL held): by the thread that took the batch
+    # from the queue, or by the caller in its place (Call._unstarted_taken).
+    cdef bint begun
 
     cdef int run(self) except -1
     cdef int run_piece(self, jf_claim_t *claim, double *started,
@@ -109,6 +112,7 @@ cdef class CallerHelp:
     cdef readonly int alone_stretches  # times it chose to run alone
     cdef readonly int alone_trials   # times it tried running alone
     cdef bint spare_pieces           # running pieces had tasks to spare
+    cdef bint pool_drained           # alone: pool threads had no task left
     # [call.lock] batch wall and CPU seconds, batches, since the team's
     # window began (see choose_team)
     cdef double team_time
@@ -194,6 +198,7 @@ cdef class Call:
     cdef int _mark_done(self, Batch batch) except -1
     cdef int _close_input(self) except -1
     cdef int _feed_for_caller(self) except -1
+    cdef Batch _unstarted_taken(self)
     cdef int _run_taken(self, object item, bint stolen, Py_ssize_t a,
                         Py_ssize_t b) except -1
     cdef int _run_stolen(self, Batch batch, Py_ssize_t a, Py_ssize_t b,

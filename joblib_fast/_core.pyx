@@ -106,6 +106,55 @@ cdef double ALONE_WINDOW_SHARE = 0.5
 cdef object _NO_ITEM = object()
 
 
+# A list while a benchmark records how calls run (_record), else None.
+cdef object _record_log = None
+
+
+def _record(bint on):
+    """Start recording (a new list, returned) or stop.  Recorded:
+    ``("piece", start, end, tasks, by_caller)`` for every piece of a batch
+    a thread ran, and ``("choice", time, event, rate, running)`` for every
+    decision of CallerHelp.choose_team_now (times: jf_clock_now seconds;
+    rate: tasks per second of the window just measured; running: threads
+    on a CPU at once in it).  Private: for benchmarks/choice_trace.py."""
+    global _record_log
+    _record_log = [] if on else None
+    return _record_log
+
+
+cdef inline int _record_choice(double now, str event, double rate,
+                               double running) except -1:
+    if _record_log is not None:
+        _record_log.append(("choice", now, event, rate, running))
+    return 0
+
+
+def _tuning(**values):
+    """The choose_team constants, as a dict; given keywords set them first.
+
+    Private: for benchmarks/choice_trace.py, which compares rules in one
+    process (timings drift too much between builds on a shared machine)."""
+    global TEAM_MIN_BUSY, ALONE_TRY_BELOW, TRIAL_AFTER_BATCHES, \
+        ALONE_MARGIN, ALONE_WINDOW_SHARE
+    known = {"TEAM_MIN_BUSY", "ALONE_TRY_BELOW", "TRIAL_AFTER_BATCHES",
+             "ALONE_MARGIN", "ALONE_WINDOW_SHARE"}
+    unknown = set(values) - known
+    if unknown:
+        raise TypeError(f"unknown tuning constants {sorted(unknown)}; "
+                        f"known: {sorted(known)}")
+    TEAM_MIN_BUSY = values.get("TEAM_MIN_BUSY", TEAM_MIN_BUSY)
+    ALONE_TRY_BELOW = values.get("ALONE_TRY_BELOW", ALONE_TRY_BELOW)
+    TRIAL_AFTER_BATCHES = values.get("TRIAL_AFTER_BATCHES",
+                                     TRIAL_AFTER_BATCHES)
+    ALONE_MARGIN = values.get("ALONE_MARGIN", ALONE_MARGIN)
+    ALONE_WINDOW_SHARE = values.get("ALONE_WINDOW_SHARE", ALONE_WINDOW_SHARE)
+    return {"TEAM_MIN_BUSY": TEAM_MIN_BUSY,
+            "ALONE_TRY_BELOW": ALONE_TRY_BELOW,
+            "TRIAL_AFTER_BATCHES": TRIAL_AFTER_BATCHES,
+            "ALONE_MARGIN": ALONE_MARGIN,
+            "ALONE_WINDOW_SHARE": ALONE_WINDOW_SHARE}
+
+
 cdef object _bad_task(object item, Py_ssize_t index):
     return TaskError(
         "Parallel expects an iterable of delayed(func)(*args, **kwargs) "
@@ -285,8 +334,14 @@ cdef class Batch:
         batch), but those another thread takes meanwhile; the last piece
         to end reports the batch to the call."""
         cdef Call call = self.call
-        cdef Py_ssize_t n = len(self.tasks)
+        cdef Py_ssize_t n
         cdef bint linked = False
+        if self.begun:
+            # The caller ran it while this thread, which took it from the
+            # queue, waited for the GIL (Call._unstarted_taken).
+            return 0
+        self.begun = True
+        n = len(self.tasks)
         self.parts = 1
         jf_claim_init(&self.claim, 0, n, &self.parts, <void *>self)
         if call.aborted:
@@ -343,6 +398,10 @@ cdef class Batch:
             error_index = self.start + i
             self.failed = 1
         started[0] = 0.0
+        if _record_log is not None:
+            _record_log.append(
+                ("piece", t0, jf_clock_now(), ran,
+                 PyThread_get_thread_ident() == call.caller_thread))
         t0 = jf_clock_now() - t0
         if helper.may_help:
             cpu0 = jf_thread_cpu_now() - cpu0
@@ -521,6 +580,33 @@ cdef class Call:
             # the next batch to end feeds).
             (<ThreadPool>self.pool).want_feed(True)
         return 0
+
+    cdef Batch _unstarted_taken(self):
+        """A batch a pool thread took from the queue and has not begun to
+        run, or None (caller thread, GIL held, between its batches).
+
+        A pool thread takes a batch without the GIL and then waits for it.
+        A thread that holds the GIL and lets go of it only briefly, as the
+        caller running tasks that hold it does (once per batch), can keep
+        that waiter out for many switch intervals: each brief release
+        restarts the waiter's wait for a forced switch.  Until the batch
+        begins its tasks are nobody's to take (no piece is linked yet), so
+        the caller would finish the call's other batches and then wait for
+        that one to run on its own; it runs it itself instead (the waiter
+        then finds it begun and leaves it)."""
+        cdef int64_t b, end
+        cdef object batch
+        # The queue holds the newest batches submitted (pushed in order,
+        # taken oldest first; no thread feeds while the caller is here,
+        # see _run_taken): the ones before them were taken.  A pool thread
+        # taking one meanwhile only makes this miss it.
+        end = self.order.n_batches - (<ThreadPool>self.pool).queued()
+        for b in range(self.order.prefix, end):
+            if not self.order.done[b]:
+                batch = self.batches[b]
+                if batch is not None and not (<Batch>batch).begun:
+                    return <Batch>batch
+        return None
 
     cdef int _run_taken(self, object item, bint stolen, Py_ssize_t a,
                         Py_ssize_t b) except -1:
@@ -1142,13 +1228,18 @@ cdef class CallerHelp:
         if not self.helping:
             return 0
         self.choose_team(call)
+        cdef bint unstarted = False
         item = None
         if self.alone and pool.active() > 0:
             # Alone, the pool threads' unstarted tasks are the caller's:
             # a pool thread stops after its current task, not a batch
-            # later (a trial's window starts once none runs).
+            # later (a trial's window starts once none has tasks left).
             item = pool.take_stolen(pool.n_threads, &a, &b, &spare, True)
             stolen = item is not None
+            if item is None:
+                item = call._unstarted_taken()
+                unstarted = item is not None
+                self.pool_drained = item is None
         if item is None:
             # At most n_jobs at once: pool threads that took batches
             # before the limit went down finish them first.
@@ -1158,9 +1249,13 @@ cdef class CallerHelp:
             # waits (for a task behind it, maybe) are the caller's to run.
             item = pool.take_stolen(pool.n_threads, &a, &b, &spare)
             self.spare_pieces = spare
+            stolen = item is not None
+        if item is None:
+            # Or a batch whose thread has not begun it.
+            item = call._unstarted_taken()
             if item is None:
                 return 0
-            stolen = True
+            unstarted = True
         try:
             config = swap_config(pool.caller_config)
             token = enter_as_worker()
@@ -1170,7 +1265,9 @@ cdef class CallerHelp:
                 leave_as_worker(token)
                 restore_config(config)
         finally:
-            pool.taken_done()
+            if not unstarted:
+                # Counted by the queue as the pool thread's, which took it.
+                pool.taken_done()
         return 1
 
     cdef int64_t progress(self, Call call):
@@ -1195,6 +1292,7 @@ cdef class CallerHelp:
         the ones they have), or the team of n_jobs threads again."""
         cdef ThreadPool pool = <ThreadPool>call.pool
         self.alone = alone
+        self.pool_drained = False
         self.window_time = -1.0
         self.new_window(call)
         pool.set_limit(0 if alone else pool.n_threads - 1)
@@ -1290,11 +1388,12 @@ cdef class CallerHelp:
             # once a batch has ended since (the pool threads woken by then;
             # read with the counts above, not under the pool's lock: the
             # caller comes here on every wake-up while it waits).
-            if (self.alone and pool.active() == 0) or \
+            if (self.alone and (pool.active() == 0 or self.pool_drained)) or \
                     (not self.alone and batches > 0):
                 self.window_time = now
                 self.window_tasks = self.progress(call)
                 self.new_window(call)
+                _record_choice(now, "window starts", 0.0, 0.0)
             return 0
         if now - self.window_time < self.window_length(call):
             return 0
@@ -1319,13 +1418,16 @@ cdef class CallerHelp:
                     self.rate_alone = rate
                     self.mode_until = 2 * now - self.started
                     self.alone_stretches += 1
+                    _record_choice(now, "trial kept", rate, running)
                 else:
                     self.set_alone(call, False)
                     self.next_trial = 2 * now - self.started
                     self.alone_lost = rate
+                    _record_choice(now, "trial lost", rate, running)
             elif now >= self.mode_until:
                 self.rate_alone = rate
                 self.set_alone(call, False)     # measure the team again
+                _record_choice(now, "stretch ends", rate, running)
             return 0
         self.new_window(call)
         if self.rate_alone > 0.0:
@@ -1336,10 +1438,12 @@ cdef class CallerHelp:
                 self.set_alone(call, True)
                 self.mode_until = 2 * now - self.started
                 self.alone_stretches += 1
+                _record_choice(now, "alone again", rate, running)
                 return 0
             self.alone_lost = self.rate_alone
             self.rate_alone = -1.0
             self.next_trial = 2 * now - self.started
+            _record_choice(now, "team again", rate, running)
             return 0
         if wall <= 0.0 or cpu <= 0.0 or \
                 wall < batches * call.sizer.target * 0.25:
@@ -1354,6 +1458,9 @@ cdef class CallerHelp:
             self.set_alone(call, True)
             self.trial = True
             self.alone_trials += 1
+            _record_choice(now, "trial starts", rate, running)
+        else:
+            _record_choice(now, "team window", rate, running)
         return 0
 
     cdef int stop(self, Call call) except -1:

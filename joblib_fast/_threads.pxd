@@ -71,6 +71,7 @@ cdef extern from "jf_pool.h" nogil:
     int jf_queue_taken_done(jf_pool_t *p, jf_queue_t *q)
     void jf_queue_set_limit(jf_pool_t *p, jf_queue_t *q, int limit)
     int jf_queue_count(jf_pool_t *p, jf_queue_t *q, int rescues)
+    Py_ssize_t jf_queue_queued(jf_pool_t *p, jf_queue_t *q)
     int64_t jf_queue_started(jf_pool_t *p, jf_queue_t *q)
     int jf_queue_close(jf_pool_t *p, jf_queue_t *q)
     int jf_queue_wait_drained(jf_pool_t *p, jf_queue_t *q, double deadline)
@@ -123,6 +124,7 @@ cdef class Lease:
     cdef int taken_done(self) except -1
     cdef int set_limit(self, int limit) except -1
     cdef int active(self)
+    cdef Py_ssize_t queued(self)
     cdef int rescues(self)
     cdef int64_t started(self)
     cdef int run_item(self, object item) except -1

@@ -383,6 +383,13 @@ cdef class Lease:
             return 0
         return jf_queue_count(self.workers.c, &self.q, 0)
 
+    cdef Py_ssize_t queued(self):
+        """The lease's items waiting in its queue, taken by no thread yet
+        (0 when closed)."""
+        if self.workers is None or self.foreign():
+            return 0
+        return jf_queue_queued(self.workers.c, &self.q)
+
     cdef int rescues(self):
         """How often tasks of the lease waited for tasks that no thread
         under its limit could reach, so far: a thread beyond it ran one (a

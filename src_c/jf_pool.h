@@ -801,6 +801,16 @@ static inline int jf_queue_count(jf_pool_t *p, jf_queue_t *q, int rescues)
     return n;
 }
 
+/* Items of `q` waiting in the queue now (none taken yet). */
+static inline ptrdiff_t jf_queue_queued(jf_pool_t *p, jf_queue_t *q)
+{
+    ptrdiff_t n;
+    jf_mutex_lock(&p->lock);
+    n = q->count;
+    jf_mutex_unlock(&p->lock);
+    return n;
+}
+
 /* At most `limit` pool threads run the queue's items at once from now on
  * (0: none, the feeding thread runs them all).  Raising it wakes idle
  * threads for the queued items. */

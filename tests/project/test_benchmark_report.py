@@ -88,7 +88,8 @@ def test_gil_sweep_says_which_cells_meet_the_target(bench, capsys):
             low = us == 3 and share == 1.0
             grid.append({"cell": f"{us} {share}", "us": us, "share": share,
                          "vs_loop": 0.9 if low else 1.5,
-                         "vs_threadpool": 1.0, "threadpool_vs_loop": 1.5})
+                         "vs_threadpool": 1.0, "threadpool_vs_loop": 1.5,
+                         "generator_share": 0.06 if us == 3 else 0.01})
     wrapper = [{"cell": "3 us, wrapper", "vs_loop": 1.2,
                 "vs_threadpool": 0.8, "threadpool_vs_loop": 1.5}]
     sweep.print_rows({"grid": grid, "wrapper": wrapper, "rounds": 9}, 2)
@@ -96,3 +97,6 @@ def test_gil_sweep_says_which_cells_meet_the_target(bench, capsys):
     assert "19 of 20 cells met" in out
     assert "0.90/1.00" in out
     assert "NOT met: 0.80 of ThreadPool" in out
+    # What the generator alone costs, by duration (the bound for tasks
+    # that hold the GIL throughout).
+    assert "3 us 6.0%, 10 us 1.0%" in out

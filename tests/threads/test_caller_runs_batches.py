@@ -19,7 +19,9 @@ from helpers.common import interrupt_script
 from joblib_fast._kernels import burn, calibrate
 
 from joblib_fast import Parallel, _threads, delayed, parallel_config
-from joblib_fast._core import in_worker_thread
+from joblib_fast._context import nested_backend_config
+from joblib_fast._core import Call, ThreadPool, in_worker_thread
+from joblib_fast.backends.base import ThreadingBackend
 
 N_SHORT = 3000
 NO_HANG = 30.0
@@ -185,6 +187,40 @@ def test_gil_free_kernels_keep_the_team():
     assert parallel.last_call_stats.alone_stretches == 0
     assert parallel.last_call_stats.caller_tasks == in_caller(idents)
     assert 0 < in_caller(idents) < len(idents)
+
+
+def test_the_caller_runs_a_batch_its_pool_thread_has_not_begun(k20us):
+    # A pool thread takes a batch from the queue without the GIL, then
+    # waits for the GIL to begin it, and the caller running tasks that hold
+    # the GIL can keep it waiting for long.  Here the thread is held where
+    # the pool runs a lease's per-thread start, after it took its batch:
+    # the caller runs that batch itself and the call ends, the thread
+    # still held (before, the call waited for it).
+    release = threading.Event()
+    entered = []
+    lock = threading.Lock()
+
+    def hold_the_first_thread():
+        with lock:
+            first = not entered
+            entered.append(threading.get_ident())
+        if first:
+            release.wait(NO_HANG)
+
+    pool = ThreadPool(2, shared=True, initializer=hold_the_first_thread,
+                      caller_config=nested_backend_config(ThreadingBackend()))
+    try:
+        call = Call(pool, (delayed(where)(k20us) for _ in range(400)),
+                    pre_dispatch=4, n_workers=2)
+        idents = call.run_list()
+        ended_while_held = not release.is_set()
+    finally:
+        release.set()
+        assert pool.shutdown(wait=True, timeout=NO_HANG)
+    assert ended_while_held
+    assert len(idents) == 400
+    assert entered[0] not in idents     # the held thread ran no task
+    assert in_caller(idents) > 0
 
 
 def test_tasks_that_wait_keep_every_thread():
