@@ -13,8 +13,9 @@ rest.  Three ways run the same tasks in one process:
                     delayed(task)(*a) for a in args)
 
 A fourth run only consumes the ``delayed`` generator (no task runs): its
-cost against the loop bounds what any dispatch can reach for tasks that
-hold the GIL throughout.  Rounds alternate the four in a shuffled order
+cost against the loop roughly bounds what anything fed by that generator
+can reach for tasks that hold the GIL throughout (roughly: walking the
+arguments is in both the generator's time and the loop's).  Rounds alternate the four in a shuffled order
 (a noisy neighbour hits each alike); the medians are reported, as
 joblib_fast's speed against the loop and against ThreadPool (> 1:
 joblib_fast quicker).  A second table is
@@ -171,8 +172,8 @@ def print_rows(result: dict, n_jobs: int) -> None:
           "task duration: " + ", ".join(
               f"{us} us {_generator_share(grid, us):.1%}"
               for us in DURATIONS_US))
-    print(f"  (tasks holding the GIL throughout run one at a time whatever "
-          f"the dispatch: at most 1 / (1 + that share) of the loop)")
+    print("  (tasks holding the GIL throughout run one at a time: fed by "
+          "that generator, at most about 1 / (1 + that share) of the loop)")
     print()
     print("thin wrapper around a nogil kernel vs the kernel passed directly:")
     for r in result["wrapper"]:

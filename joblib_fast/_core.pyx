@@ -337,8 +337,10 @@ cdef class Batch:
         cdef Py_ssize_t n
         cdef bint linked = False
         if self.begun:
-            # The caller ran it while this thread, which took it from the
-            # queue, waited for the GIL (Call._unstarted_taken).
+            # Another thread began it: the caller, while the thread that
+            # took it from the queue waited for the GIL, or that thread
+            # while the caller, having found it unstarted, was on its way
+            # (Call._unstarted_taken).
             return 0
         self.begun = True
         n = len(self.tasks)
@@ -367,7 +369,7 @@ cdef class Batch:
         cdef object error = None
         cdef Py_ssize_t error_index = -1
         cdef int track = call.track_start
-        cdef double t0, cpu0 = 0.0
+        cdef double t0, t1, cpu0 = 0.0
         cdef CallerHelp helper = call.helper
         # The caller looks at its choice between the team and alone within
         # its batches too (choose_team), when one may be due.
@@ -398,17 +400,19 @@ cdef class Batch:
             error_index = self.start + i
             self.failed = 1
         started[0] = 0.0
-        if _record_log is not None:
-            _record_log.append(
-                ("piece", t0, jf_clock_now(), ran,
-                 PyThread_get_thread_ident() == call.caller_thread))
-        t0 = jf_clock_now() - t0
+        t1 = jf_clock_now()
         if helper.may_help:
             cpu0 = jf_thread_cpu_now() - cpu0
         if linked:
             # Before the part ends: no thread takes tasks of it any more.
             (<ThreadPool>call.pool).claim_remove(claim)
-        return call._end_piece(self, ran, t0, cpu0, error, error_index)
+        call._end_piece(self, ran, t1 - t0, cpu0, error, error_index)
+        log = _record_log
+        if log is not None:
+            # After the piece is accounted for: this may raise.
+            log.append(("piece", t0, t1, ran, PyThread_get_thread_ident()
+                        == call.caller_thread))
+        return 0
 
     def run_here(self):
         """Run this batch in the calling thread (used by process workers'
@@ -599,7 +603,9 @@ cdef class Call:
         # The queue holds the newest batches submitted (pushed in order,
         # taken oldest first; no thread feeds while the caller is here,
         # see _run_taken): the ones before them were taken.  A pool thread
-        # taking one meanwhile only makes this miss it.
+        # taking one meanwhile only makes this miss it.  Tasks a pool
+        # thread took from a running piece (jf_queue_steal) are not seen
+        # here: they are not a batch of their own.
         end = self.order.n_batches - (<ThreadPool>self.pool).queued()
         for b in range(self.order.prefix, end):
             if not self.order.done[b]:
@@ -1202,7 +1208,8 @@ cdef class CallerHelp:
         return short
 
     cdef int run(self, Call call) except -1:
-        """Run the oldest queued batch in the caller; 1 when one ran.
+        """Run a batch, or tasks of one, in the caller; 1 when it took
+        some (the oldest queued batch, else see below).
 
         The caller would otherwise sleep while the workers run: with n_jobs
         threads and the caller, n_jobs + 1 threads take turns on n_jobs
@@ -1239,7 +1246,9 @@ cdef class CallerHelp:
             if item is None:
                 item = call._unstarted_taken()
                 unstarted = item is not None
-                self.pool_drained = item is None
+                # No task left for the pool threads to start (those
+                # taking the GIL for a batch the caller took skip it).
+                self.pool_drained = item is None and not spare
         if item is None:
             # At most n_jobs at once: pool threads that took batches
             # before the limit went down finish them first.
@@ -1337,8 +1346,9 @@ cdef class CallerHelp:
         threads so often that the hand-overs cost more than the threads
         gain: the team is then slower than one thread.  Windows measure
         each: alone, half a batch's target duration from when no pool
-        thread runs a piece any more (the caller takes their unstarted
-        tasks, see run); the team, one batch duration from when a batch
+        thread has a task left to start (the caller takes their unstarted
+        tasks, and batches they took and have not begun, see run: each
+        finishes at most the task it runs); the team, one batch duration from when a batch
         has ended since the switch, or, measured again against a rate
         alone, from the switch, by the tasks started.  A trial alone is
         kept when it does more tasks per second than the team did in
@@ -1384,7 +1394,7 @@ cdef class CallerHelp:
             self.next_trial = now + TRIAL_AFTER_BATCHES * call.sizer.target
         if self.window_time < 0.0:
             # A window of either starts once the switch is behind it:
-            # alone, when no pool thread runs a batch any more; the team,
+            # alone, when no pool thread has a task left to start; the team,
             # once a batch has ended since (the pool threads woken by then;
             # read with the counts above, not under the pool's lock: the
             # caller comes here on every wake-up while it waits).

@@ -197,6 +197,7 @@ def test_the_caller_runs_a_batch_its_pool_thread_has_not_begun(k20us):
     # the caller runs that batch itself and the call ends, the thread
     # still held (before, the call waited for it).
     release = threading.Event()
+    held = threading.Event()        # set while the first thread is held
     entered = []
     lock = threading.Lock()
 
@@ -205,7 +206,11 @@ def test_the_caller_runs_a_batch_its_pool_thread_has_not_begun(k20us):
             first = not entered
             entered.append(threading.get_ident())
         if first:
-            release.wait(NO_HANG)
+            held.set()
+            try:
+                release.wait(NO_HANG)
+            finally:
+                held.clear()
 
     pool = ThreadPool(2, shared=True, initializer=hold_the_first_thread,
                       caller_config=nested_backend_config(ThreadingBackend()))
@@ -213,10 +218,11 @@ def test_the_caller_runs_a_batch_its_pool_thread_has_not_begun(k20us):
         call = Call(pool, (delayed(where)(k20us) for _ in range(400)),
                     pre_dispatch=4, n_workers=2)
         idents = call.run_list()
-        ended_while_held = not release.is_set()
+        ended_while_held = held.is_set()
     finally:
         release.set()
-        assert pool.shutdown(wait=True, timeout=NO_HANG)
+        shut = pool.shutdown(wait=True, timeout=NO_HANG)
+    assert shut
     assert ended_while_held
     assert len(idents) == 400
     assert entered[0] not in idents     # the held thread ran no task
