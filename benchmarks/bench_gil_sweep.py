@@ -15,11 +15,11 @@ rest.  Three ways run the same tasks in one process:
 A fourth run only consumes the ``delayed`` generator (no task runs): its
 cost against the loop roughly bounds what anything fed by that generator
 can reach for tasks that hold the GIL throughout (roughly: walking the
-arguments is in both the generator's time and the loop's).  Rounds alternate the four in a shuffled order
-(a noisy neighbour hits each alike); the medians are reported, as
-joblib_fast's speed against the loop and against ThreadPool (> 1:
-joblib_fast quicker).  A second table is
-the thin wrapper of the threads issue: ``def task(k): return burn(int(k))``
+arguments is in both the generator's time and the loop's).  Rounds
+alternate the four in a shuffled order (a noisy neighbour hits each
+alike); the medians are reported, as joblib_fast's speed against the loop
+and against ThreadPool (> 1: joblib_fast quicker).  A second table is the
+thin wrapper of the threads issue: ``def task(k): return burn(int(k))``
 around a 3, 10 or 30 us kernel, and the kernel passed to delayed directly.
 """
 from __future__ import annotations

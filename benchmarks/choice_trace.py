@@ -60,7 +60,8 @@ def report(log: list, show_pieces: bool) -> None:
         secs = sum(p[2] - p[1] for p in ps)
         tasks = sum(p[3] for p in ps)
         per = secs / tasks * 1e6 if tasks else 0.0
-        return f"{name} {tasks} tasks in {secs * 1e3:.1f} ms ({per:.2f} us each)"
+        return (f"{name} {tasks} tasks in {secs * 1e3:.1f} ms "
+                f"({per:.2f} us each)")
 
     print(f"   {span * 1e3:.1f} ms from the first piece to the last; some "
           f"thread ran tasks {_coverage(pieces) * 1e3:.1f} ms of it; "
@@ -74,8 +75,9 @@ def report(log: list, show_pieces: bool) -> None:
             print(f"   {(t - base) * 1e3:8.2f} ms  {event}{extra}")
         elif show_pieces:
             _, t0, t1, ran, caller = e
-            print(f"   {(t0 - base) * 1e3:8.2f} ms  {'caller' if caller else 'pool  '}"
-                  f" ran {ran} tasks until {(t1 - base) * 1e3:.2f} ms")
+            who = "caller" if caller else "pool  "
+            print(f"   {(t0 - base) * 1e3:8.2f} ms  {who} ran {ran} tasks "
+                  f"until {(t1 - base) * 1e3:.2f} ms")
 
 
 def main() -> int:

@@ -1225,6 +1225,7 @@ cdef class CallerHelp:
         cdef Py_ssize_t a = 0, b = 0
         cdef int spare = 0
         cdef bint stolen = False
+        cdef bint unstarted = False
         if self.short_tasks(call) != self.helping:
             self.helping = not self.helping
             self.alone = self.trial = False
@@ -1235,7 +1236,6 @@ cdef class CallerHelp:
         if not self.helping:
             return 0
         self.choose_team(call)
-        cdef bint unstarted = False
         item = None
         if self.alone and pool.active() > 0:
             # Alone, the pool threads' unstarted tasks are the caller's:
@@ -1348,11 +1348,11 @@ cdef class CallerHelp:
         each: alone, half a batch's target duration from when no pool
         thread has a task left to start (the caller takes their unstarted
         tasks, and batches they took and have not begun, see run: each
-        finishes at most the task it runs); the team, one batch duration from when a batch
-        has ended since the switch, or, measured again against a rate
-        alone, from the switch, by the tasks started.  A trial alone is
-        kept when it does more tasks per second than the team did in
-        either of its last two windows, by ALONE_MARGIN (one window can
+        finishes at most the task it runs); the team, one batch duration
+        from when a batch has ended since the switch, or, measured again
+        against a rate alone, from the switch, by the tasks started.  A
+        trial alone is kept when it does more tasks per second than the
+        team did in either of its last two windows, by ALONE_MARGIN (one window can
         catch the machine busy elsewhere, or the team's first batches, and
         a wrong choice alone lasts as long as the call has run); no trial
         before the team has two.  The caller comes here between its
