@@ -1226,6 +1226,7 @@ cdef class CallerHelp:
         cdef int spare = 0
         cdef bint stolen = False
         cdef bint unstarted = False
+        cdef bint looked = False         # for a batch not begun, alone
         if self.short_tasks(call) != self.helping:
             self.helping = not self.helping
             self.alone = self.trial = False
@@ -1246,6 +1247,7 @@ cdef class CallerHelp:
             if item is None:
                 item = call._unstarted_taken()
                 unstarted = item is not None
+                looked = True
                 # No task left for the pool threads to start (those
                 # taking the GIL for a batch the caller took skip it).
                 self.pool_drained = item is None and not spare
@@ -1259,12 +1261,12 @@ cdef class CallerHelp:
             item = pool.take_stolen(pool.n_threads, &a, &b, &spare)
             self.spare_pieces = spare
             stolen = item is not None
-        if item is None:
+        if item is None and not looked:
             # Or a batch whose thread has not begun it.
             item = call._unstarted_taken()
-            if item is None:
-                return 0
-            unstarted = True
+            unstarted = item is not None
+        if item is None:
+            return 0
         try:
             config = swap_config(pool.caller_config)
             token = enter_as_worker()
