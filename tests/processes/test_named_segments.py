@@ -37,8 +37,18 @@ in_calls = pytest.mark.skipif(
            "(named segments: JOBLIB_FAST_PORTABLE=windows)")
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _fds_on(name: str) -> int:
+    """This process's descriptors on the segment ``name`` (named or, once
+    unlinked, "(deleted)").  Counted by target, not in total: other tests'
+    pools and reapers open and close descriptors while this one runs."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:   # closed since the listing
+            continue
+        count += target.startswith(f"/dev/shm/{name}")
+    return count
 
 
 def _array(layout):
@@ -60,9 +70,9 @@ def _as_result(owner, a):
 @pytest.mark.parametrize("layout", ["C", "F", "strided", "empty"])
 def test_named_segment_round_trip(layout):
     a = _array(layout)
-    fds = _open_fds()
     segment = shm_named.create(a.nbytes)
     try:
+        assert _fds_on(segment.name) > 0
         segment.fill(a)
         assert segment.name in named_segments(os.getpid())
         assert not segment.opened()
@@ -77,40 +87,45 @@ def test_named_segment_round_trip(layout):
     back[...] = -1  # private, writable; the source unchanged
     assert (a >= 0).all()
     del back, owner
-    assert _open_fds() == fds
+    assert _fds_on(segment.name) == 0
 
 
 @posix_names
 def test_worker_holds_a_segment_until_the_parent_opened_it():
     packer = arrays_out.ResultPacker()
     a = np.full(5000, 7.0)
-    fds = _open_fds()
     segment = shm_named.create(a.nbytes)
-    segment.fill(a)
-    holding = _open_fds()
-    assert holding > fds
-    assert not shm.sent(segment)   # held, not closed
-    packer.hand_over([segment])
-    packer.sweep()
-    assert packer.held == [segment] and _open_fds() == holding
-    owner = shm.attach_named(segment.name, a.nbytes)
-    packer.sweep()
-    # Let go once opened: the worker's descriptors closed, and the data
-    # stays with the parent's mapping.
-    assert packer.held == [] and _open_fds() == fds
-    assert (_as_result(owner, a) == 7.0).all()
-    assert segment.name not in named_segments(os.getpid())
+    try:
+        segment.fill(a)
+        holding = _fds_on(segment.name)
+        assert holding > 0
+        assert not shm.sent(segment)   # held, not closed
+        packer.hand_over([segment])
+        packer.sweep()
+        assert packer.held == [segment]
+        assert _fds_on(segment.name) == holding
+        owner = shm.attach_named(segment.name, a.nbytes)
+        packer.sweep()
+        # Let go once opened: the worker's descriptors closed, and the data
+        # stays with the parent's mapping.
+        assert packer.held == [] and _fds_on(segment.name) == 0
+        assert (_as_result(owner, a) == 7.0).all()
+        assert segment.name not in named_segments(os.getpid())
+    finally:
+        packer.close()   # what is still held, if an assertion failed
+        shm.release_named(segment.name)
 
 
 @posix_names
 def test_segments_never_opened_go_at_the_workers_exit():
     packer = arrays_out.ResultPacker()
-    fds = _open_fds()
     segments = [shm_named.create(4096) for _ in range(3)]
     packer.hand_over(segments)
     assert {s.name for s in segments} <= named_segments(os.getpid())
+    assert all(_fds_on(s.name) > 0 for s in segments)
     packer.close()
-    assert packer.held == [] and _open_fds() == fds
+    assert packer.held == []
+    assert sum(_fds_on(s.name) for s in segments) == 0
     assert named_segments(os.getpid()) & {s.name for s in segments} == set()
     with pytest.raises(FileNotFoundError):
         shm.attach_named(segments[0].name, 4096)
