@@ -165,7 +165,8 @@ def test_thread_count_does_not_grow_over_many_calls(consumer):
     pool = set(shared_threads())
     for _ in range(1000):
         assert consumer.count(10_000) == 10_000
-    assert threading.active_count() == before
+    # No more than before: another test's thread may end meanwhile.
+    assert threading.active_count() <= before
     assert set(shared_threads()) == pool
     assert len(pool) <= _threads.thread_cap()
 
