@@ -41,13 +41,14 @@ def _fds_on(name: str) -> int:
     """This process's descriptors on the segment ``name`` (named or, once
     unlinked, "(deleted)").  Counted by target, not in total: other tests'
     pools and reapers open and close descriptors while this one runs."""
+    path = f"/dev/shm/{name}"
     count = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:   # closed since the listing
             continue
-        count += target.startswith(f"/dev/shm/{name}")
+        count += target in (path, path + " (deleted)")
     return count
 
 
