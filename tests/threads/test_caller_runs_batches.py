@@ -147,22 +147,47 @@ def hand_over_often(i):
     return threading.get_ident()
 
 
-@pytest.mark.slow
-def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone():
-    # The caller measures the team against itself alone and keeps the
-    # quicker: here alone, for long stretches (every task in the caller).
-    parallel = Parallel(n_jobs=2, backend="threading")
-    idents = parallel(delayed(hand_over_often)(i) for i in range(120_000))
-    stats = parallel.last_call_stats
-    assert stats.alone_stretches >= 1
-    # The first stretch alone follows a trial, whatever came after it.
-    assert stats.alone_trials >= 1
-    assert stats.caller_tasks == in_caller(idents)
+def longest_in_caller(idents):
     me, longest, run = threading.get_ident(), 0, 0
     for ident in idents:
         run = run + 1 if ident == me else 0
         longest = max(longest, run)
-    assert longest >= 20_000, longest
+    return longest
+
+
+# The choice below is measured, and so is the machine: a window that
+# catches the machine busy elsewhere (another process on a core) can keep
+# the team for a stretch, and a machine with no core to spare gains less
+# from running alone (with both cores kept busy by two other processes,
+# 8 calls in 20 went alone for long; 10 of 10 on an idle machine).  A
+# call is made up to this many times and the choice must show in one; a
+# rule that never goes alone fails every one.
+ATTEMPTS = 5
+
+
+@pytest.mark.slow
+def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone():
+    # The caller measures the team against itself alone and keeps the
+    # quicker: here alone, for long stretches (every task in the caller).
+    # With no trial alone (_core._tuning(ALONE_TRY_BELOW=0)), the longest
+    # run of these tasks in the caller is a few batches: 380-1,300 here;
+    # with trials that the team won, up to 2,100 on a busy machine.
+    seen = []
+    for _ in range(ATTEMPTS):
+        parallel = Parallel(n_jobs=2, backend="threading")
+        idents = parallel(delayed(hand_over_often)(i)
+                          for i in range(120_000))
+        stats = parallel.last_call_stats
+        assert stats.caller_tasks == in_caller(idents)
+        longest = longest_in_caller(idents)
+        seen.append((stats.alone_trials, stats.alone_stretches, longest))
+        # The first stretch alone follows a trial, whatever came after it.
+        if stats.alone_trials >= 1 and stats.alone_stretches >= 1 and \
+                longest >= 8_000:
+            break
+    else:
+        pytest.fail(f"no call ran alone for long: (trials, stretches, "
+                    f"longest run in the caller) {seen}")
 
 
 @pytest.mark.slow
@@ -171,12 +196,20 @@ def test_the_team_comes_back_when_the_tasks_become_gil_free():
     # within the call (after as long as the call has run), and the pool
     # thread runs tasks again by the end.
     k50us = calibrate(50e-6)
-    tasks = [delayed(hand_over_often)(i) for i in range(100_000)]
-    tasks += [delayed(where)(k50us) for _ in range(20_000)]
-    parallel = Parallel(n_jobs=2, backend="threading")
-    idents = parallel(tasks)
-    assert parallel.last_call_stats.alone_stretches >= 1
-    assert in_caller(idents[-5000:]) < 5000
+    seen = []
+    for _ in range(ATTEMPTS):
+        tasks = [delayed(hand_over_often)(i) for i in range(100_000)]
+        tasks += [delayed(where)(k50us) for _ in range(20_000)]
+        parallel = Parallel(n_jobs=2, backend="threading")
+        idents = parallel(tasks)
+        stretches = parallel.last_call_stats.alone_stretches
+        # The team back by the end, whether or not alone was chosen.
+        assert in_caller(idents[-5000:]) < 5000
+        seen.append(stretches)
+        if stretches >= 1:
+            break
+    else:
+        pytest.fail(f"no call went alone at all: stretches {seen}")
 
 
 def test_gil_free_kernels_keep_the_team():
