@@ -170,8 +170,8 @@ def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone():
     # The caller measures the team against itself alone and keeps the
     # quicker: here alone, for long stretches (every task in the caller).
     # With no trial alone (_core._tuning(ALONE_TRY_BELOW=0)), the longest
-    # run of these tasks in the caller is a few batches: 380-1,300 here;
-    # with trials that the team won, up to 2,100 on a busy machine.
+    # run of these tasks in the caller is a few batches: 380-1,300 on an
+    # idle machine, up to 5,200 on a busy one.
     seen = []
     for _ in range(ATTEMPTS):
         parallel = Parallel(n_jobs=2, backend="threading")
