@@ -76,18 +76,18 @@ cdef Py_ssize_t MAX_AUTO_BATCH = 1 << 20
 # task that runs no bytecode only between them), so its batches must be short.
 cdef double HELP_MAX_TASK_SECONDS = 0.01
 # See CallerHelp.choose_team.  Batches per thread in a window of the team's
-# measure: more is a steadier figure, but later.  The caller tries to run
-# alone only when the threads ran between TEAM_MIN_BUSY and ALONE_TRY_BELOW *
-# n_jobs at once on average (tasks holding the GIL read a little under one,
-# tasks that wait near none): a wider range tries more calls (each trial
-# costs a window at one thread's speed when the team was right), a narrower
-# one misses tasks whose GIL hand-overs burn CPU.  Short GIL-free kernels
-# read a little under n_jobs (each thread waits for the GIL between tasks),
-# so the bound sits well below it.  No trial before the call has run
-# TRIAL_AFTER_BATCHES batch durations (short calls gain nothing from one).  Alone is kept when it beats the team by
-# ALONE_MARGIN: a window of either can catch the machine busy elsewhere,
-# and a wrong choice alone costs half the speed for as long as the call
-# has run.  `python benchmarks/bench.py --only gil_sweep` checks them.
+# measure: more is a steadier figure, but later.  The caller tries to run alone
+# only when the threads ran between TEAM_MIN_BUSY and ALONE_TRY_BELOW * n_jobs
+# at once on average (tasks holding the GIL read a little under one, tasks that
+# wait near none): a wider range tries more calls (each trial costs a window at
+# one thread's speed when the team was right), a narrower one misses tasks
+# whose GIL hand-overs burn CPU.  Short GIL-free kernels read a little under
+# n_jobs (each thread waits for the GIL between tasks), so the bound sits well
+# below it.  No trial before the call has run TRIAL_AFTER_BATCHES batch
+# durations (short calls gain nothing from one).  Alone is kept when it beats
+# the team by ALONE_MARGIN: a window of either can catch the machine busy
+# elsewhere, and a wrong choice alone costs half the speed for as long as the
+# call has run.  `python benchmarks/bench.py --only gil_sweep` checks them.
 cdef int TEAM_WINDOW_BATCHES = 1
 cdef double TEAM_MIN_BUSY = 0.5
 cdef double ALONE_TRY_BELOW = 0.8
@@ -1354,10 +1354,10 @@ cdef class CallerHelp:
         from when a batch has ended since the switch, or, measured again
         against a rate alone, from the switch, by the tasks started.  A
         trial alone is kept when it does more tasks per second than the
-        team did in either of its last two windows, by ALONE_MARGIN (one window can
-        catch the machine busy elsewhere, or the team's first batches, and
-        a wrong choice alone lasts as long as the call has run); no trial
-        before the team has two.  The caller comes here between its
+        team did in either of its last two windows, by ALONE_MARGIN (one
+        window can catch the machine busy elsewhere, or the team's first
+        batches, and a wrong choice alone lasts as long as the call has
+        run); no trial before the team has two.  The caller comes here between its
         batches and, from check_at on, every CHOOSE_EVERY_MASK + 1 tasks
         within them (Batch.run_piece).
 
@@ -1370,8 +1370,9 @@ cdef class CallerHelp:
         again only when the team does fewer tasks per second than alone
         did then: short GIL-free kernels read well under n_jobs threads
         at once while the team still does far more than one thread, and
-        each trial costs a window at one thread's speed.  A choice holds for as long as the call has run so far, then
-        is measured again (a call whose tasks change speeds up within it).
+        each trial costs a window at one thread's speed.  A choice holds
+        for as long as the call has run so far, then is measured again (a
+        call whose tasks change speeds up within it).
         Never alone again once a rescue thread ran (tasks waiting for
         tasks that a thread alone may not reach)."""
         cdef ThreadPool pool = <ThreadPool>call.pool

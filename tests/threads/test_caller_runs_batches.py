@@ -157,11 +157,10 @@ def longest_in_caller(idents):
 
 # The choice below is measured, and so is the machine: a window that
 # catches the machine busy elsewhere (another process on a core) can keep
-# the team for a stretch, and a machine with no core to spare gains less
-# from running alone (with both cores kept busy by two other processes,
-# 8 calls in 20 went alone for long; 10 of 10 on an idle machine).  A
-# call is made up to this many times and the choice must show in one; a
-# rule that never goes alone fails every one.
+# the team for a stretch, and on a machine with no core to spare the team
+# gets more CPU time than one thread, so alone may rightly lose.  A call is
+# made up to this many times and the choice must show in one; a rule that
+# never goes alone fails every one.
 ATTEMPTS = 5
 
 
@@ -170,8 +169,8 @@ def test_tasks_that_hand_the_gil_over_run_in_the_caller_alone():
     # The caller measures the team against itself alone and keeps the
     # quicker: here alone, for long stretches (every task in the caller).
     # With no trial alone (_core._tuning(ALONE_TRY_BELOW=0)), the longest
-    # run of these tasks in the caller is a few batches: 380-1,300 on an
-    # idle machine, up to 5,200 on a busy one.
+    # run of these tasks in the caller is a few batches, a few thousand
+    # tasks at most on a busy machine: a long run is well above that.
     seen = []
     for _ in range(ATTEMPTS):
         parallel = Parallel(n_jobs=2, backend="threading")
